@@ -1,0 +1,5 @@
+"""Ray Serve deployment classes and the app builders named by the serve configs' import_path."""
+
+from deployments.builders import build_app
+
+__all__ = ["build_app"]

@@ -1,0 +1,76 @@
+"""App builders: the ``import_path`` targets of ``serve_config*.yaml``.
+
+``serve run serve_config.local.yaml`` calls ``build_app(args)``; ``args`` is either
+``{"config": "<path to a RouteNLP YAML>"}`` or the RouteNLP config itself, inline.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from routenlp_ray.config.app import RouteNLPConfig, load_config, parse_config
+from routenlp_ray.config.tiers import TierConfig
+
+from deployments.router import RouterIngress
+from deployments.tier import TierDeployment
+
+HEALTH_CHECK_PERIOD_S = 10.0
+HEALTH_CHECK_TIMEOUT_S = 30.0
+
+
+def config_from_args(args: dict[str, Any] | RouteNLPConfig) -> RouteNLPConfig:
+    """The RouteNLP config in ``args``, with relative paths pinned to the current directory."""
+    if isinstance(args, RouteNLPConfig):
+        config = args
+    elif set(args) == {"config"} and isinstance(args["config"], str):
+        config = load_config(args["config"])
+    elif set(args) == {"config"}:
+        config = parse_config(args["config"], source="serve args 'config'")
+    else:
+        config = parse_config(args, source="serve args")
+    return config.with_absolute_paths(os.getcwd())
+
+
+def tier_deployment_name(tier: TierConfig) -> str:
+    return f"tier-{tier.name}"
+
+
+def build_tier(tier: TierConfig) -> Application:
+    """A tier served by our ``TierDeployment`` (transformers, replay or OpenAI-compatible engine)."""
+    return serve.deployment(
+        TierDeployment,
+        name=tier_deployment_name(tier),
+        autoscaling_config=tier.autoscaling.to_serve(),
+        ray_actor_options=tier.resources.to_ray_actor_options(),
+        max_ongoing_requests=tier.max_ongoing_requests,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+    ).bind(tier.model_dump(mode="json"))
+
+
+def build_app(args: dict[str, Any] | RouteNLPConfig) -> Application:
+    """The router ingress bound to one deployment per tier."""
+    config = config_from_args(args)
+    tier_apps: dict[str, Application] = {}
+    llm_apps: dict[str, Application] = {}
+    for tier in config.tiers:
+        if tier.engine.type == "vllm":
+            from routenlp_ray.engines.serve_llm import build_vllm_tier
+
+            llm_apps[tier.name] = build_vllm_tier(tier)
+        else:
+            tier_apps[tier.name] = build_tier(tier)
+    server = config.server
+    ingress = serve.deployment(
+        serve.ingress()(RouterIngress),
+        name="router",
+        autoscaling_config=server.autoscaling.to_serve(),
+        ray_actor_options=server.resources.to_ray_actor_options(),
+        max_ongoing_requests=server.max_ongoing_requests,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+    )
+    return ingress.bind(config.model_dump(mode="json"), tier_apps, llm_apps or None)

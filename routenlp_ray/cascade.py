@@ -1,0 +1,142 @@
+"""The conformal cascade as a pure async function over injected tier callables.
+
+Nothing here knows about Ray: a tier is any ``async (GenerationRequest) -> GenerationResult``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from routenlp_ray._exceptions import AllTiersFailedError, TierTimeoutError
+from routenlp_ray.config.tiers import Pricing
+from routenlp_ray.engines.base import GenerationRequest, GenerationResult
+
+TierCall = Callable[[GenerationRequest], Awaitable[GenerationResult]]
+AttemptStatus = Literal["accepted", "escalated", "error", "timeout"]
+
+
+@dataclass(frozen=True)
+class CascadeTier:
+    """One rung of the cascade as the cascade sees it."""
+
+    name: str
+    call: TierCall
+    pricing: Pricing
+    timeout_s: float
+
+
+@dataclass
+class TierAttempt:
+    """What happened at one tier; this is what the `routing` object and the query log show."""
+
+    tier: str
+    status: AttemptStatus
+    uncertainty: float | None = None
+    threshold: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        # JSON has no infinity; an empty answer's unbounded uncertainty is logged as null.
+        if isinstance(self.uncertainty, float) and math.isinf(self.uncertainty):
+            data["uncertainty"] = None
+        return data
+
+
+@dataclass
+class CascadeOutcome:
+    answer: GenerationResult
+    answered_by: str
+    attempts: list[TierAttempt] = field(default_factory=list)
+    # True when the accepting tier failed and an earlier, unaccepted answer was returned.
+    fallback: bool = False
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)
+
+    @property
+    def escalations(self) -> int:
+        return sum(1 for a in self.attempts if a.status != "accepted")
+
+
+def accepts(uncertainty: float | None, threshold: float | None, is_last: bool) -> bool:
+    """The cascade's acceptance rule: u <= delta, and the last tier always accepts."""
+    if is_last:
+        return True
+    if uncertainty is None or threshold is None:
+        return False
+    return uncertainty <= threshold
+
+
+async def run_cascade(
+    request: GenerationRequest,
+    tiers: Sequence[CascadeTier],
+    start: int,
+    threshold_for: Callable[[str], float | None],
+    uncertainty_of: Callable[[GenerationResult], float | None],
+) -> CascadeOutcome:
+    """Try tiers from ``start`` upward until one's answer is accepted.
+
+    A tier that raises or times out escalates. If the last tier fails too, the least
+    uncertain earlier answer is returned as a fallback; with no answer at all,
+    ``AllTiersFailedError`` is raised.
+    """
+    if not 0 <= start < len(tiers):
+        raise ValueError(f"start tier index {start} is outside 0..{len(tiers) - 1}")
+    attempts: list[TierAttempt] = []
+    unaccepted: list[tuple[float, int, GenerationResult, str]] = []
+    for index in range(start, len(tiers)):
+        tier = tiers[index]
+        is_last = index == len(tiers) - 1
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(tier.call(request), timeout=tier.timeout_s)
+        except (asyncio.TimeoutError, TierTimeoutError):
+            attempts.append(
+                TierAttempt(tier.name, "timeout", latency_ms=_ms_since(started), error=f"no answer within {tier.timeout_s}s")
+            )
+            continue
+        except Exception as exc:  # a broken tier must never drop the query
+            attempts.append(
+                TierAttempt(tier.name, "error", latency_ms=_ms_since(started), error=f"{type(exc).__name__}: {exc}")
+            )
+            continue
+        uncertainty = uncertainty_of(result)
+        threshold = threshold_for(tier.name)
+        accepted = accepts(uncertainty, threshold, is_last)
+        attempts.append(
+            TierAttempt(
+                tier=tier.name,
+                status="accepted" if accepted else "escalated",
+                uncertainty=uncertainty,
+                threshold=threshold,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                cost_usd=tier.pricing.cost_usd(result.prompt_tokens, result.completion_tokens),
+                latency_ms=_ms_since(started),
+            )
+        )
+        if accepted:
+            return CascadeOutcome(answer=result, answered_by=tier.name, attempts=attempts)
+        rank = uncertainty if uncertainty is not None else math.inf
+        unaccepted.append((rank, -index, result, tier.name))
+    if unaccepted:
+        # Least uncertain first; among equals, the more capable (later) tier.
+        _, _, result, name = min(unaccepted, key=lambda item: (item[0], item[1]))
+        return CascadeOutcome(answer=result, answered_by=name, attempts=attempts, fallback=True)
+    details = "; ".join(f"{a.tier}: {a.error}" for a in attempts)
+    raise AllTiersFailedError(f"every tier failed: {details}")
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -1,0 +1,43 @@
+"""The conformal cascade: uncertainty score, thresholds and start-tier policy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from routenlp_ray.config._base import StrictModel
+
+UncertaintyName = Literal["mean_nll", "max_nll", "one_minus_min_prob"]
+
+
+class CascadeConfig(StrictModel):
+    """How the router decides to accept an answer or escalate."""
+
+    alpha: float = Field(0.1, gt=0, lt=1, description="Target miscoverage of split-conformal thresholds.")
+    uncertainty: UncertaintyName = Field("mean_nll", description="Default uncertainty score u(m_k, x).")
+    uncertainty_per_task: dict[str, UncertaintyName] = Field(
+        default_factory=dict, description="Per-task override of the uncertainty score."
+    )
+    thresholds_path: str | None = Field(
+        None, description="Versioned threshold artifact (JSON) written by `routenlp calibrate`."
+    )
+    thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Inline thresholds, tier -> task -> delta; override the artifact."
+    )
+    default_threshold: float | None = Field(
+        None,
+        description=(
+            "Threshold for a (tier, task) with no calibrated value. None means such a tier never accepts "
+            "and always escalates (except the last tier, which always accepts)."
+        ),
+    )
+    start_policy: str = Field(
+        "cheapest",
+        pattern=r"^(cheapest|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="'cheapest', or '<module>:<factory>' building a policy from router_path (a learned router).",
+    )
+    router_path: str | None = Field(None, description="Artifact handed to the start-policy factory.")
+
+    def uncertainty_for(self, task: str) -> UncertaintyName:
+        return self.uncertainty_per_task.get(task, self.uncertainty)

@@ -1,0 +1,154 @@
+"""Model tiers: which engine answers, what it costs, how it scales."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from routenlp_ray.config._base import StrictModel
+
+TIER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+
+class Pricing(StrictModel):
+    """USD price of a tier per million tokens."""
+
+    input_per_1m: float = Field(ge=0, description="USD per 1M prompt tokens.")
+    output_per_1m: float = Field(ge=0, description="USD per 1M completion tokens.")
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
+
+
+class GenerationLimits(StrictModel):
+    """Bounds the router enforces before a request reaches the tier."""
+
+    default_max_tokens: int = Field(128, ge=1, description="max_tokens when the request gives none.")
+    max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for; larger asks are clamped.")
+    max_batch_size: int = Field(8, ge=1, description="Largest batch of concurrent requests one replica generates together.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, description="How long a replica waits to fill a batch before generating."
+    )
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> "GenerationLimits":
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens ({self.max_tokens})."
+            )
+        return self
+
+
+class AutoscalingConfig(StrictModel):
+    """Ray Serve autoscaling for one tier (passed through to `autoscaling_config`)."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(1, ge=1, description="Upper bound under load.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at start; defaults to min_replicas.")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="In-flight requests per replica that autoscaling aims for.")
+    upscale_delay_s: float = Field(10.0, ge=0, description="How long load must stay high before adding replicas.")
+    downscale_delay_s: float = Field(300.0, ge=0, description="How long load must stay low before removing replicas.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})."
+            )
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie in "
+                f"[min_replicas ({self.min_replicas}), max_replicas ({self.max_replicas})]."
+            )
+        return self
+
+    def to_serve(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class ReplicaResources(StrictModel):
+    """Ray resources reserved by each replica of a tier."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica.")
+    memory_gb: float | None = Field(None, gt=0, description="Memory reserved per replica, in GiB.")
+
+    def to_ray_actor_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_gb is not None:
+            options["memory"] = int(self.memory_gb * 1024**3)
+        return options
+
+
+class TransformersEngineConfig(StrictModel):
+    """A Hugging Face model run in-process by `transformers` (CPU or GPU)."""
+
+    type: Literal["transformers"] = "transformers"
+    model_source: str = Field(
+        description=(
+            "A model folder, or `package:<python_package>/<relative/path>` for a model shipped inside an "
+            "installed Python package. Hub ids are not downloaded."
+        )
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside model_source, loaded with gguf_file=.")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the model runs.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype after loading.")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None keeps torch's default.")
+
+
+class VLLMEngineConfig(StrictModel):
+    """A vLLM engine served by Ray Serve LLM (`ray.serve.llm`); needs the `vllm` extra and a GPU."""
+
+    type: Literal["vllm"] = "vllm"
+    model_source: str = Field(description="Model id or path that vLLM loads on the GPU worker.")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'H100' or 'L4'.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to vLLM's engine args (max_model_len, tensor_parallel_size, ...)."
+    )
+    top_logprobs: int = Field(0, ge=0, le=20, description="Alternatives per token requested with logprobs.")
+
+
+class OpenAIEngineConfig(StrictModel):
+    """Any OpenAI-compatible HTTP endpoint: a hosted frontier model or a vLLM server."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str = Field(description="Base URL ending in /v1.")
+    model: str = Field(description="Model name sent in each request.")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-attempt HTTP timeout.")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries on connection errors, 429 and 5xx.")
+    logprobs: bool = Field(True, description="Ask the endpoint for per-token logprobs.")
+
+
+class ReplayEngineConfig(StrictModel):
+    """Answers from recorded responses in JSONL files (the CPU stand-in for a frontier model)."""
+
+    type: Literal["replay"] = "replay"
+    records: list[str] = Field(
+        min_length=1, description="Glob patterns of JSONL files; each row holds an input and its recorded answer."
+    )
+    input_field: str = Field("input", description="Row field holding the query text.")
+    answer_field: str = Field("reference", description="Row field holding the recorded answer.")
+    task_field: str | None = Field("task", description="Row field naming the task, so equal inputs of two tasks differ.")
+
+
+EngineConfig = Annotated[
+    Union[TransformersEngineConfig, VLLMEngineConfig, OpenAIEngineConfig, ReplayEngineConfig],
+    Field(discriminator="type"),
+]
+
+
+class TierConfig(StrictModel):
+    """One model tier. Tiers are listed cheapest first; the last one is the frontier."""
+
+    name: str = Field(pattern=TIER_NAME_PATTERN, description="Tier name, also its deployment name.")
+    engine: EngineConfig = Field(description="What produces this tier's answers.")
+    pricing: Pricing = Field(description="Price used for cost accounting and savings.")
+    limits: GenerationLimits = Field(default_factory=GenerationLimits, description="Generation limits.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica autoscaling.")
+    resources: ReplicaResources = Field(default_factory=ReplicaResources, description="Resources per replica.")
+    timeout_s: float = Field(60.0, gt=0, description="A call slower than this escalates to the next tier.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Concurrent requests one replica accepts.")

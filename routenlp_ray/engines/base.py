@@ -1,0 +1,89 @@
+"""The one protocol every engine implements, and the values that cross it."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a tier is asked to do. Either ``messages`` (chat) or ``prompt`` (completion) is set."""
+
+    request_id: str
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    task: str | None = None
+    # The client's own text before the task template was applied; replay engines look it up.
+    raw_input: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of messages or prompt must be set")
+
+    @property
+    def sampling_key(self) -> tuple[float, float]:
+        """Requests with equal keys can share one batched generate call."""
+        return (self.temperature, self.top_p)
+
+
+@dataclass
+class GenerationResult:
+    """A tier's answer with what the cascade needs to score it and price it."""
+
+    text: str
+    token_logprobs: list[float] | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    finish_reason: str = "stop"
+    model: str = ""
+    usage_estimated: bool = False
+    metadata: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Produces answers. Implementations: transformers, vLLM (Ray Serve LLM), OpenAI HTTP, replay."""
+
+    name: str
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def check_health(self) -> None: ...
+
+
+class ConcurrentBatchMixin:
+    """``generate_batch`` for engines with no native batching: run the requests concurrently."""
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
+
+
+def estimate_tokens(text: str) -> int:
+    """Token count for engines that report none: about four characters per token."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def request_text(request: GenerationRequest) -> str:
+    """All text of a request, for token estimates."""
+    if request.prompt is not None:
+        return request.prompt
+    return "\n".join(m.get("content", "") for m in request.messages or [])
+
+
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest stop string; returns the text and whether a stop was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

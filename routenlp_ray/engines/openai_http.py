@@ -1,0 +1,86 @@
+"""Any OpenAI-compatible endpoint (a hosted frontier model, a vLLM server) as a tier."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from routenlp_ray._exceptions import EngineError, TierTimeoutError
+from routenlp_ray.config.tiers import OpenAIEngineConfig
+from routenlp_ray.engines.base import ConcurrentBatchMixin, GenerationRequest, GenerationResult
+
+
+class OpenAICompatibleEngine(ConcurrentBatchMixin):
+    """Calls ``/v1/chat/completions`` or ``/v1/completions`` with the official ``openai`` client.
+
+    The client's own retry loop (exponential backoff on connection errors, 408/409/429/5xx)
+    gives the bounded retries; ``timeout_s`` bounds each attempt.
+    """
+
+    def __init__(self, config: OpenAIEngineConfig, name: str = "openai", http_client: Any = None) -> None:
+        from openai import AsyncOpenAI
+
+        self.name = name
+        self.config = config
+        api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        self._client = AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=api_key or "unused",
+            timeout=config.timeout_s,
+            max_retries=config.max_retries,
+            http_client=http_client,
+        )
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        import openai
+
+        started = time.perf_counter()
+        common: dict[str, Any] = {
+            "model": self.config.model,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        if request.stop:
+            common["stop"] = list(request.stop)
+        try:
+            if request.messages is not None:
+                if self.config.logprobs:
+                    common["logprobs"] = True
+                response = await self._client.chat.completions.create(messages=request.messages, **common)
+                choice = response.choices[0]
+                text = choice.message.content or ""
+                logprobs = (
+                    [item.logprob for item in choice.logprobs.content]
+                    if choice.logprobs is not None and choice.logprobs.content
+                    else None
+                )
+            else:
+                if self.config.logprobs:
+                    common["logprobs"] = 1
+                response = await self._client.completions.create(prompt=request.prompt, **common)
+                choice = response.choices[0]
+                text = choice.text
+                logprobs = (
+                    [lp for lp in choice.logprobs.token_logprobs if lp is not None]
+                    if choice.logprobs is not None and choice.logprobs.token_logprobs
+                    else None
+                )
+        except openai.APITimeoutError as exc:
+            raise TierTimeoutError(f"tier {self.name!r} timed out after {self.config.timeout_s}s") from exc
+        except openai.OpenAIError as exc:
+            raise EngineError(f"tier {self.name!r} endpoint {self.config.base_url!r} failed: {exc}") from exc
+        usage = response.usage
+        return GenerationResult(
+            text=text,
+            token_logprobs=logprobs,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            finish_reason=choice.finish_reason or "stop",
+            model=self.name,
+        )
+
+    def check_health(self) -> None:
+        return None

@@ -1,0 +1,94 @@
+"""Answers from recorded responses: the CPU stand-in for a frontier tier, and the benchmark oracle."""
+
+from __future__ import annotations
+
+import glob
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from routenlp_ray._exceptions import ConfigError, ReplayMissError
+from routenlp_ray.config.tiers import ReplayEngineConfig
+from routenlp_ray.engines.base import (
+    ConcurrentBatchMixin,
+    GenerationRequest,
+    GenerationResult,
+    estimate_tokens,
+    request_text,
+)
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def answer_text(value: Any) -> str:
+    """Recorded answers may be structured (entity lists); serve them as compact JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def lookup_text(request: GenerationRequest) -> str:
+    """The client's own text: the raw input if known, else the last user message, else the prompt."""
+    if request.raw_input is not None:
+        return request.raw_input
+    if request.messages:
+        for message in reversed(request.messages):
+            if message.get("role") == "user":
+                return message.get("content", "")
+    return request.prompt or ""
+
+
+class ReplayEngine(ConcurrentBatchMixin):
+    """Looks the query up in JSONL records; a miss raises ``ReplayMissError`` so the cascade moves on."""
+
+    def __init__(self, config: ReplayEngineConfig, name: str = "replay") -> None:
+        self.name = name
+        self.config = config
+        self._by_task: dict[tuple[str | None, str], str] = {}
+        self._any_task: dict[str, str] = {}
+        files = sorted({f for pattern in config.records for f in glob.glob(pattern, recursive=True)})
+        if not files:
+            raise ConfigError(f"replay records {config.records!r} match no files")
+        for file in files:
+            self._load(Path(file))
+
+    def _load(self, file: Path) -> None:
+        cfg = self.config
+        with file.open() as handle:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"replay file {str(file)!r} line {line_no} is not JSON: {exc}") from None
+                if cfg.input_field not in row or cfg.answer_field not in row:
+                    continue
+                key = normalise(str(row[cfg.input_field]))
+                answer = answer_text(row[cfg.answer_field])
+                task = row.get(cfg.task_field) if cfg.task_field else None
+                self._by_task.setdefault((task, key), answer)
+                self._any_task.setdefault(key, answer)
+
+    def __len__(self) -> int:
+        return len(self._any_task)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        started = time.perf_counter()
+        key = normalise(lookup_text(request))
+        answer = self._by_task.get((request.task, key)) or self._any_task.get(key)
+        if answer is None:
+            raise ReplayMissError(f"tier {self.name!r} has no recorded answer for this input")
+        return GenerationResult(
+            text=answer,
+            token_logprobs=None,
+            prompt_tokens=estimate_tokens(request_text(request)),
+            completion_tokens=estimate_tokens(answer),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            model=self.name,
+            usage_estimated=True,
+        )
+
+    def check_health(self) -> None:
+        return None

@@ -1,0 +1,431 @@
+"""The router's request logic, free of Ray and HTTP so it can be tested directly.
+
+The Serve ingress (``deployments/router.py``) parses HTTP and calls into this class; the
+tiers arrive as plain async callables (deployment handles on Ray, engines in tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import Field
+
+from routenlp_ray._exceptions import (
+    AllTiersFailedError,
+    AuthenticationError,
+    PayloadTooLargeError,
+    RequestError,
+    UnknownTaskError,
+)
+from routenlp_ray.cascade import CascadeOutcome, CascadeTier, TierCall, run_cascade
+from routenlp_ray.config._base import StrictModel
+from routenlp_ray.config.app import RouteNLPConfig
+from routenlp_ray.config.cascade import CascadeConfig
+from routenlp_ray.config.tasks import TaskConfig
+from routenlp_ray.conformal.scores import get_uncertainty_score
+from routenlp_ray.conformal.thresholds import ThresholdTable
+from routenlp_ray.costs import frontier_cost
+from routenlp_ray.engines.base import GenerationRequest, GenerationResult
+from routenlp_ray.routing.policy import StartTierPolicy, load_policy
+from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
+from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
+from routenlp_ray.telemetry.querylog import QueryLog
+
+logger = logging.getLogger("routenlp.router")
+
+MODEL_PREFIX = "routenlp"
+RECENT_RESPONSES = 50_000
+
+
+class RouterUserConfig(StrictModel):
+    """What ``reconfigure()`` accepts: artifacts that change without a restart."""
+
+    thresholds_path: str | None = Field(None, description="Threshold artifact to load.")
+    thresholds: dict[str, dict[str, float]] | None = Field(None, description="Inline thresholds; override the artifact.")
+    default_threshold: float | None = Field(None, description="Threshold for (tier, task) pairs with none.")
+    start_policy: str | None = Field(None, description="'cheapest' or '<module>:<factory>'.")
+    router_path: str | None = Field(None, description="Router artifact for the 'router' start policy.")
+
+
+def load_thresholds(cascade: CascadeConfig) -> ThresholdTable:
+    """The artifact (if any) with inline thresholds layered on top."""
+    base = (
+        ThresholdTable.load(cascade.thresholds_path)
+        if cascade.thresholds_path
+        else ThresholdTable(version="none", alpha=cascade.alpha, score=cascade.uncertainty)
+    )
+    if not cascade.thresholds:
+        return base
+    digest = hashlib.sha1(json.dumps(cascade.thresholds, sort_keys=True).encode()).hexdigest()[:8]
+    return base.merged(cascade.thresholds, version=f"{base.version}+inline-{digest}")
+
+
+def policy_for(cascade: CascadeConfig) -> StartTierPolicy:
+    return load_policy(cascade.start_policy, cascade.router_path)
+
+
+class RouterService:
+    """Resolves the task, runs the cascade, logs the decision and answers in OpenAI format."""
+
+    def __init__(
+        self,
+        config: RouteNLPConfig,
+        tiers: Mapping[str, TierCall],
+        query_log: QueryLog | None = None,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
+        missing = [t.name for t in config.tiers if t.name not in tiers]
+        if missing:
+            raise ValueError(f"no callable was given for tiers {missing}")
+        self.config = config
+        self.query_log = query_log
+        self.metrics = metrics or NullRouterMetrics()
+        self._tiers = [
+            CascadeTier(name=t.name, call=tiers[t.name], pricing=t.pricing, timeout_s=t.timeout_s)
+            for t in config.tiers
+        ]
+        self._tier_names = [t.name for t in config.tiers]
+        self._tasks = {t.name: t for t in config.tasks}
+        self._api_keys = config.server.resolved_api_keys()
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.cascade_config = config.cascade
+        self.thresholds = load_thresholds(config.cascade)
+        self.policy = policy_for(config.cascade)
+
+    # -- hot reload -----------------------------------------------------------------------
+    def reconfigure(self, user_config: Mapping[str, Any] | None) -> dict[str, str]:
+        """Swap thresholds and policy in place. Invalid input raises and keeps the old versions."""
+        update = RouterUserConfig.model_validate(dict(user_config or {}))
+        changes = update.model_dump(exclude_none=True)
+        cascade = self.config.cascade.model_copy(update=changes)
+        cascade = CascadeConfig.model_validate(cascade.model_dump())  # re-run validation on the merged result
+        thresholds = load_thresholds(cascade)
+        policy = policy_for(cascade)
+        before = {"thresholds_version": self.thresholds.version, "policy_version": self.policy.version}
+        self.cascade_config, self.thresholds, self.policy = cascade, thresholds, policy
+        after = {"thresholds_version": thresholds.version, "policy_version": policy.version}
+        logger.info("router reconfigured: %s -> %s", before, after)
+        self._log_event_nowait({"event": "reconfigure", "before": before, "after": after, "changes": changes})
+        return after
+
+    # -- request checks -------------------------------------------------------------------
+    def authenticate(self, authorization: str | None) -> None:
+        if not self._api_keys:
+            return
+        if not authorization:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or token.strip() not in self._api_keys:
+            raise AuthenticationError("invalid API key")
+
+    def resolve_task(self, model: str, task: str | None = None) -> TaskConfig:
+        """``task`` wins; else ``model`` names it as ``routenlp/<task>`` or ``<task>``."""
+        name = task
+        if name is None:
+            prefix, _, rest = model.partition("/")
+            if prefix == MODEL_PREFIX and rest:
+                name = rest
+            elif model in (MODEL_PREFIX, f"{MODEL_PREFIX}/auto"):
+                name = self.config.server.default_task
+            else:
+                name = model
+        if name is None or name not in self._tasks:
+            known = ", ".join(f"{MODEL_PREFIX}/{t}" for t in self._tasks)
+            shown = name if name is not None else model
+            raise UnknownTaskError(f"unknown task {shown!r}; known models: {known}", param="model")
+        return self._tasks[name]
+
+    def _check_input_size(self, text_length: int) -> None:
+        limit = self.config.server.max_input_chars
+        if text_length > limit:
+            raise PayloadTooLargeError(f"input is {text_length} characters; the limit is {limit}", param="messages")
+
+    def _max_tokens(self, requested: int | None) -> int:
+        # The smallest cap across tiers keeps one request valid for every tier it may reach.
+        cap = min(t.limits.max_tokens for t in self.config.tiers)
+        default = min(t.limits.default_max_tokens for t in self.config.tiers)
+        return min(requested or default, cap)
+
+    # -- endpoints --------------------------------------------------------------------------
+    async def chat(self, body: ChatCompletionRequest) -> dict[str, Any]:
+        task = self.resolve_task(body.model, body.task)
+        self._check_input_size(sum(len(m.text) for m in body.messages))
+        raw_input = next(m.text for m in reversed(body.messages) if m.role == "user")
+        messages = self._apply_task(task, [{"role": m.role, "content": m.text} for m in body.messages])
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        request = GenerationRequest(
+            request_id=request_id,
+            messages=messages,
+            max_tokens=self._max_tokens(body.requested_max_tokens),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop_sequences,
+            task=task.name,
+            raw_input=raw_input,
+        )
+        outcome, routing, latency_ms = await self._route(request, task, raw_input, "chat.completions")
+        answer = outcome.answer
+        return {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": f"{MODEL_PREFIX}/{task.name}",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": answer.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(answer),
+            "routing": routing,
+        }
+
+    async def complete(self, body: CompletionRequest) -> dict[str, Any]:
+        task = self.resolve_task(body.model, body.task)
+        raw_input = body.prompt_text
+        self._check_input_size(len(raw_input))
+        prompt = task.render_user_message(raw_input)
+        if task.system_prompt:
+            prompt = f"{task.system_prompt}\n\n{prompt}"
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        request = GenerationRequest(
+            request_id=request_id,
+            prompt=prompt,
+            max_tokens=self._max_tokens(body.requested_max_tokens),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop_sequences,
+            task=task.name,
+            raw_input=raw_input,
+        )
+        outcome, routing, _ = await self._route(request, task, raw_input, "completions")
+        answer = outcome.answer
+        return {
+            "id": request_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": f"{MODEL_PREFIX}/{task.name}",
+            "choices": [{"index": 0, "text": answer.text, "finish_reason": answer.finish_reason, "logprobs": None}],
+            "usage": _usage(answer),
+            "routing": routing,
+        }
+
+    async def feedback(self, body: FeedbackRequest) -> dict[str, Any]:
+        known = self._recent.get(body.response_id)
+        record = {
+            "id": f"fb-{uuid.uuid4().hex}",
+            "ts": _now(),
+            "response_id": body.response_id,
+            "accepted": body.accepted,
+            "score": body.score,
+            "comment": body.comment,
+            "source": body.source,
+            "matched": known is not None,
+            "task": known["task"] if known else None,
+            "answered_by": known["answered_by"] if known else None,
+        }
+        if self.query_log is not None:
+            await self.query_log.append("feedback", record)
+        return {"object": "feedback", "id": record["id"], "response_id": body.response_id, "recorded": True}
+
+    def models(self) -> dict[str, Any]:
+        created = int(time.time())
+        data = [
+            {
+                "id": f"{MODEL_PREFIX}/{task.name}",
+                "object": "model",
+                "created": created,
+                "owned_by": MODEL_PREFIX,
+                "description": task.description,
+                "metric": task.metric,
+                "quality_target": task.quality_target,
+            }
+            for task in self.config.tasks
+        ]
+        return {"object": "list", "data": data}
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "tiers": self._tier_names,
+            "tasks": list(self._tasks),
+            "thresholds_version": self.thresholds.version,
+            "policy_version": self.policy.version,
+        }
+
+    async def log_rejection(self, endpoint: str, error: RequestError) -> None:
+        """A refused request is logged too: a spike of 4xx is something operators look for."""
+        self.metrics.record_rejection(error.error_type)
+        record = {
+            "id": f"rej-{uuid.uuid4().hex}",
+            "ts": _now(),
+            "kind": "rejected",
+            "endpoint": endpoint,
+            "http_status": error.status_code,
+            "error_type": error.error_type,
+            "error": error.message,
+        }
+        if self.query_log is not None:
+            await self.query_log.append("events", record)
+
+    # -- internals --------------------------------------------------------------------------
+    def _apply_task(self, task: TaskConfig, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        out = list(messages)
+        last_user = max(i for i, m in enumerate(out) if m["role"] == "user")
+        out[last_user] = {"role": "user", "content": task.render_user_message(out[last_user]["content"])}
+        if task.system_prompt:
+            out.insert(0, {"role": "system", "content": task.system_prompt})
+        return out
+
+    def _threshold_for(self, task: str):  # type: ignore[no-untyped-def]
+        table, default = self.thresholds, self.cascade_config.default_threshold
+
+        def threshold(tier: str) -> float | None:
+            return table.get(tier, task) if table.has(tier, task) else default
+
+        return threshold
+
+    async def _route(
+        self, request: GenerationRequest, task: TaskConfig, raw_input: str, endpoint: str
+    ) -> tuple[CascadeOutcome, dict[str, Any], float]:
+        started = time.perf_counter()
+        # Snapshot the versions so one request is decided under one consistent set.
+        policy, thresholds = self.policy, self.thresholds
+        start_tier = policy.start_tier(task.name, raw_input, self._tier_names)
+        if start_tier not in self._tier_names:
+            logger.warning("policy %s picked unknown tier %r; starting at the cheapest", policy.version, start_tier)
+            start_tier = self._tier_names[0]
+        score = get_uncertainty_score(self.cascade_config.uncertainty_for(task.name))
+        try:
+            outcome = await run_cascade(
+                request,
+                self._tiers,
+                start=self._tier_names.index(start_tier),
+                threshold_for=self._threshold_for(task.name),
+                uncertainty_of=lambda result: score(result.token_logprobs),
+            )
+        except AllTiersFailedError as exc:
+            self.metrics.record_failure(task.name, "all_tiers_failed")
+            await self._log_query(
+                request, task, endpoint, raw_input, start_tier, None, None, _ms_since(started),
+                thresholds.version, policy.version, error=str(exc),
+            )
+            raise
+        latency_ms = _ms_since(started)
+        routing = self._routing_object(task, start_tier, outcome, thresholds.version, policy.version)
+        self.metrics.record_outcome(task.name, outcome, latency_ms, routing["saved_usd"])
+        await self._log_query(
+            request, task, endpoint, raw_input, start_tier, outcome, routing, latency_ms,
+            thresholds.version, policy.version,
+        )
+        self._remember(request.request_id, task.name, outcome.answered_by)
+        return outcome, routing, latency_ms
+
+    def _routing_object(
+        self, task: TaskConfig, start_tier: str, outcome: CascadeOutcome, thresholds_version: str, policy_version: str
+    ) -> dict[str, Any]:
+        frontier = self.config.frontier
+        frontier_attempt = next(
+            (a for a in outcome.attempts if a.tier == frontier.name and a.status in ("accepted", "escalated")), None
+        )
+        if frontier_attempt is not None:
+            baseline = frontier_attempt.cost_usd
+        else:
+            baseline = frontier_cost(frontier.pricing, outcome.answer.prompt_tokens, outcome.answer.completion_tokens)
+        total = outcome.cost_usd
+        return {
+            "task": task.name,
+            "start_tier": start_tier,
+            "answered_by": outcome.answered_by,
+            "fallback": outcome.fallback,
+            "escalations": outcome.escalations,
+            "attempts": [a.to_dict() for a in outcome.attempts],
+            "cost_usd": total,
+            "frontier_cost_usd": baseline,
+            "saved_usd": baseline - total,
+            "thresholds_version": thresholds_version,
+            "policy_version": policy_version,
+        }
+
+    async def _log_query(
+        self,
+        request: GenerationRequest,
+        task: TaskConfig,
+        endpoint: str,
+        raw_input: str,
+        start_tier: str,
+        outcome: CascadeOutcome | None,
+        routing: dict[str, Any] | None,
+        latency_ms: float,
+        thresholds_version: str,
+        policy_version: str,
+        error: str | None = None,
+    ) -> None:
+        if self.query_log is None:
+            return
+        answer = outcome.answer if outcome else None
+        record = {
+            "id": request.request_id,
+            "ts": _now(),
+            "endpoint": endpoint,
+            "task": task.name,
+            "status": "ok" if outcome else "failed",
+            "input": raw_input,
+            "request": {
+                "max_tokens": request.max_tokens,
+                "temperature": request.temperature,
+                "top_p": request.top_p,
+                "stop": list(request.stop),
+            },
+            "start_tier": start_tier,
+            "answered_by": outcome.answered_by if outcome else None,
+            "fallback": outcome.fallback if outcome else False,
+            "attempts": routing["attempts"] if routing else [],
+            "answer": answer.text if answer else None,
+            "token_logprobs": answer.token_logprobs if answer else None,
+            "prompt_tokens": answer.prompt_tokens if answer else 0,
+            "completion_tokens": answer.completion_tokens if answer else 0,
+            "cost_usd": float(routing["cost_usd"]) if routing else 0.0,
+            "frontier_cost_usd": float(routing["frontier_cost_usd"]) if routing else 0.0,
+            "saved_usd": float(routing["saved_usd"]) if routing else 0.0,
+            "latency_ms": latency_ms,
+            "thresholds_version": thresholds_version,
+            "policy_version": policy_version,
+            "error": error,
+        }
+        await self.query_log.append("queries", record)
+
+    def _log_event_nowait(self, record: dict[str, Any]) -> None:
+        if self.query_log is not None:
+            self.query_log.append_sync("events", {"id": f"evt-{uuid.uuid4().hex}", "ts": _now(), **record})
+
+    def _remember(self, response_id: str, task: str, answered_by: str) -> None:
+        self._recent[response_id] = {"task": task, "answered_by": answered_by}
+        while len(self._recent) > RECENT_RESPONSES:
+            self._recent.popitem(last=False)
+
+
+def _usage(answer: GenerationResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+    }
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()

@@ -1,0 +1,6 @@
+"""The durable query/feedback log and the router's Prometheus metrics."""
+
+from routenlp_ray.telemetry.metrics import NullRouterMetrics, RayRouterMetrics, RouterMetrics
+from routenlp_ray.telemetry.querylog import STREAMS, QueryLog, read_dataset, read_records
+
+__all__ = ["STREAMS", "NullRouterMetrics", "QueryLog", "RayRouterMetrics", "RouterMetrics", "read_dataset", "read_records"]

@@ -1,0 +1,84 @@
+"""Prometheus metrics of the router, exported through Ray's metrics agent.
+
+``RayRouterMetrics`` must be created inside a Ray process (a Serve replica); library code
+and unit tests use ``NullRouterMetrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from routenlp_ray.cascade import CascadeOutcome
+
+LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+
+
+class RouterMetrics(Protocol):
+    def record_outcome(self, task: str, outcome: CascadeOutcome, latency_ms: float, saved_usd: float) -> None: ...
+
+    def record_failure(self, task: str, reason: str) -> None: ...
+
+    def record_rejection(self, reason: str) -> None: ...
+
+
+class NullRouterMetrics:
+    def record_outcome(self, task: str, outcome: CascadeOutcome, latency_ms: float, saved_usd: float) -> None:
+        return None
+
+    def record_failure(self, task: str, reason: str) -> None:
+        return None
+
+    def record_rejection(self, reason: str) -> None:
+        return None
+
+
+class RayRouterMetrics:
+    """Counters and histograms named ``routenlp_*`` on Ray's Prometheus endpoint."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Histogram
+
+        self.requests = Counter(
+            "routenlp_requests", description="Answered requests by task and answering tier.", tag_keys=("task", "tier")
+        )
+        self.tier_calls = Counter(
+            "routenlp_tier_calls", description="Tier attempts by outcome.", tag_keys=("task", "tier", "status")
+        )
+        self.escalations = Counter(
+            "routenlp_escalations", description="Escalations away from a tier.", tag_keys=("task", "tier", "reason")
+        )
+        self.cost = Counter("routenlp_cost_usd", description="USD spent per tier.", tag_keys=("task", "tier"))
+        self.saved = Counter("routenlp_saved_usd", description="USD saved against frontier-only.", tag_keys=("task",))
+        self.failures = Counter("routenlp_failed_requests", description="Requests no tier answered.", tag_keys=("task", "reason"))
+        self.rejections = Counter("routenlp_rejected_requests", description="Requests refused with a 4xx.", tag_keys=("reason",))
+        self.latency = Histogram(
+            "routenlp_request_latency_ms",
+            description="End-to-end routing latency.",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("task", "tier"),
+        )
+        self.tier_latency = Histogram(
+            "routenlp_tier_latency_ms",
+            description="Latency of each tier attempt.",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("tier",),
+        )
+
+    def record_outcome(self, task: str, outcome: CascadeOutcome, latency_ms: float, saved_usd: float) -> None:
+        self.requests.inc(1, tags={"task": task, "tier": outcome.answered_by})
+        for attempt in outcome.attempts:
+            self.tier_calls.inc(1, tags={"task": task, "tier": attempt.tier, "status": attempt.status})
+            self.tier_latency.observe(attempt.latency_ms, tags={"tier": attempt.tier})
+            if attempt.cost_usd:
+                self.cost.inc(attempt.cost_usd, tags={"task": task, "tier": attempt.tier})
+            if attempt.status != "accepted":
+                self.escalations.inc(1, tags={"task": task, "tier": attempt.tier, "reason": attempt.status})
+        if saved_usd > 0:
+            self.saved.inc(saved_usd, tags={"task": task})
+        self.latency.observe(latency_ms, tags={"task": task, "tier": outcome.answered_by})
+
+    def record_failure(self, task: str, reason: str) -> None:
+        self.failures.inc(1, tags={"task": task, "reason": reason})
+
+    def record_rejection(self, reason: str) -> None:
+        self.rejections.inc(1, tags={"reason": reason})
