@@ -52,8 +52,15 @@ def build_tier(tier: TierConfig) -> Application:
     ).bind(tier.model_dump(mode="json"))
 
 
-def build_app(args: dict[str, Any] | RouteNLPConfig) -> Application:
-    """The router ingress bound to one deployment per tier."""
+def build_app(args: dict[str, Any] | RouteNLPConfig, user_config: dict[str, Any] | None = None) -> Application:
+    """The router ingress bound to one deployment per tier.
+
+    ``user_config`` (thresholds, policy artifacts) reaches ``RouterIngress.reconfigure``; in a
+    serve config file it is set under ``deployments: [{name: router, user_config: ...}]``.
+    """
+    if isinstance(args, dict) and "user_config" in args and "config" in args:
+        args = dict(args)
+        user_config = args.pop("user_config")
     config = config_from_args(args)
     tier_apps: dict[str, Application] = {}
     llm_apps: dict[str, Application] = {}
@@ -73,4 +80,6 @@ def build_app(args: dict[str, Any] | RouteNLPConfig) -> Application:
         max_ongoing_requests=server.max_ongoing_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
     )
+    if user_config is not None:
+        ingress = ingress.options(user_config=user_config)
     return ingress.bind(config.model_dump(mode="json"), tier_apps, llm_apps or None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -45,6 +47,7 @@ class RouterIngress:
         self.query_log = QueryLog(self.config.storage, writer_label=_replica_label())
         metrics = RayRouterMetrics() if use_ray_metrics else NullRouterMetrics()
         self.service = RouterService(self.config, tiers, query_log=self.query_log, metrics=metrics)
+        self._started_at = time.time()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.service.reconfigure(user_config)
@@ -89,7 +92,7 @@ class RouterIngress:
 
         @app.get("/healthz")
         async def healthz() -> Response:
-            return JSONResponse(self.service.health())
+            return JSONResponse({**self.service.health(), "pid": os.getpid(), "started_at": self._started_at})
 
         return app
 

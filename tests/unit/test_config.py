@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from routenlp_ray import ConfigError
+from routenlp_ray.config import load_config, parse_config
+from tests.conftest import REPO_ROOT, small_config_dict
+
+
+def test_embedded_default_config_loads() -> None:
+    config = load_config(REPO_ROOT / "serve_config.local.yaml")
+    assert [t.name for t in config.tiers] == ["smollm2", "frontier"]
+    assert config.tiers[0].engine.type == "transformers"
+    assert config.frontier.engine.type == "replay"
+    assert config.server.default_task == "chat"
+
+
+def test_gpu_config_loads_with_vllm_tiers() -> None:
+    config = load_config(REPO_ROOT / "serve_config.yaml")
+    assert {t.engine.type for t in config.tiers[:-1]} == {"vllm"}
+    assert all(t.autoscaling.max_replicas > t.autoscaling.min_replicas for t in config.tiers if t.engine.type == "vllm")
+
+
+def test_unknown_field_names_field_and_value(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["tiers"][0]["pricng"] = 3
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "tiers.0.pricng: unknown field (value: 3)" in str(err.value)
+
+
+def test_invalid_value_names_field_and_value(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file, cascade={"alpha": 1.5})
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "cascade.alpha" in str(err.value) and "1.5" in str(err.value)
+
+
+def test_wrong_engine_type_is_rejected(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["tiers"][0]["engine"] = {"type": "llamacpp", "model_source": "x"}
+    with pytest.raises(ConfigError, match="llamacpp"):
+        parse_config(data)
+
+
+def test_cross_field_check_quotes_values(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["tiers"][0]["autoscaling"] = {"min_replicas": 3, "max_replicas": 2}
+    with pytest.raises(ConfigError, match=r"min_replicas \(3\) must be <= max_replicas \(2\)"):
+        parse_config(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"server": {"default_task": "nope"}}, "server.default_task ('nope') is not a configured task"),
+        ({"cascade": {"thresholds": {"ghost": {"chat": 1.0}}}}, "unknown tier 'ghost'"),
+        ({"cascade": {"thresholds": {"cheap": {"ghost": 1.0}}}}, "unknown tasks ['ghost']"),
+        ({"cascade": {"start_policy": "not a policy"}}, "cascade.start_policy"),
+    ],
+)
+def test_cross_references_are_checked(tmp_path: Path, replay_file: Path, change: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(small_config_dict(tmp_path, replay_file, **change))
+    assert message in str(err.value)
+
+
+def test_duplicate_tier_names_are_rejected(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["tiers"][1]["name"] = "cheap"
+    with pytest.raises(ConfigError, match="duplicate name: 'cheap'"):
+        parse_config(data)
+
+
+def test_prompt_template_needs_input_slot(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["tasks"][0]["prompt_template"] = "Classify this"
+    with pytest.raises(ConfigError, match="must contain '\\{input\\}'"):
+        parse_config(data)
+
+
+def test_env_references_expand_with_defaults(tmp_path: Path, replay_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["storage"]["log_uri"] = "${ROUTENLP_TEST_LOG:-/tmp/default-log}"
+    assert parse_config(data).storage.log_uri == "/tmp/default-log"
+    monkeypatch.setenv("ROUTENLP_TEST_LOG", "s3://bucket/log")
+    assert parse_config(data).storage.log_uri == "s3://bucket/log"
+    data["storage"]["log_uri"] = "${ROUTENLP_UNSET_VARIABLE}"
+    with pytest.raises(ConfigError, match="ROUTENLP_UNSET_VARIABLE"):
+        parse_config(data)
+
+
+def test_load_config_reports_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_relative_paths_are_pinned(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["storage"] = {"log_uri": "var/log", "spool_dir": "var/spool"}
+    data["tiers"][0]["engine"]["records"] = ["data/*.jsonl"]
+    pinned = parse_config(data).with_absolute_paths(tmp_path)
+    assert pinned.storage.log_uri == str(tmp_path / "var" / "log")
+    assert pinned.tiers[0].engine.records == [str(tmp_path / "data" / "*.jsonl")]
+    data["storage"]["log_uri"] = "s3://bucket/log"
+    assert parse_config(data).with_absolute_paths(tmp_path).storage.log_uri == "s3://bucket/log"
