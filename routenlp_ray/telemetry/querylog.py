@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import queue
 import socket
@@ -28,6 +29,8 @@ from typing import Any
 from pyarrow import fs as pafs
 
 from routenlp_ray.config.storage import StorageConfig
+
+logger = logging.getLogger("routenlp.querylog")
 
 STREAMS = ("queries", "feedback", "events")
 _STOP = object()
@@ -123,33 +126,38 @@ class QueryLog:
                 return
 
     def _commit(self, batch: list[tuple[str, str, concurrent.futures.Future[None]]]) -> None:
+        """Write a batch, make it durable with one fsync per touched segment, then acknowledge."""
         touched: dict[str, _Segment] = {}
-        failed: dict[int, BaseException] = {}
+        errors: dict[int, BaseException] = {}
         for position, (stream, line, _) in enumerate(batch):
             try:
                 segment = self._segment_for(stream)
                 segment.handle.write(line)
                 segment.records += 1
                 touched[stream] = segment
+                if segment.records >= self.config.segment_max_records:
+                    self._sync(segment)
+                    self._seal(stream)
+                    del touched[stream]
             except BaseException as exc:  # report to the caller; never kill the writer
-                failed[position] = exc
-        sync_error: BaseException | None = None
-        for segment in touched.values():
+                errors[position] = exc
+        sync_errors: dict[str, BaseException] = {}
+        for stream, segment in touched.items():
             try:
-                segment.handle.flush()
-                if self.config.fsync:
-                    os.fsync(segment.handle.fileno())
+                self._sync(segment)
             except BaseException as exc:
-                sync_error = exc
+                sync_errors[stream] = exc
         for position, (stream, _, future) in enumerate(batch):
-            error = failed.get(position) or sync_error
+            error = errors.get(position) or sync_errors.get(stream)
             if error is not None:
                 future.set_exception(error)
             else:
                 future.set_result(None)
-        for stream, segment in touched.items():
-            if segment.records >= self.config.segment_max_records:
-                self._seal(stream)
+
+    def _sync(self, segment: _Segment) -> None:
+        segment.handle.flush()
+        if self.config.fsync:
+            os.fsync(segment.handle.fileno())
 
     def _segment_for(self, stream: str) -> _Segment:
         segment = self._segments.get(stream)
@@ -170,7 +178,10 @@ class QueryLog:
         segment = self._segments.pop(stream)
         segment.handle.close()
         if self.is_remote:
-            self._upload(segment.path, stream)
+            try:
+                self._upload(segment.path, stream)
+            except Exception:  # the records stay durable in the spool; the next log uploads them
+                logger.exception("upload of %s to %s failed; it stays in the spool", segment.path, self.root)
 
     # -- remote upload --------------------------------------------------------------------
     def _upload(self, local: Path, stream: str) -> None:
