@@ -52,15 +52,19 @@ def build_tier(tier: TierConfig) -> Application:
     ).bind(tier.model_dump(mode="json"))
 
 
-def build_app(args: dict[str, Any] | RouteNLPConfig, user_config: dict[str, Any] | None = None) -> Application:
-    """The router ingress bound to one deployment per tier.
+def build_app(args: dict[str, Any]) -> Application:
+    """The ``import_path`` target: Serve calls it with the application's ``args``.
 
-    ``user_config`` (thresholds, policy artifacts) reaches ``RouterIngress.reconfigure``; in a
-    serve config file it is set under ``deployments: [{name: router, user_config: ...}]``.
+    The router's ``user_config`` (thresholds, policy artifacts) is set in the serve config
+    under ``deployments: [{name: router, user_config: ...}]``.
     """
-    if isinstance(args, dict) and "user_config" in args and "config" in args:
-        args = dict(args)
-        user_config = args.pop("user_config")
+    return build_routenlp_app(args)
+
+
+def build_routenlp_app(
+    args: dict[str, Any] | RouteNLPConfig, user_config: dict[str, Any] | None = None
+) -> Application:
+    """The router ingress bound to one deployment per tier (for ``serve.run`` from Python)."""
     config = config_from_args(args)
     tier_apps: dict[str, Application] = {}
     llm_apps: dict[str, Application] = {}

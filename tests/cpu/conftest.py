@@ -1,0 +1,65 @@
+"""Fixtures that start real Ray and Ray Serve on this machine's CPUs."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import DATA_DIR
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_instance() -> Iterator[int]:
+    """A fresh Ray + Serve for the module; yields the HTTP port."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="routenlp-tests")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    if not (DATA_DIR / "cs_intent" / "validation.jsonl").is_file():
+        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
+    return DATA_DIR
+
+
+def deploy_declaratively(applications: list[dict], timeout_s: float = 300) -> None:
+    """Apply a serve config's ``applications`` the way ``serve deploy`` does.
+
+    Declarative deploys are what make ``user_config``-only changes lightweight: Serve calls
+    ``reconfigure()`` on the running replicas instead of replacing them.
+    """
+    import time
+
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
+    deadline = time.time() + timeout_s
+    names = {app["name"] for app in applications}
+    while time.time() < deadline:
+        statuses = {name: serve.status().applications.get(name) for name in names}
+        if all(s is not None and s.status == "RUNNING" for s in statuses.values()):
+            return
+        failed = {n: s.message for n, s in statuses.items() if s is not None and s.status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"deploy failed: {failed}")
+        time.sleep(0.5)
+    raise TimeoutError(f"applications {sorted(names)} not RUNNING after {timeout_s}s")

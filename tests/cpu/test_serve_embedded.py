@@ -1,0 +1,152 @@
+"""The embedded default (SmolLM2 tier + replay frontier) on real Ray Serve, through the openai client."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from routenlp_ray.config import load_config
+from routenlp_ray.telemetry import read_dataset, read_records
+from tests.conftest import REPO_ROOT
+from tests.cpu.conftest import deploy_declaratively
+
+pytestmark = pytest.mark.slow
+
+APP = "embedded"
+
+
+def embedded_config(tmp_path: Path, data_dir: Path) -> Any:
+    config = load_config(REPO_ROOT / "serve_config.local.yaml")
+    data = config.model_dump(mode="json")
+    data["storage"] = {"log_uri": str(tmp_path / "log"), "spool_dir": str(tmp_path / "spool")}
+    # A small slice of the shared data keeps the replay tier quick to load in CI.
+    data["tiers"][1]["engine"]["records"] = [str(data_dir / "cs_intent" / "validation.jsonl")]
+    data["tiers"][0]["limits"]["default_max_tokens"] = 8
+    return data
+
+
+def deploy(data: dict[str, Any], user_config: dict[str, Any]) -> None:
+    """Deploy the way ``serve deploy serve_config.local.yaml`` does, router user_config included."""
+    deploy_declaratively(
+        [
+            {
+                "name": APP,
+                "route_prefix": "/",
+                "import_path": "deployments.builders:build_app",
+                "args": data,
+                "deployments": [{"name": "router", "user_config": user_config}],
+            }
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict[str, Any]]:
+    tmp_path = tmp_path_factory.mktemp("embedded")
+    data = embedded_config(tmp_path, data_dir)
+    deploy(data, user_config={})
+    yield {"port": serve_instance, "config": data, "log": data["storage"]["log_uri"], "tmp": tmp_path}
+
+
+@pytest.fixture()
+def client(app: dict[str, Any]) -> OpenAI:
+    return OpenAI(base_url=f"http://127.0.0.1:{app['port']}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def cs_intent_example(data_dir: Path) -> dict[str, Any]:
+    with (data_dir / "cs_intent" / "validation.jsonl").open() as handle:
+        return json.loads(handle.readline())
+
+
+def test_chat_completion_runs_real_smollm2_and_returns_routing(client: OpenAI, app: dict[str, Any]) -> None:
+    response = client.chat.completions.create(
+        model="routenlp/chat", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=8
+    )
+    routing = response.model_extra["routing"]
+    first = routing["attempts"][0]
+    assert first["tier"] == "smollm2" and first["completion_tokens"] >= 1
+    assert first["uncertainty"] is not None and first["threshold"] == 1.0
+    assert response.choices[0].message.content
+    assert response.usage.completion_tokens <= 8
+    assert routing["answered_by"] in {"smollm2", "frontier"}
+    assert routing["frontier_cost_usd"] > 0
+    logged = {r["id"]: r for r in read_records(app["log"], "queries")}
+    assert logged[response.id]["attempts"][0]["tier"] == "smollm2"
+
+
+def test_threshold_pushed_through_user_config_forces_escalation_without_restart(
+    client: OpenAI, app: dict[str, Any], data_dir: Path
+) -> None:
+    before = httpx.get(f"http://127.0.0.1:{app['port']}/healthz").json()
+    deploy(app["config"], user_config={"thresholds": {"smollm2": {"cs_intent": -1.0}}})
+    after = httpx.get(f"http://127.0.0.1:{app['port']}/healthz").json()
+    assert after["pid"] == before["pid"] and after["started_at"] == before["started_at"]
+    assert after["thresholds_version"] != before["thresholds_version"]
+
+    example = cs_intent_example(data_dir)
+    response = client.chat.completions.create(
+        model="routenlp/cs_intent", messages=[{"role": "user", "content": example["input"]}], max_tokens=8
+    )
+    routing = response.model_extra["routing"]
+    assert [(a["tier"], a["status"]) for a in routing["attempts"]] == [("smollm2", "escalated"), ("frontier", "accepted")]
+    assert routing["attempts"][0]["threshold"] == -1.0
+    assert routing["answered_by"] == "frontier"
+    assert response.choices[0].message.content == example["reference"]
+    events = read_records(app["log"], "events")
+    assert any(e.get("event") == "reconfigure" for e in events)
+    deploy(app["config"], user_config={})
+
+
+def test_completions_and_streaming(client: OpenAI) -> None:
+    completion = client.completions.create(model="routenlp/chat", prompt="The capital of France is", max_tokens=4)
+    assert completion.choices[0].text and completion.model_extra["routing"]["attempts"]
+    chunks = list(
+        client.chat.completions.create(
+            model="routenlp/chat", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, stream=True
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].model_extra["routing"]["answered_by"]
+
+
+def test_feedback_lands_in_the_log_and_ray_data_reads_it(client: OpenAI, app: dict[str, Any]) -> None:
+    response = client.chat.completions.create(
+        model="routenlp/chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=4
+    )
+    posted = httpx.post(
+        f"http://127.0.0.1:{app['port']}/v1/feedback",
+        json={"response_id": response.id, "accepted": False, "score": 0.2, "comment": "too short"},
+    )
+    assert posted.status_code == 200 and posted.json()["recorded"] is True
+    feedback = read_dataset(app["log"], "feedback").to_pandas()
+    row = feedback[feedback["response_id"] == response.id].iloc[0]
+    assert bool(row["matched"]) and not bool(row["accepted"]) and row["score"] == 0.2
+    queries = read_dataset(app["log"], "queries")
+    assert response.id in set(queries.to_pandas()["id"])
+
+
+def test_models_lists_tasks(client: OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {"routenlp/chat", "routenlp/cs_intent", "routenlp/fin_ner"} <= ids
+
+
+def test_router_metrics_reach_prometheus(client: OpenAI, app: dict[str, Any]) -> None:
+    import ray
+
+    client.chat.completions.create(model="routenlp/chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if "routenlp_requests" in text and "routenlp_request_latency_ms_bucket" in text:
+            break
+        time.sleep(2)
+    assert 'task="chat"' in text and "routenlp_requests" in text
+    assert "routenlp_tier_latency_ms_bucket" in text and "routenlp_cost_usd" in text

