@@ -87,3 +87,12 @@ def build_routenlp_app(
     if user_config is not None:
         ingress = ingress.options(user_config=user_config)
     return ingress.bind(config.model_dump(mode="json"), tier_apps, llm_apps or None)
+
+
+def build_direct_tier_app(config: RouteNLPConfig, tier_name: str) -> Application:
+    """One tier behind a bare ingress: the baseline the router's overhead is measured against."""
+    from deployments.direct import DirectTierIngress
+
+    tier = config.with_absolute_paths(os.getcwd()).tier(tier_name)
+    ingress = serve.deployment(serve.ingress()(DirectTierIngress), name="direct", max_ongoing_requests=256)
+    return ingress.bind(build_tier(tier))

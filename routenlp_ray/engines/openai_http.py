@@ -9,6 +9,7 @@ from typing import Any
 from routenlp_ray._exceptions import EngineError, TierTimeoutError
 from routenlp_ray.config.tiers import OpenAIEngineConfig
 from routenlp_ray.engines.base import ConcurrentBatchMixin, GenerationRequest, GenerationResult
+from routenlp_ray.engines.openai_format import result_from_openai_response
 
 
 class OpenAICompatibleEngine(ConcurrentBatchMixin):
@@ -49,38 +50,15 @@ class OpenAICompatibleEngine(ConcurrentBatchMixin):
                 if self.config.logprobs:
                     common["logprobs"] = True
                 response = await self._client.chat.completions.create(messages=request.messages, **common)
-                choice = response.choices[0]
-                text = choice.message.content or ""
-                logprobs = (
-                    [item.logprob for item in choice.logprobs.content]
-                    if choice.logprobs is not None and choice.logprobs.content
-                    else None
-                )
             else:
                 if self.config.logprobs:
                     common["logprobs"] = 1
                 response = await self._client.completions.create(prompt=request.prompt, **common)
-                choice = response.choices[0]
-                text = choice.text
-                logprobs = (
-                    [lp for lp in choice.logprobs.token_logprobs if lp is not None]
-                    if choice.logprobs is not None and choice.logprobs.token_logprobs
-                    else None
-                )
         except openai.APITimeoutError as exc:
             raise TierTimeoutError(f"tier {self.name!r} timed out after {self.config.timeout_s}s") from exc
         except openai.OpenAIError as exc:
             raise EngineError(f"tier {self.name!r} endpoint {self.config.base_url!r} failed: {exc}") from exc
-        usage = response.usage
-        return GenerationResult(
-            text=text,
-            token_logprobs=logprobs,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            finish_reason=choice.finish_reason or "stop",
-            model=self.name,
-        )
+        return result_from_openai_response(response, chat=request.messages is not None, model=self.name, started=started)
 
     def check_health(self) -> None:
         return None

@@ -1,0 +1,35 @@
+"""A bare ingress that calls one tier directly: the baseline of the ingress-overhead benchmark."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from routenlp_ray.engines.base import GenerationRequest
+
+
+class DirectTierIngress:
+    """Forwards a chat body straight to one tier handle: no task, cascade, log or metrics."""
+
+    def __init__(self, tier_handle: Any) -> None:
+        self._tier = tier_handle
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            body = await request.json()
+            generation = GenerationRequest(
+                request_id=uuid.uuid4().hex,
+                messages=body["messages"],
+                max_tokens=body.get("max_tokens") or 16,
+                task=body.get("task"),
+            )
+            result = await self._tier.generate.remote(generation)
+            return JSONResponse({"choices": [{"message": {"role": "assistant", "content": result.text}}]})
+
+        return app

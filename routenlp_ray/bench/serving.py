@@ -1,0 +1,268 @@
+"""Serving benchmarks: router ingress overhead against a bare tier, and memory of the embedded default.
+
+Both are measured on a local Ray started by the benchmark, with traffic only on loopback.
+The overhead runs alternate the router and the direct path in rounds, so machine noise
+lands on both sides of the ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routenlp_ray.config.app import RouteNLPConfig, load_config
+
+
+def latency_summary(samples_ms: list[float]) -> dict[str, float]:
+    values = np.asarray(samples_ms, dtype=float)
+    return {
+        "n": int(values.size),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "mean_ms": float(values.mean()),
+    }
+
+
+async def _load(url: str, bodies: list[dict[str, Any]], concurrency: int, timeout_s: float) -> tuple[list[float], int]:
+    """POST every body with ``concurrency`` clients in flight; returns latencies and the error count."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while True:
+                try:
+                    body = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                try:
+                    response = await client.post(url, json=body)
+                    ok = response.status_code == 200
+                except Exception:
+                    ok = False
+                if ok:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def _replay_rows(data_dir: Path, limit: int) -> list[dict[str, Any]]:
+    rows = []
+    with (data_dir / "cs_intent" / "validation.jsonl").open() as handle:
+        for line in handle:
+            rows.append(json.loads(line))
+            if len(rows) >= limit:
+                break
+    return rows
+
+
+def _fast_tier_config(base: RouteNLPConfig, records: Path, log_dir: Path) -> RouteNLPConfig:
+    """A one-tier router over the replay tier: the fastest real tier, so overhead is not hidden."""
+    data = base.model_dump(mode="json")
+    frontier = data["tiers"][-1]
+    frontier["engine"]["records"] = [str(records)]
+    frontier["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}
+    data["tiers"] = [frontier]
+    data["cascade"] = {}
+    data["storage"] = {"log_uri": str(log_dir / "log"), "spool_dir": str(log_dir / "spool")}
+    return RouteNLPConfig.model_validate(data)
+
+
+def bench_ingress_overhead(
+    config: RouteNLPConfig,
+    data_dir: Path,
+    work_dir: Path,
+    port: int,
+    requests: int,
+    concurrency_levels: tuple[int, ...],
+    rounds: int,
+) -> dict[str, Any]:
+    from ray import serve
+
+    from deployments.builders import build_direct_tier_app, build_routenlp_app
+
+    rows = _replay_rows(data_dir, 200)
+    records = work_dir / "replay.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fast = _fast_tier_config(config, records, work_dir)
+    serve.run(build_routenlp_app(fast), name="bench-router", route_prefix="/router")
+    serve.run(build_direct_tier_app(fast, fast.tiers[0].name), name="bench-direct", route_prefix="/direct")
+    bodies = [
+        {"model": "routenlp/cs_intent", "task": "cs_intent", "max_tokens": 16,
+         "messages": [{"role": "user", "content": rows[i % len(rows)]["input"]}]}
+        for i in range(requests)
+    ]
+    paths = {"router": f"http://127.0.0.1:{port}/router/v1/chat/completions",
+             "direct": f"http://127.0.0.1:{port}/direct/v1/chat/completions"}
+    for url in paths.values():  # warm both paths: connections, imports, first-call caches
+        asyncio.run(_load(url, bodies[:50], 4, 60))
+    results: dict[str, Any] = {}
+    for concurrency in concurrency_levels:
+        samples: dict[str, list[float]] = {"router": [], "direct": []}
+        errors = {"router": 0, "direct": 0}
+        for _ in range(rounds):
+            for name, url in paths.items():
+                latencies, failed = asyncio.run(_load(url, bodies, concurrency, 120))
+                samples[name].extend(latencies)
+                errors[name] += failed
+        router, direct = latency_summary(samples["router"]), latency_summary(samples["direct"])
+        results[f"concurrency_{concurrency}"] = {
+            "router": router,
+            "direct": direct,
+            "errors": errors,
+            "added_p50_ms": router["p50_ms"] - direct["p50_ms"],
+            "added_p99_ms": router["p99_ms"] - direct["p99_ms"],
+            "p50_ratio": router["p50_ms"] / direct["p50_ms"],
+        }
+    serve.delete("bench-router")
+    serve.delete("bench-direct")
+    return results
+
+
+class _MemorySampler:
+    """Samples the summed memory of every process Ray started under this driver."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.peak_rss = 0
+        self.peak_pss = 0
+        self.peak_processes: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> None:
+        rss = pss = 0
+        per_process = []
+        for proc in self._psutil.Process().children(recursive=True):
+            try:
+                info = proc.memory_full_info()
+                name = " ".join(proc.cmdline()[:1])[:80] or proc.name()
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
+                continue
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+            per_process.append({"name": proc.name(), "cmd": name, "rss_mb": info.rss / 2**20})
+        if pss > self.peak_pss:
+            self.peak_pss, self.peak_processes = pss, sorted(per_process, key=lambda p: -p["rss_mb"])[:8]
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self._interval)
+
+
+def bench_embedded_memory(config: RouteNLPConfig, port: int, work_dir: Path, requests: int) -> dict[str, Any]:
+    """Peak memory of Ray plus the embedded default (SmolLM2 tier, replay frontier, router) under load."""
+    from ray import serve
+
+    from deployments.builders import build_routenlp_app
+
+    data = config.model_dump(mode="json")
+    data["storage"] = {"log_uri": str(work_dir / "mem-log"), "spool_dir": str(work_dir / "mem-spool")}
+    embedded = RouteNLPConfig.model_validate(data)
+    with _MemorySampler() as sampler:
+        started = time.perf_counter()
+        serve.run(build_routenlp_app(embedded), name="bench-embedded", route_prefix="/embedded")
+        ready_s = time.perf_counter() - started
+        bodies = [
+            {"model": "routenlp/chat", "max_tokens": 16, "messages": [{"role": "user", "content": f"Tell me fact {i}."}]}
+            for i in range(requests)
+        ]
+        latencies, errors = asyncio.run(_load(f"http://127.0.0.1:{port}/embedded/v1/chat/completions", bodies, 8, 300))
+        sampler.sample()
+    serve.delete("bench-embedded")
+    return {
+        "peak_rss_sum_mb": sampler.peak_rss / 2**20,
+        "peak_pss_sum_mb": sampler.peak_pss / 2**20,
+        "largest_processes_at_peak": sampler.peak_processes,
+        "startup_s": ready_s,
+        "requests": len(bodies),
+        "errors": errors,
+        "latency": latency_summary(latencies) if latencies else None,
+        "note": "PSS counts shared pages once; the RSS sum counts them per process and overstates the total.",
+    }
+
+
+def run_serving_benchmark(
+    config_path: str,
+    data_dir: str,
+    out: str,
+    requests: int = 300,
+    concurrency_levels: tuple[int, ...] = (1, 32),
+    rounds: int = 2,
+    memory_requests: int = 24,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    from routenlp_ray.cli import free_port
+
+    config = load_config(config_path)
+    out_path = Path(out)
+    work_dir = out_path.parent / f".{out_path.stem}-work"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        progress(f"ingress overhead: {requests} requests x {rounds} rounds at concurrency {concurrency_levels}")
+        overhead = bench_ingress_overhead(
+            config, Path(data_dir), work_dir, port, requests, concurrency_levels, rounds
+        )
+        progress("memory of the embedded default under load")
+        memory = bench_embedded_memory(config, port, work_dir, memory_requests)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    report = {
+        "benchmark": "serving",
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "machine": {"cpus": _cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": config_path,
+        "ingress_overhead": overhead,
+        "targets": {"added_p50_ms": 10, "added_p99_ms": 30, "peak_memory_mb": 4096},
+        "memory": memory,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 0

@@ -1,0 +1,129 @@
+"""The ``routenlp`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Sequence
+
+from routenlp_ray._exceptions import RouteNLPError
+
+DEFAULT_LOCAL_CONFIG = "serve_config.local.yaml"
+DEFAULT_DATA_DIR = os.environ.get("ROUTENLP_DATA", "../shared/data")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from routenlp_ray.config import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config}: OK")
+    for tier in config.tiers:
+        price = f"${tier.pricing.input_per_1m}/{tier.pricing.output_per_1m} per 1M in/out"
+        scaling = f"{tier.autoscaling.min_replicas}-{tier.autoscaling.max_replicas} replicas"
+        print(f"  tier {tier.name:<12} {tier.engine.type:<12} {price:<32} {scaling}")
+    print(f"  tasks: {', '.join(t.name for t in config.tasks)}")
+    print(f"  query log: {config.storage.log_uri}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    serve_bin = shutil.which("serve")
+    if serve_bin is None:
+        print("the 'serve' command (ray[serve]) is not on PATH", file=sys.stderr)
+        return 2
+    from routenlp_ray.config import load_config
+
+    load_config(args.config)  # fail fast, with the field and value, before Ray starts
+    os.execv(serve_bin, [serve_bin, "run", args.config])
+    return 0  # pragma: no cover - execv does not return
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    from routenlp_ray.config import load_config
+    from routenlp_ray.telemetry import read_records
+
+    log_uri = args.log_uri or load_config(args.config).storage.log_uri
+    records = read_records(log_uri, args.stream)
+    for record in records[-args.tail:]:
+        print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+def _cmd_bench_serving(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.serving import run_serving_benchmark
+
+    report = run_serving_benchmark(
+        args.config,
+        args.data_dir,
+        args.out,
+        requests=args.requests,
+        concurrency_levels=tuple(args.concurrency),
+        rounds=args.rounds,
+        memory_requests=args.memory_requests,
+    )
+    for level, result in report["ingress_overhead"].items():
+        print(
+            f"{level}: router p50 {result['router']['p50_ms']:.1f} ms / p99 {result['router']['p99_ms']:.1f} ms; "
+            f"direct p50 {result['direct']['p50_ms']:.1f} ms / p99 {result['direct']['p99_ms']:.1f} ms; "
+            f"added p50 {result['added_p50_ms']:+.1f} ms, p99 {result['added_p99_ms']:+.1f} ms"
+        )
+    memory = report["memory"]
+    print(f"memory: peak PSS {memory['peak_pss_sum_mb']:.0f} MB (RSS sum {memory['peak_rss_sum_mb']:.0f} MB)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routenlp", description="RouteNLP on Ray: routing, benchmarks, logs.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check-config", help="validate a RouteNLP or serve config file")
+    check.add_argument("config", nargs="?", default=DEFAULT_LOCAL_CONFIG)
+    check.set_defaults(func=_cmd_check)
+
+    serve = commands.add_parser("serve", help="validate a serve config, then `serve run` it")
+    serve.add_argument("config", nargs="?", default=DEFAULT_LOCAL_CONFIG)
+    serve.set_defaults(func=_cmd_serve)
+
+    log = commands.add_parser("log", help="print the last records of the query log")
+    log.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    log.add_argument("--log-uri", default=None, help="read this log instead of the config's")
+    log.add_argument("--stream", choices=["queries", "feedback", "events"], default="queries")
+    log.add_argument("--tail", type=int, default=10)
+    log.set_defaults(func=_cmd_log)
+
+    bench = commands.add_parser("bench", help="run a benchmark and write its results to a file")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    serving = benches.add_parser("serving", help="router ingress overhead and memory of the embedded default")
+    serving.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    serving.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    serving.add_argument("--out", default="results/bench_serving.json")
+    serving.add_argument("--requests", type=int, default=300, help="requests per path, per round and level")
+    serving.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    serving.add_argument("--rounds", type=int, default=2)
+    serving.add_argument("--memory-requests", type=int, default=24)
+    serving.set_defaults(func=_cmd_bench_serving)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except RouteNLPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

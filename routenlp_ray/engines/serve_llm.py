@@ -1,0 +1,100 @@
+"""vLLM tiers through Ray Serve LLM (``ray.serve.llm``): the builder and the router's client.
+
+Ray Serve LLM owns the vLLM engine, its placement (accelerator type, tensor parallelism)
+and its autoscaling; RouteNLP only builds the ``LLMConfig`` from a tier and calls the
+resulting ``LLMServer`` through its deployment handle with logprobs requested.
+Needs the ``vllm`` extra.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from routenlp_ray._exceptions import EngineError, MissingExtraError
+from routenlp_ray.config.tiers import TierConfig, VLLMEngineConfig
+from routenlp_ray.engines.base import GenerationRequest, GenerationResult
+from routenlp_ray.engines.openai_format import result_from_openai_response
+
+
+def _serve_llm() -> Any:
+    try:
+        import ray.serve.llm as serve_llm
+    except ImportError as exc:  # ray[llm] / vllm missing
+        raise MissingExtraError("vllm", "vllm") from exc
+    return serve_llm
+
+
+def _vllm_engine(tier: TierConfig) -> VLLMEngineConfig:
+    if not isinstance(tier.engine, VLLMEngineConfig):
+        raise TypeError(f"tier {tier.name!r} is not a vllm tier (engine type {tier.engine.type!r})")
+    return tier.engine
+
+
+def llm_config_for(tier: TierConfig) -> Any:
+    """The ``ray.serve.llm.LLMConfig`` of a vllm tier; the tier name is the served model id."""
+    serve_llm = _serve_llm()
+    engine = _vllm_engine(tier)
+    engine_kwargs = dict(engine.engine_kwargs)
+    # The cascade scores answers from their logprobs; make sure the engine may return them.
+    engine_kwargs.setdefault("max_logprobs", max(engine.top_logprobs, 1))
+    kwargs: dict[str, Any] = {
+        "model_loading_config": {"model_id": tier.name, "model_source": engine.model_source},
+        "engine_kwargs": engine_kwargs,
+        "deployment_config": {
+            "autoscaling_config": tier.autoscaling.to_serve(),
+            "max_ongoing_requests": tier.max_ongoing_requests,
+        },
+    }
+    if engine.accelerator_type:
+        kwargs["accelerator_type"] = engine.accelerator_type
+    return serve_llm.LLMConfig(**kwargs)
+
+
+def build_vllm_tier(tier: TierConfig) -> Any:
+    """A Ray Serve LLM ``LLMServer`` application for the tier (built, not deployed)."""
+    serve_llm = _serve_llm()
+    return serve_llm.build_llm_deployment(llm_config_for(tier), name_prefix=f"tier-{tier.name}:")
+
+
+class ServeLLMTierClient:
+    """Calls an ``LLMServer`` deployment handle with an OpenAI request that asks for logprobs."""
+
+    def __init__(self, handle: Any, tier: TierConfig) -> None:
+        self._handle = handle.options(stream=True)
+        self._tier = tier
+        self._engine = _vllm_engine(tier)
+
+    def build_request(self, request: GenerationRequest) -> tuple[str, Any]:
+        """The method name on ``LLMServer`` and its request object."""
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+        common: dict[str, Any] = {
+            "model": self._tier.name,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stream": False,
+        }
+        if request.stop:
+            common["stop"] = list(request.stop)
+        if request.messages is not None:
+            top = self._engine.top_logprobs
+            return "chat", ChatCompletionRequest(
+                messages=request.messages, logprobs=True, top_logprobs=top or None, **common
+            )
+        return "completions", CompletionRequest(prompt=request.prompt, logprobs=max(self._engine.top_logprobs, 1), **common)
+
+    async def __call__(self, request: GenerationRequest) -> GenerationResult:
+        started = time.perf_counter()
+        method, body = self.build_request(request)
+        response = None
+        async for item in getattr(self._handle, method).remote(body):
+            response = item
+            break
+        if response is None:
+            raise EngineError(f"tier {self._tier.name!r} returned no response")
+        if not hasattr(response, "choices"):  # an ErrorResponse (or a list of SSE strings)
+            message = getattr(getattr(response, "error", None), "message", None) or str(response)[:500]
+            raise EngineError(f"tier {self._tier.name!r} failed: {message}")
+        return result_from_openai_response(response, chat=method == "chat", model=self._tier.name, started=started)
