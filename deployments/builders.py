@@ -75,6 +75,19 @@ def build_routenlp_app(
             llm_apps[tier.name] = build_vllm_tier(tier)
         else:
             tier_apps[tier.name] = build_tier(tier)
+    return build_router(config, tier_apps, llm_apps, user_config)
+
+
+def build_router(
+    config: RouteNLPConfig,
+    tier_apps: dict[str, Application],
+    llm_apps: dict[str, Application] | None = None,
+    user_config: dict[str, Any] | None = None,
+) -> Application:
+    """Bind the router ingress to already-built tier applications.
+
+    ``tier_apps`` are ``TierDeployment`` apps; ``llm_apps`` are Ray Serve LLM ``LLMServer`` apps.
+    """
     server = config.server
     ingress = serve.deployment(
         serve.ingress()(RouterIngress),

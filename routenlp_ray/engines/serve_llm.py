@@ -31,8 +31,11 @@ def _vllm_engine(tier: TierConfig) -> VLLMEngineConfig:
     return tier.engine
 
 
-def llm_config_for(tier: TierConfig) -> Any:
-    """The ``ray.serve.llm.LLMConfig`` of a vllm tier; the tier name is the served model id."""
+def llm_config_for(tier: TierConfig, overrides: dict[str, Any] | None = None) -> Any:
+    """The ``ray.serve.llm.LLMConfig`` of a vllm tier; the tier name is the served model id.
+
+    ``overrides`` replaces top-level ``LLMConfig`` fields (for example ``accelerator_config``).
+    """
     serve_llm = _serve_llm()
     engine = _vllm_engine(tier)
     engine_kwargs = dict(engine.engine_kwargs)
@@ -48,13 +51,21 @@ def llm_config_for(tier: TierConfig) -> Any:
     }
     if engine.accelerator_type:
         kwargs["accelerator_type"] = engine.accelerator_type
+    kwargs.update(overrides or {})
     return serve_llm.LLMConfig(**kwargs)
 
 
-def build_vllm_tier(tier: TierConfig) -> Any:
-    """A Ray Serve LLM ``LLMServer`` application for the tier (built, not deployed)."""
+def build_vllm_tier(
+    tier: TierConfig, overrides: dict[str, Any] | None = None, bind_kwargs: dict[str, Any] | None = None
+) -> Any:
+    """A Ray Serve LLM ``LLMServer`` application for the tier (built, not deployed).
+
+    ``bind_kwargs`` reach ``LLMServer`` (Ray Serve LLM's ``engine_cls`` seam, used by tests).
+    """
     serve_llm = _serve_llm()
-    return serve_llm.build_llm_deployment(llm_config_for(tier), name_prefix=f"tier-{tier.name}:")
+    return serve_llm.build_llm_deployment(
+        llm_config_for(tier, overrides), name_prefix=f"tier-{tier.name}:", bind_kwargs=bind_kwargs
+    )
 
 
 class ServeLLMTierClient:
