@@ -33,7 +33,7 @@ from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.conformal.scores import get_uncertainty_score
 from routenlp_ray.conformal.thresholds import ThresholdTable
 from routenlp_ray.costs import frontier_cost
-from routenlp_ray.engines.base import GenerationRequest, GenerationResult
+from routenlp_ray.engines.base import GenerationRequest
 from routenlp_ray.routing.policy import StartTierPolicy, load_policy
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
@@ -160,35 +160,15 @@ class RouterService:
         self._check_input_size(sum(len(m.text) for m in body.messages))
         raw_input = next(m.text for m in reversed(body.messages) if m.role == "user")
         messages = self._apply_task(task, [{"role": m.role, "content": m.text} for m in body.messages])
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        request = GenerationRequest(
-            request_id=request_id,
-            messages=messages,
-            max_tokens=self._max_tokens(body.requested_max_tokens),
-            temperature=body.temperature,
-            top_p=body.top_p,
-            stop=body.stop_sequences,
-            task=task.name,
-            raw_input=raw_input,
-        )
-        outcome, routing, latency_ms = await self._route(request, task, raw_input, "chat.completions")
-        answer = outcome.answer
-        return {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": f"{MODEL_PREFIX}/{task.name}",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer.text},
-                    "finish_reason": answer.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(answer),
-            "routing": routing,
+        request = self._generation_request(f"chatcmpl-{uuid.uuid4().hex}", body, task, raw_input, messages=messages)
+        outcome, routing = await self._route(request, task, raw_input, "chat.completions")
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": outcome.answer.text},
+            "finish_reason": outcome.answer.finish_reason,
+            "logprobs": None,
         }
+        return _envelope(request.request_id, "chat.completion", task, choice, outcome, routing)
 
     async def complete(self, body: CompletionRequest) -> dict[str, Any]:
         task = self.resolve_task(body.model, body.task)
@@ -197,9 +177,23 @@ class RouterService:
         prompt = task.render_user_message(raw_input)
         if task.system_prompt:
             prompt = f"{task.system_prompt}\n\n{prompt}"
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-        request = GenerationRequest(
+        request = self._generation_request(f"cmpl-{uuid.uuid4().hex}", body, task, raw_input, prompt=prompt)
+        outcome, routing = await self._route(request, task, raw_input, "completions")
+        choice = {"index": 0, "text": outcome.answer.text, "finish_reason": outcome.answer.finish_reason, "logprobs": None}
+        return _envelope(request.request_id, "text_completion", task, choice, outcome, routing)
+
+    def _generation_request(
+        self,
+        request_id: str,
+        body: ChatCompletionRequest | CompletionRequest,
+        task: TaskConfig,
+        raw_input: str,
+        messages: list[dict[str, str]] | None = None,
+        prompt: str | None = None,
+    ) -> GenerationRequest:
+        return GenerationRequest(
             request_id=request_id,
+            messages=messages,
             prompt=prompt,
             max_tokens=self._max_tokens(body.requested_max_tokens),
             temperature=body.temperature,
@@ -208,17 +202,6 @@ class RouterService:
             task=task.name,
             raw_input=raw_input,
         )
-        outcome, routing, _ = await self._route(request, task, raw_input, "completions")
-        answer = outcome.answer
-        return {
-            "id": request_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": f"{MODEL_PREFIX}/{task.name}",
-            "choices": [{"index": 0, "text": answer.text, "finish_reason": answer.finish_reason, "logprobs": None}],
-            "usage": _usage(answer),
-            "routing": routing,
-        }
 
     async def feedback(self, body: FeedbackRequest) -> dict[str, Any]:
         known = self._recent.get(body.response_id)
@@ -297,7 +280,7 @@ class RouterService:
 
     async def _route(
         self, request: GenerationRequest, task: TaskConfig, raw_input: str, endpoint: str
-    ) -> tuple[CascadeOutcome, dict[str, Any], float]:
+    ) -> tuple[CascadeOutcome, dict[str, Any]]:
         started = time.perf_counter()
         # Snapshot the versions so one request is decided under one consistent set.
         policy, thresholds = self.policy, self.thresholds
@@ -329,7 +312,7 @@ class RouterService:
             thresholds.version, policy.version,
         )
         self._remember(request.request_id, task.name, outcome.answered_by)
-        return outcome, routing, latency_ms
+        return outcome, routing
 
     def _routing_object(
         self, task: TaskConfig, start_tier: str, outcome: CascadeOutcome, thresholds_version: str, policy_version: str
@@ -415,11 +398,23 @@ class RouterService:
             self._recent.popitem(last=False)
 
 
-def _usage(answer: GenerationResult) -> dict[str, int]:
+def _envelope(
+    response_id: str, obj: str, task: TaskConfig, choice: dict[str, Any], outcome: CascadeOutcome, routing: dict[str, Any]
+) -> dict[str, Any]:
+    """The OpenAI response body, with the cascade's ``routing`` object attached."""
+    answer = outcome.answer
     return {
-        "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        "id": response_id,
+        "object": obj,
+        "created": int(time.time()),
+        "model": f"{MODEL_PREFIX}/{task.name}",
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        },
+        "routing": routing,
     }
 
 
