@@ -109,10 +109,13 @@ class TransformersEngine:
             chosen = logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1).cpu()
         elapsed_ms = (time.perf_counter() - started) * 1000
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        return [
+        results = [
             self._finish_row(request, generated[row].tolist(), chosen[row].tolist(), int(prompt_lengths[row]), elapsed_ms)
             for row, request in enumerate(group)
         ]
+        for result in results:
+            result.metadata["batch_size"] = len(group)
+        return results
 
     def _finish_row(
         self, request: GenerationRequest, ids: list[int], logprobs: list[float], prompt_tokens: int, elapsed_ms: float

@@ -150,3 +150,18 @@ def test_router_metrics_reach_prometheus(client: OpenAI, app: dict[str, Any]) ->
         time.sleep(2)
     assert 'task="chat"' in text and "routenlp_requests" in text
     assert "routenlp_tier_latency_ms_bucket" in text and "routenlp_cost_usd" in text
+
+
+def test_concurrent_requests_share_a_batch_on_the_smollm2_tier(app: dict[str, Any]) -> None:
+    from ray import serve
+
+    from routenlp_ray.engines import GenerationRequest
+
+    tier = serve.get_deployment_handle("tier-smollm2", app_name=APP)
+    requests = [
+        GenerationRequest(request_id=str(i), messages=[{"role": "user", "content": f"Say the number {i}."}], max_tokens=3)
+        for i in range(6)
+    ]
+    results = [response.result(timeout_s=120) for response in [tier.generate.remote(r) for r in requests]]
+    assert all(r.completion_tokens >= 1 for r in results)
+    assert max(r.metadata["batch_size"] for r in results) > 1

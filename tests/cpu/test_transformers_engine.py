@@ -65,3 +65,15 @@ def test_raw_prompt_completion_skips_the_chat_template(engine: TransformersEngin
     result = engine.generate_batch_sync([GenerationRequest(request_id="c", prompt="The capital of France is", max_tokens=3)])[0]
     assert result.prompt_tokens == len(engine.tokenizer("The capital of France is")["input_ids"])
     assert result.completion_tokens >= 1
+
+
+def test_a_hugging_face_model_folder_loads_and_matches_the_gguf(engine: TransformersEngine, tmp_path) -> None:
+    folder = tmp_path / "smollm2-folder"
+    # transformers refuses to re-save a GGUF-loaded model; a plain copy of its weights saves fine.
+    plain = type(engine.model)(engine.model.config)
+    plain.load_state_dict(engine.model.state_dict())
+    plain.save_pretrained(folder)
+    engine.tokenizer.save_pretrained(folder)
+    from_folder = TransformersEngine(TransformersEngineConfig(model_source=str(folder)), name="folder")
+    request = chat("Name a primary colour.", max_tokens=5)
+    assert from_folder.generate_batch_sync([request])[0].text == engine.generate_batch_sync([request])[0].text
