@@ -36,8 +36,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_executable() -> str | None:
+    """Ray's ``serve`` command from this interpreter's environment, even when it is not activated."""
+    beside = os.path.join(os.path.dirname(sys.executable), "serve")
+    return beside if os.access(beside, os.X_OK) else shutil.which("serve")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    serve_bin = shutil.which("serve")
+    serve_bin = serve_executable()
     if serve_bin is None:
         print("the 'serve' command (ray[serve]) is not on PATH", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from routenlp_ray.cli import serve_executable
 from routenlp_ray.telemetry import read_records
 from tests.conftest import REPO_ROOT
 from tests.cpu.conftest import free_port
@@ -29,7 +30,7 @@ def test_serve_run_of_the_embedded_default_answers_the_openai_client(tmp_path: P
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(ROUTENLP_LOG_URI=str(tmp_path / "log"), ROUTENLP_DATA=str(data_dir))
     process = subprocess.Popen(
-        ["serve", "run", str(config_file)], cwd=REPO_ROOT, env=env,
+        [serve_executable(), "run", str(config_file)], cwd=REPO_ROOT, env=env,
         stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
