@@ -50,6 +50,8 @@ class RouteNLPConfig(StrictModel):
                 raise ValueError(
                     f"cascade.thresholds[{tier!r}] names unknown tasks {unknown}; known tasks: {sorted(task_names)}"
                 )
+        if self.cascade.start_policy == "router" and not self.cascade.router_path:
+            raise ValueError("cascade.start_policy is 'router' but cascade.router_path is not set")
         unknown = sorted(set(self.cascade.uncertainty_per_task) - task_names)
         if unknown:
             raise ValueError(f"cascade.uncertainty_per_task names unknown tasks {unknown}")

@@ -34,8 +34,11 @@ class CascadeConfig(StrictModel):
     )
     start_policy: str = Field(
         "cheapest",
-        pattern=r"^(cheapest|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
-        description="'cheapest', or '<module>:<factory>' building a policy from router_path (a learned router).",
+        pattern=r"^(cheapest|router|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description=(
+            "'cheapest'; 'router', the learned difficulty-aware router saved at router_path; or "
+            "'<module>:<factory>', a callable building a policy from router_path."
+        ),
     )
     router_path: str | None = Field(None, description="Artifact handed to the start-policy factory.")
 

@@ -44,3 +44,12 @@ class TaskConfig(StrictModel):
 
     def render_user_message(self, text: str) -> str:
         return self.prompt_template.format(input=text)
+
+    def apply_to_messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Template the last user message and put the task's system prompt first."""
+        out = list(messages)
+        last_user = max(i for i, m in enumerate(out) if m["role"] == "user")
+        out[last_user] = {"role": "user", "content": self.render_user_message(out[last_user]["content"])}
+        if self.system_prompt:
+            out.insert(0, {"role": "system", "content": self.system_prompt})
+        return out

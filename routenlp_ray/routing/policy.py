@@ -1,7 +1,8 @@
 """Start-tier policies: which tier the cascade tries first.
 
-A policy is pluggable: ``cascade.start_policy`` is ``"cheapest"`` or ``"<module>:<factory>"``,
-a callable that takes the artifact path (``cascade.router_path``) and returns a policy.
+A policy is pluggable: ``cascade.start_policy`` is ``"cheapest"``, ``"router"`` (the learned
+difficulty-aware router at ``cascade.router_path``) or ``"<module>:<factory>"``, a callable that
+takes the artifact path and returns a policy.
 """
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ class CheapestTierPolicy:
         return tiers[0]
 
 
+BUILTIN_POLICIES = {"router": "routenlp_ray.routing.learned_policy:load_router_policy"}
+
+
 def load_policy(spec: str, artifact_path: str | None = None) -> StartTierPolicy:
-    """Build the policy named by ``spec`` ("cheapest" or "module:factory")."""
+    """Build the policy named by ``spec``: "cheapest", "router" (the learned router), or "module:factory"."""
     if spec == "cheapest":
         return CheapestTierPolicy()
+    spec = BUILTIN_POLICIES.get(spec, spec)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"start_policy {spec!r} must be 'cheapest' or '<module>:<factory>'")
+        raise ConfigError(f"start_policy {spec!r} must be 'cheapest', 'router' or '<module>:<factory>'")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -159,7 +159,7 @@ class RouterService:
         task = self.resolve_task(body.model, body.task)
         self._check_input_size(sum(len(m.text) for m in body.messages))
         raw_input = next(m.text for m in reversed(body.messages) if m.role == "user")
-        messages = self._apply_task(task, [{"role": m.role, "content": m.text} for m in body.messages])
+        messages = task.apply_to_messages([{"role": m.role, "content": m.text} for m in body.messages])
         request = self._generation_request(f"chatcmpl-{uuid.uuid4().hex}", body, task, raw_input, messages=messages)
         outcome, routing = await self._route(request, task, raw_input, "chat.completions")
         choice = {
@@ -262,14 +262,6 @@ class RouterService:
             await self.query_log.append("events", record)
 
     # -- internals --------------------------------------------------------------------------
-    def _apply_task(self, task: TaskConfig, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        out = list(messages)
-        last_user = max(i for i, m in enumerate(out) if m["role"] == "user")
-        out[last_user] = {"role": "user", "content": task.render_user_message(out[last_user]["content"])}
-        if task.system_prompt:
-            out.insert(0, {"role": "system", "content": task.system_prompt})
-        return out
-
     def _threshold_for(self, task: str):  # type: ignore[no-untyped-def]
         table, default = self.thresholds, self.cascade_config.default_threshold
 

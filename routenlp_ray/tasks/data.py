@@ -1,0 +1,90 @@
+"""Task data: one JSONL row per example, found at ``<data_dir>/<task>/<split>.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from routenlp_ray._exceptions import ConfigError
+
+REQUIRED_FIELDS: tuple[str, ...] = ("id", "task", "input", "reference")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One evaluation example.
+
+    ``reference`` is a label string, a free-text answer, or (fin_ner) a list of entity dicts.
+    ``extra`` holds every other field of the row (``split``, ``labels``, ``intent``, ...).
+    """
+
+    id: str
+    task: str
+    input: str
+    reference: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def task_file(data_dir: str | Path, task: str, split: str) -> Path:
+    """The path of ``<data_dir>/<task>/<split>.jsonl``; raises ``ConfigError`` naming what is missing."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ConfigError(f"data directory {str(root)!r} does not exist (set ROUTENLP_DATA or pass data_dir)")
+    folder = root / task
+    if not folder.is_dir():
+        known = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise ConfigError(f"task folder {str(folder)!r} does not exist; folders in {str(root)!r}: {known}")
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        splits = sorted(p.stem for p in folder.glob("*.jsonl"))
+        raise ConfigError(f"data file {str(path)!r} does not exist; splits of {task!r}: {splits}")
+    return path
+
+
+def load_examples(path: str | Path, limit: int | None = None, seed: int | None = None) -> list[Example]:
+    """Read examples from a JSONL file.
+
+    Without ``seed`` the first ``limit`` rows are returned, in file order. With ``seed`` the rows are
+    shuffled by ``random.Random(seed)`` and the first ``limit`` of them returned, so the same seed
+    always gives the same sample.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data file {str(path)!r} does not exist")
+    if seed is None:
+        examples: list[Example] = []
+        for example in _iter_examples(path):
+            if limit is not None and len(examples) >= limit:
+                break
+            examples.append(example)
+        return examples
+    # Sampling needs every row, so the whole file is read; the largest task file is a few MB.
+    examples = list(_iter_examples(path))
+    random.Random(seed).shuffle(examples)
+    return examples if limit is None else examples[:limit]
+
+
+def _iter_examples(path: Path) -> Iterator[Example]:
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{str(path)!r} line {line_no} is not valid JSON: {exc}") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{str(path)!r} line {line_no} is a {type(row).__name__}, expected a JSON object")
+            missing = [name for name in REQUIRED_FIELDS if name not in row]
+            if missing:
+                raise ConfigError(f"{str(path)!r} line {line_no} lacks the fields {missing}")
+            extra = {key: value for key, value in row.items() if key not in REQUIRED_FIELDS}
+            yield Example(
+                id=str(row["id"]), task=str(row["task"]), input=str(row["input"]), reference=row["reference"], extra=extra
+            )
