@@ -2,11 +2,17 @@
 
 Mean-pooled last-layer token states, L2-normalised (the model's own sentence-transformers
 pooling), 384 dimensions. Loaded from the package folder; nothing is downloaded.
+
+By default the linear layers are dynamically quantised to int8: on a 2-core CPU that halves
+single-query latency (about 9 ms to 4 ms) and doubles batched throughput, at a cosine of
+about 0.96 to the float32 embedding. A router must be trained and served with the same
+setting, so the setting is saved in the policy artifact.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +27,13 @@ EMBEDDING_DIM = 384
 class SentenceEncoder:
     """Encodes texts to unit-norm vectors; ``encode`` takes a list, ``encode_one`` a single query."""
 
-    def __init__(self, model_source: str = MINILM_SOURCE, max_length: int = 256, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_source: str = MINILM_SOURCE,
+        max_length: int = 256,
+        num_threads: int | None = None,
+        quantize: bool = True,
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -34,6 +46,12 @@ class SentenceEncoder:
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path)).eval()
+        self.quantize = quantize
+        if quantize:
+            with warnings.catch_warnings():
+                # torch points to torchao for new code; the eager dynamic path is what runs on CPU here.
+                warnings.simplefilter("ignore")
+                self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
 
     @property
     def dim(self) -> int:

@@ -35,18 +35,20 @@ class RouterStartPolicy:
         encoder: SentenceEncoder | None = None,
         version: str = "router",
         encoder_source: str = MINILM_SOURCE,
+        encoder_quantized: bool = True,
     ) -> None:
         self.router = router
         self.targets = dict(targets)
         self.default_target = default_target
         self.version = version
         self.encoder_source = encoder_source
+        self.encoder_quantized = encoder_quantized
         self._encoder = encoder
 
     @property
     def encoder(self) -> SentenceEncoder:
         if self._encoder is None:
-            self._encoder = SentenceEncoder(self.encoder_source)
+            self._encoder = SentenceEncoder(self.encoder_source, quantize=self.encoder_quantized)
         return self._encoder
 
     def target_for(self, task: str) -> float:
@@ -72,6 +74,7 @@ class RouterStartPolicy:
             "targets": self.targets,
             "default_target": self.default_target,
             "encoder_source": self.encoder_source,
+            "encoder_quantized": self.encoder_quantized,
             "metadata": metadata or {},
         }
         (folder / POLICY_META).write_text(json.dumps(meta, indent=2))
@@ -93,6 +96,7 @@ class RouterStartPolicy:
             encoder=encoder,
             version=meta["version"],
             encoder_source=meta.get("encoder_source", MINILM_SOURCE),
+            encoder_quantized=meta.get("encoder_quantized", True),
         )
 
 

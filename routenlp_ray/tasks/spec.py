@@ -1,0 +1,241 @@
+"""``TaskSpec``: how one task is prompted, how its answers are parsed, and how they are scored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from routenlp_ray._exceptions import ConfigError
+from routenlp_ray.config.tasks import TASK_NAME_PATTERN, MetricName
+from routenlp_ray.tasks import metrics
+from routenlp_ray.tasks.parsers import (
+    EntityParse,
+    Entity,
+    ParserKind,
+    entities_from_value,
+    label_index,
+    normalise_label,
+    parse_entities,
+    parse_free_label,
+    parse_label,
+    parse_text,
+)
+
+# The parser each metric needs; a spec naming another combination fails at construction.
+PARSER_FOR_METRIC: dict[str, tuple[ParserKind, ...]] = {
+    "entity_f1": ("entities",),
+    "rouge_l": ("text",),
+    "bertscore": ("text",),
+    "macro_f1": ("label",),
+    "accuracy": ("label",),
+    "exact_match": ("text", "label"),
+    "none": ("text", "label", "entities"),
+}
+
+# The key of ``TaskSpec.evaluate`` that is the task's headline number.
+PRIMARY_KEY: dict[str, str] = {
+    "entity_f1": "f1",
+    "rouge_l": "rouge_l",
+    "bertscore": "bertscore_f1",
+    "macro_f1": "macro_f1",
+    "accuracy": "accuracy",
+    "exact_match": "exact_match",
+}
+
+# Scores such as 2*4/(5+5) can land a hair under a bar of 0.8 in floating point.
+_BAR_TOLERANCE = 1e-9
+
+
+class TaskSpec(BaseModel):
+    """One task: prompt, output parser, quality metric, success bar and data location."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=TASK_NAME_PATTERN, description="Task name; clients pick it via `model`.")
+    description: str = Field("", description="One line shown in /v1/models and reports.")
+    system_prompt: str | None = Field(None, description="System message sent before the user's input.")
+    prompt_template: str = Field("{input}", description="User message template with an `{input}` slot.")
+    parser: ParserKind = Field(description="How model text is read: `label`, `entities` or `text`.")
+    metric: MetricName = Field(description="Quality metric; `none` means the task is never scored.")
+    success_bar: float = Field(ge=0, le=1, description="Per-example score at or above which an answer is correct.")
+    quality_target: float = Field(0.96, gt=0, le=1, description="Share of frontier quality the task must keep.")
+    labels: tuple[str, ...] | None = Field(None, description="Label set of a `label` task; None = free labels.")
+    entity_types: tuple[str, ...] | None = Field(None, description="Entity types of an `entities` task.")
+    data_folder: str = Field(description="Data folder: relative to the data directory, or absolute.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_input_slot(cls, value: str) -> str:
+        if "{input}" not in value:
+            raise ValueError(f"prompt_template must contain '{{input}}', got {value!r}")
+        try:
+            value.format(input="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"prompt_template {value!r} is not a valid format string: {exc}") from exc
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("labels must not be empty; use None for a task without a fixed label set")
+            label_index(value)  # raises when two labels normalise alike
+        return value
+
+    @model_validator(mode="after")
+    def _parser_fits_metric(self) -> TaskSpec:
+        allowed = PARSER_FOR_METRIC[self.metric]
+        if self.parser not in allowed:
+            raise ValueError(f"metric {self.metric!r} needs parser {' or '.join(allowed)}, got {self.parser!r}")
+        return self
+
+    # -- prompting ---------------------------------------------------------------------------
+
+    def render_user_message(self, text: str) -> str:
+        return self.prompt_template.format(input=text)
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """Chat messages for one input: the system prompt (if any), then the rendered user turn."""
+        user = {"role": "user", "content": self.render_user_message(text)}
+        if self.system_prompt is None:
+            return [user]
+        return [{"role": "system", "content": self.system_prompt}, user]
+
+    # -- data --------------------------------------------------------------------------------
+
+    def data_file(self, data_dir: str | Path, split: str) -> Path:
+        """``<data_folder>/<split>.jsonl``; a relative ``data_folder`` is taken under ``data_dir``."""
+        from routenlp_ray.tasks.data import task_file
+
+        folder = Path(self.data_folder)
+        if folder.is_absolute():
+            return task_file(folder.parent, folder.name, split)
+        return task_file(data_dir, self.data_folder, split)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    @property
+    def has_metric(self) -> bool:
+        return self.metric != "none"
+
+    @property
+    def primary_metric(self) -> str:
+        """The key of ``evaluate``'s result that is this task's headline number."""
+        self._require_metric()
+        return PRIMARY_KEY[self.metric]
+
+    def parse(self, prediction_text: str | None) -> str | None | EntityParse:
+        """The parsed answer: a label (or None), an ``EntityParse``, or stripped text."""
+        if self.parser == "label":
+            if self.labels is None:
+                return parse_free_label(prediction_text)
+            return parse_label(prediction_text, self.labels)
+        if self.parser == "entities":
+            return parse_entities(prediction_text, self.entity_types)
+        return parse_text(prediction_text)
+
+    def score(self, prediction_text: str | None, reference: Any) -> float:
+        """The per-example metric of one answer, in [0, 1]; unparseable answers score 0."""
+        return self.score_batch([prediction_text], [reference])[0]
+
+    def score_batch(self, predictions: Sequence[str | None], references: Sequence[Any]) -> list[float]:
+        """Per-example metric of many answers at once (BERTScore batches them through the model)."""
+        self._require_metric()
+        if len(predictions) != len(references):
+            raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
+        if self.metric == "bertscore":
+            from routenlp_ray.tasks.bertscore import bertscore_f1  # loads torch on first use
+
+            return bertscore_f1([parse_text(p) for p in predictions], [self._reference_text(r) for r in references])
+        return [self._score_one(p, r) for p, r in zip(predictions, references)]
+
+    def is_correct(self, prediction_text: str | None, reference: Any) -> bool:
+        """Whether one answer meets the task's bar: ``score >= success_bar``."""
+        return self.score(prediction_text, reference) >= self.success_bar - _BAR_TOLERANCE
+
+    def evaluate(self, predictions: Sequence[str | None], references: Sequence[Any]) -> dict[str, float]:
+        """Corpus metrics of model answers against references.
+
+        Keys by metric: ``entity_f1`` -> precision, recall, f1, unparseable_rate;
+        ``macro_f1`` / ``accuracy`` -> accuracy, macro_f1, unparseable_rate; ``rouge_l`` -> rouge_l;
+        ``bertscore`` -> bertscore_f1; ``exact_match`` -> exact_match. ``primary_metric`` names the
+        headline key. For entity F1 an unparseable answer counts as predicting no entities (all its
+        gold entities are missed); per example (``score``) it scores 0 even if the gold list is empty.
+        """
+        self._require_metric()
+        if len(predictions) != len(references):
+            raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
+        if not predictions:
+            raise ValueError("cannot evaluate an empty set of predictions")
+        if self.metric == "entity_f1":
+            parses = [self._parse_entities(p) for p in predictions]
+            result = metrics.entity_f1(
+                [p.entities for p in parses], [self._reference_entities(r) for r in references]
+            )
+            return {**result, "unparseable_rate": sum(not p.parsed for p in parses) / len(parses)}
+        if self.metric in ("macro_f1", "accuracy"):
+            labels = [self._parse_label(p) for p in predictions]
+            result = metrics.classification_scores(labels, [self._reference_label(r) for r in references])
+            return {**result, "unparseable_rate": sum(label is None for label in labels) / len(labels)}
+        if self.metric == "rouge_l":
+            texts = [parse_text(p) for p in predictions]
+            return {"rouge_l": metrics.rouge_l_corpus(texts, [self._reference_text(r) for r in references])}
+        scores = self.score_batch(predictions, references)
+        return {PRIMARY_KEY[self.metric]: sum(scores) / len(scores)}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _require_metric(self) -> None:
+        if not self.has_metric:
+            raise ConfigError(f"task {self.name!r} has metric 'none', so its answers cannot be scored")
+
+    def _score_one(self, prediction_text: str | None, reference: Any) -> float:
+        if self.metric == "entity_f1":
+            parsed = self._parse_entities(prediction_text)
+            if not parsed.parsed:
+                return 0.0
+            return metrics.entity_f1_example(parsed.entities, self._reference_entities(reference))
+        if self.metric == "rouge_l":
+            return metrics.rouge_l(parse_text(prediction_text), self._reference_text(reference))
+        if self.parser == "label":
+            return metrics.label_match(self._parse_label(prediction_text), self._reference_label(reference))
+        # exact_match on free text: equal up to case and whitespace.
+        predicted = " ".join(parse_text(prediction_text).casefold().split())
+        return 1.0 if predicted and predicted == " ".join(self._reference_text(reference).casefold().split()) else 0.0
+
+    def _parse_label(self, prediction_text: str | None) -> str | None:
+        parsed = self.parse(prediction_text)
+        assert parsed is None or isinstance(parsed, str)
+        return parsed
+
+    def _parse_entities(self, prediction_text: str | None) -> EntityParse:
+        return parse_entities(prediction_text, self.entity_types)
+
+    def _reference_label(self, reference: Any) -> str:
+        text = str(reference)
+        if self.labels is None:
+            return normalise_label(text)
+        # References are canonical labels already; mapping by normalised form also accepts
+        # "card arrival" for "card_arrival". Labels outside the set stay as they are (never matched).
+        return label_index(self.labels).by_form.get(normalise_label(text), text)
+
+    def _reference_entities(self, reference: Any) -> tuple[Entity, ...]:
+        if isinstance(reference, str):
+            parsed = parse_entities(reference, self.entity_types)
+            if parsed.parsed:
+                return parsed.entities
+        else:
+            entities = entities_from_value(reference, self.entity_types)
+            if entities is not None:
+                return entities
+        raise ValueError(f"task {self.name!r}: reference is not an entity list: {reference!r}")
+
+    @staticmethod
+    def _reference_text(reference: Any) -> str:
+        # Structured references are compared as the JSON the replay tier would answer with.
+        return reference if isinstance(reference, str) else json.dumps(reference, ensure_ascii=False)
