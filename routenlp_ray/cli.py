@@ -65,6 +65,36 @@ def _cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+# Enough room for each task's expected answer; short answers keep CPU recording affordable.
+DEFAULT_RECORD_MAX_TOKENS = {
+    "cs_intent": 16,
+    "legal_clause": 16,
+    "legal_risk": 8,
+    "fin_ner": 64,
+    "fin_summarization": 96,
+    "cs_response": 96,
+}
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from routenlp_ray.config import load_config
+    from routenlp_ray.recording import Recorder
+    from routenlp_ray.tasks.data import load_examples, task_file
+
+    config = load_config(args.config).with_absolute_paths(os.getcwd())
+    max_tokens = dict(DEFAULT_RECORD_MAX_TOKENS)
+    for item in args.max_tokens or []:
+        task, _, value = item.partition("=")
+        max_tokens[task] = int(value)
+    recorder = Recorder(config, args.out, batch_size=args.batch_size, max_tokens=max_tokens)
+    tasks = args.tasks or [t.name for t in config.tasks if t.name in DEFAULT_RECORD_MAX_TOKENS]
+    for task in tasks:
+        examples = load_examples(task_file(args.data_dir, task, args.split), limit=args.limit, seed=args.seed)
+        added = recorder.record(task, args.split, examples, tiers=args.tiers)
+        print(f"{task}/{args.split}: {len(examples)} examples, new records per tier: {added}", flush=True)
+    return 0
+
+
 def _cmd_bench_serving(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.serving import run_serving_benchmark
 
@@ -107,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--stream", choices=["queries", "feedback", "events"], default="queries")
     log.add_argument("--tail", type=int, default=10)
     log.set_defaults(func=_cmd_log)
+
+    record = commands.add_parser("record", help="run every tier over a data split once and keep the outputs")
+    record.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    record.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    record.add_argument("--out", default="var/records", help="records folder (resumable)")
+    record.add_argument("--tasks", nargs="+", default=None, help="default: the six benchmark tasks in the config")
+    record.add_argument("--tiers", nargs="+", default=None, help="default: every tier")
+    record.add_argument("--split", default="validation")
+    record.add_argument("--limit", type=int, default=None, help="examples per task (a seeded sample)")
+    record.add_argument("--seed", type=int, default=0)
+    record.add_argument("--batch-size", type=int, default=8)
+    record.add_argument("--max-tokens", nargs="*", metavar="TASK=N", help="override max tokens per task")
+    record.set_defaults(func=_cmd_record)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its results to a file")
     benches = bench.add_subparsers(dest="bench", required=True)

@@ -144,7 +144,7 @@ class DifficultyRouter:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                epoch_loss += float(loss) * len(rows)
+                epoch_loss += loss.item() * len(rows)
             self.loss_curve_.append(epoch_loss / X.shape[0])
         self.model_.eval()
         return self

@@ -1,0 +1,198 @@
+"""Routing a real 15-model portfolio on router_judgments (Arena-Bench-V1, GPT-4 scores 1-10).
+
+The router is trained on one part of the prompts and every policy is compared on the
+held-out rest: our difficulty-aware router, a RouteLLM-style binary win-rate router, random
+routing at matched cost, each single model, and the oracle. Quality is the mean GPT-4 score
+divided by 10; cost is USD per query from list prices and estimated token counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import Field
+
+from routenlp_ray.bench.curves import (
+    OperatingPoint,
+    area_under_curve,
+    best_point_at_quality,
+    cost_at_quality,
+    oracle_points,
+    pareto_front,
+    routed_point,
+)
+from routenlp_ray.config._base import StrictModel
+from routenlp_ray.engines.base import estimate_tokens
+from routenlp_ray.routing.learned_policy import start_indices
+from routenlp_ray.routing.router import DifficultyRouter
+
+PORTFOLIO = Path(__file__).parent / "portfolios" / "arena_bench_v1.yaml"
+TASK = "router_judgments"
+GRID = np.round(np.linspace(0.02, 0.98, 49), 3)
+
+
+class ModelPrice(StrictModel):
+    name: str
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class Portfolio(StrictModel):
+    models: list[ModelPrice] = Field(min_length=2)
+
+    @classmethod
+    def load(cls, path: str | Path = PORTFOLIO) -> "Portfolio":
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
+@dataclass
+class JudgmentData:
+    ids: list[str]
+    inputs: list[str]
+    models: list[str]  # cheapest first
+    quality: np.ndarray  # (n, m) GPT-4 score / 10
+    cost: np.ndarray  # (n, m) USD per query
+
+    def subset(self, rows: np.ndarray) -> "JudgmentData":
+        return JudgmentData(
+            [self.ids[i] for i in rows], [self.inputs[i] for i in rows], self.models, self.quality[rows], self.cost[rows]
+        )
+
+
+def load_judgments(path: str | Path, portfolio: Portfolio) -> JudgmentData:
+    """Prompts on which every portfolio model has a score, models ordered by mean cost."""
+    names = [m.name for m in portfolio.models]
+    prices = {m.name: m for m in portfolio.models}
+    ids, inputs, quality, cost = [], [], [], []
+    with Path(path).open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            responses = row["responses"]
+            if any(responses.get(n, {}).get("score") is None for n in names):
+                continue
+            prompt_tokens = estimate_tokens(row["input"])
+            ids.append(row["id"])
+            inputs.append(row["input"])
+            quality.append([responses[n]["score"] / 10 for n in names])
+            cost.append([
+                (prompt_tokens * prices[n].input_per_1m + estimate_tokens(responses[n]["answer"]) * prices[n].output_per_1m)
+                / 1e6
+                for n in names
+            ])
+    q, c = np.asarray(quality), np.asarray(cost)
+    order = np.argsort(c.mean(axis=0), kind="stable")
+    return JudgmentData(ids, inputs, [names[i] for i in order], q[:, order], c[:, order])
+
+
+def held_out_mask(ids: Sequence[str], test_percent: int = 30) -> np.ndarray:
+    """Deterministic split by prompt id, salted so it is independent of the data set's own split."""
+    return np.array(
+        [int(hashlib.sha1(f"routenlp-router-split:{i}".encode()).hexdigest(), 16) % 100 < test_percent for i in ids]
+    )
+
+
+def preference_pairs(quality: np.ndarray, margin: float = 0.2) -> np.ndarray:
+    """(row, better, worse) wherever one model's score beats another's by ``margin`` (2 points)."""
+    rows, better, worse = [], [], []
+    n, m = quality.shape
+    for i in range(n):
+        gap = quality[i][:, None] - quality[i][None, :]
+        a, b = np.nonzero(gap >= margin - 1e-9)
+        rows.extend([i] * len(a))
+        better.extend(a.tolist())
+        worse.extend(b.tolist())
+    return np.stack([rows, better, worse], axis=1) if rows else np.zeros((0, 3), dtype=int)
+
+
+def router_curve(proba: np.ndarray, data: JudgmentData) -> list[OperatingPoint]:
+    return [routed_point(start_indices(proba, [t] * len(proba)), data.quality, data.cost, data.models, float(t)) for t in GRID]
+
+
+def routellm_curve(
+    X_train: np.ndarray, train: JudgmentData, X_test: np.ndarray, test: JudgmentData, strong: str, weak: str
+) -> list[OperatingPoint]:
+    """RouteLLM-style: one binary classifier of 'the strong model wins', thresholded."""
+    from sklearn.linear_model import LogisticRegression
+
+    s, w = train.models.index(strong), train.models.index(weak)
+    wins = (train.quality[:, s] > train.quality[:, w]).astype(int)
+    classifier = LogisticRegression(C=1.0, max_iter=2000).fit(X_train, wins)
+    p_strong = classifier.predict_proba(X_test)[:, 1]
+    return [
+        routed_point(np.where(p_strong >= t, s, w), test.quality, test.cost, test.models, float(t)) for t in GRID
+    ]
+
+
+def random_curve(test: JudgmentData, cheap: str, strong: str, seed: int) -> list[OperatingPoint]:
+    """Send each query to ``strong`` with probability p, else to ``cheap`` (matched cost by sweeping p)."""
+    rng = np.random.default_rng(seed)
+    c, s = test.models.index(cheap), test.models.index(strong)
+    draws = rng.random(len(test.ids))
+    return [routed_point(np.where(draws < p, s, c), test.quality, test.cost, test.models, float(p)) for p in GRID]
+
+
+def summarise(points: list[OperatingPoint], max_cost: float, target_quality: float, best_cost: float) -> dict[str, Any]:
+    at_target = best_point_at_quality(points, target_quality)
+    cost = cost_at_quality(points, target_quality)
+    return {
+        "auc": area_under_curve(points, max_cost),
+        "cost_reduction_at_95pct": None if cost is None else 1 - cost / best_cost,
+        "operating_point_at_95pct": at_target.to_dict() if at_target else None,
+        "pareto": [p.to_dict() for p in pareto_front(points)],
+    }
+
+
+def run_judgments_benchmark(
+    data_dir: str | Path,
+    encoder: Any = None,
+    portfolio_path: str | Path = PORTFOLIO,
+    seed: int = 0,
+    quality_bar: float = 0.8,
+    epochs: int = 150,
+) -> dict[str, Any]:
+    from routenlp_ray.routing.encoder import SentenceEncoder
+
+    data = load_judgments(Path(data_dir) / "router_judgments" / "train.jsonl", Portfolio.load(portfolio_path))
+    test_rows = held_out_mask(data.ids)
+    train, test = data.subset(np.nonzero(~test_rows)[0]), data.subset(np.nonzero(test_rows)[0])
+    encoder = encoder or SentenceEncoder()
+    X_train, X_test = encoder.encode(train.inputs), encoder.encode(test.inputs)
+
+    router = DifficultyRouter(
+        data.models, hidden_dim=64, task_dim=4, dropout=0.2, epochs=epochs, weight_decay=1e-2, random_state=seed
+    ).fit(X_train, [TASK] * len(train.ids), (train.quality >= quality_bar).astype(np.float32), preference_pairs(train.quality))
+    proba = router.predict_proba(X_test, [TASK] * len(test.ids))
+
+    mean_quality = test.quality.mean(axis=0)
+    best = int(np.argmax(mean_quality))
+    best_name, cheapest = test.models[best], test.models[0]
+    best_quality, best_cost = float(mean_quality[best]), float(test.cost[:, best].mean())
+    max_cost = float(test.cost.mean(axis=0).max())
+    target = 0.95 * best_quality
+    singles = [routed_point(np.full(len(test.ids), k), test.quality, test.cost, test.models, name)
+               for k, name in enumerate(test.models)]
+    curves = {
+        "difficulty_router": router_curve(proba, test),
+        "routellm_binary": routellm_curve(X_train, train, X_test, test, strong=best_name, weak="Mixtral-8x7B-Instruct-v0.1"),
+        "random": random_curve(test, cheapest, best_name, seed),
+        "single_models": singles,
+        "oracle": oracle_points(test.quality, test.cost, test.models),
+    }
+    return {
+        "task": TASK,
+        "prompts": {"train": len(train.ids), "held_out": len(test.ids)},
+        "models_cheapest_first": test.models,
+        "quality": "mean GPT-4 score / 10 on held-out prompts",
+        "best_single_model": {"name": best_name, "quality": best_quality, "cost_usd": best_cost},
+        "cheapest_model": {"name": cheapest, "quality": float(mean_quality[0]), "cost_usd": float(test.cost[:, 0].mean())},
+        "target_quality_95pct": target,
+        "policies": {name: summarise(points, max_cost, target, best_cost) for name, points in curves.items()},
+        "router": {"quality_bar": quality_bar, "epochs": epochs, "final_loss": router.loss_curve_[-1]},
+    }

@@ -1,0 +1,350 @@
+"""The six-task benchmark on recorded tier outputs: every routing policy, same records.
+
+Policies compared, each swept over its own knob to give a quality–cost curve:
+- ``frontier_only`` and ``cheapest_only`` (single points);
+- ``random``: the cheapest tier or the frontier at random, at matched cost;
+- ``routellm_binary``: a RouteLLM-style logistic classifier of "the cheap tier is good
+  enough", thresholded;
+- ``cascade``: start at the cheapest tier, accept when the mean token NLL is <= delta;
+- ``router``: the difficulty-aware router's start tier, no cascade;
+- ``router_cascade``: the router's start tier, then the cascade;
+- ``oracle``: per query, the tier an all-knowing router would pick at each price of quality.
+
+For every task the reported operating point is the cheapest one that keeps the task's
+quality target (96% of frontier quality by default); the aggregate is volume-weighted.
+The router is trained on one half of the examples (by a hash of the id) and all policies
+are read on the other half.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routenlp_ray.bench.curves import (
+    OperatingPoint,
+    area_under_curve,
+    best_point_at_quality,
+    oracle_points,
+    routed_point,
+)
+from routenlp_ray.config.app import RouteNLPConfig
+from routenlp_ray.conformal.scores import mean_nll
+from routenlp_ray.recording import load_records
+from routenlp_ray.routing.learned_policy import start_indices
+from routenlp_ray.routing.router import DifficultyRouter
+from routenlp_ray.tasks.data import load_examples, task_file
+from routenlp_ray.tasks.registry import task_spec_from_config
+
+GRID = np.round(np.linspace(0.02, 0.98, 49), 3)
+
+
+@dataclass
+class TaskTable:
+    """Everything the policies need about one task's examples, tiers cheapest first."""
+
+    task: str
+    ids: list[str]
+    inputs: list[str]
+    quality: np.ndarray  # (n, K) per-example metric score
+    correct: np.ndarray  # (n, K) score >= the task's bar
+    cost: np.ndarray  # (n, K) USD of calling that tier
+    uncertainty: np.ndarray  # (n, K) mean NLL; NaN where a tier gives no logprobs
+    tiers: list[str]
+
+    def rows(self, mask: np.ndarray) -> "TaskTable":
+        idx = np.nonzero(mask)[0]
+        return TaskTable(
+            self.task, [self.ids[i] for i in idx], [self.inputs[i] for i in idx], self.quality[idx],
+            self.correct[idx], self.cost[idx], self.uncertainty[idx], self.tiers,
+        )
+
+
+def build_table(config: RouteNLPConfig, records_dir: Path, data_dir: Path, task: str, split: str) -> TaskTable:
+    spec = task_spec_from_config(config.task(task))
+    tiers = [t.name for t in config.tiers]
+    records = load_records(records_dir, task, split, tiers)
+    examples = {e.id: e for e in load_examples(task_file(data_dir, task, split))}
+    ids = sorted(set.intersection(*(set(records[t]) for t in tiers)) & set(examples))
+    if not ids:
+        raise ValueError(f"no example of {task!r}/{split} is recorded for every tier {tiers} under {records_dir}")
+    references = [examples[i].reference for i in ids]
+    quality = np.column_stack([spec.score_batch([records[t][i]["text"] for i in ids], references) for t in tiers])
+    correct = quality >= spec.success_bar
+    cost = np.array([[records[t][i]["cost_usd"] for t in tiers] for i in ids], dtype=float)
+    uncertainty = np.array(
+        [[_nan_if_none(mean_nll(records[t][i]["token_logprobs"])) for t in tiers] for i in ids], dtype=float
+    )
+    return TaskTable(task, ids, [examples[i].input for i in ids], quality, correct.astype(float), cost, uncertainty, tiers)
+
+
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def in_held_out_half(example_id: str) -> bool:
+    # Salted: the data sets' own splits already use sha1(id) modulo 10 and 100.
+    return int(hashlib.sha1(f"routenlp-router-split:{example_id}".encode()).hexdigest(), 16) % 2 == 1
+
+
+# -- policies ------------------------------------------------------------------------------
+def cascade_choice(table: TaskTable, start: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which tier answers, and what all tried tiers cost, for a cascade from ``start`` with threshold delta."""
+    n, k = table.quality.shape
+    answer = np.full(n, k - 1)
+    spent = np.zeros(n)
+    for i in range(n):
+        for tier in range(int(start[i]), k):
+            spent[i] += table.cost[i, tier]
+            u = table.uncertainty[i, tier]
+            if tier == k - 1 or (not np.isnan(u) and u <= delta):
+                answer[i] = tier
+                break
+    return answer, spent
+
+
+def cascade_point(table: TaskTable, start: np.ndarray, delta: float, setting: str) -> OperatingPoint:
+    answer, spent = cascade_choice(table, start, delta)
+    point = routed_point(answer, table.quality, table.cost, table.tiers, setting)
+    point.cost = float(spent.mean())
+    return point
+
+
+def deltas(table: TaskTable) -> list[float]:
+    finite = table.uncertainty[:, :-1][np.isfinite(table.uncertainty[:, :-1])]
+    if finite.size == 0:
+        return [float("-inf")]
+    return [float("-inf"), *np.quantile(finite, np.linspace(0, 1, 21)).tolist()]
+
+
+def policy_curves(
+    table: TaskTable, router_proba: np.ndarray, binary_proba: np.ndarray, seed: int
+) -> dict[str, list[OperatingPoint]]:
+    n, k = table.quality.shape
+    cheapest, frontier = np.zeros(n, dtype=int), np.full(n, k - 1)
+    draws = np.random.default_rng(seed).random(n)
+    curves: dict[str, list[OperatingPoint]] = {
+        "frontier_only": [routed_point(frontier, table.quality, table.cost, table.tiers, "frontier")],
+        "cheapest_only": [routed_point(cheapest, table.quality, table.cost, table.tiers, "cheapest")],
+        "random": [routed_point(np.where(draws < p, k - 1, 0), table.quality, table.cost, table.tiers, float(p))
+                   for p in GRID],
+        "routellm_binary": [routed_point(np.where(binary_proba >= t, 0, k - 1), table.quality, table.cost,
+                                         table.tiers, float(t)) for t in GRID],
+        "cascade": [cascade_point(table, cheapest, d, f"delta={d:.4g}") for d in deltas(table)],
+        "router": [routed_point(start_indices(router_proba, [t] * n), table.quality, table.cost, table.tiers, float(t))
+                   for t in GRID],
+        "router_cascade": [cascade_point(table, start_indices(router_proba, [t] * n), d, f"target={t},delta={d:.4g}")
+                           for t in GRID[::4] for d in deltas(table)],
+        "oracle": oracle_points(table.quality, table.cost, table.tiers),
+    }
+    return curves
+
+
+def operating_point(points: Sequence[OperatingPoint], frontier: OperatingPoint, target: float) -> dict[str, Any]:
+    """The cheapest point keeping ``target`` of frontier quality (None if no point does)."""
+    point = best_point_at_quality(points, target * frontier.quality)
+    if point is None:
+        return {"meets_target": False}
+    return {
+        "meets_target": True,
+        "quality": point.quality,
+        "retention": point.quality / frontier.quality if frontier.quality else None,
+        "cost_usd": point.cost,
+        "cost_reduction": 1 - point.cost / frontier.cost if frontier.cost else None,
+        "shares": point.shares,
+        "setting": point.setting,
+    }
+
+
+# -- the benchmark -------------------------------------------------------------------------
+def train_router(
+    tables: Sequence[TaskTable], X: dict[str, np.ndarray], tiers: Sequence[str], seed: int, epochs: int
+) -> DifficultyRouter:
+    features = np.concatenate([X[t.task] for t in tables])
+    tasks = [t.task for t in tables for _ in t.ids]
+    labels = np.concatenate([t.correct for t in tables]).astype(np.float32)
+    pairs = []
+    offset = 0
+    for table in tables:
+        for row in range(len(table.ids)):
+            for a in range(len(tiers)):
+                for b in range(len(tiers)):
+                    if table.quality[row, a] > table.quality[row, b] + 0.2:
+                        pairs.append((offset + row, a, b))
+        offset += len(table.ids)
+    return DifficultyRouter(tiers, hidden_dim=64, dropout=0.2, epochs=epochs, weight_decay=1e-2, random_state=seed).fit(
+        features, tasks, labels, np.array(pairs) if pairs else None
+    )
+
+
+def decision_latency(policy_router: DifficultyRouter, encoder: Any, texts: Sequence[str], task: str) -> dict[str, float]:
+    """Encode + heads + start-tier choice, one query at a time and batched."""
+    single = []
+    for text in list(texts)[:200]:
+        started = time.perf_counter()
+        proba = policy_router.predict_proba(encoder.encode_one(text), [task])
+        start_indices(proba, [0.5])
+        single.append((time.perf_counter() - started) * 1000)
+    batch = (list(texts) * (1 + 1024 // max(len(texts), 1)))[:1024]
+    started = time.perf_counter()
+    proba = policy_router.predict_proba(encoder.encode(batch, batch_size=256), [task] * len(batch))
+    start_indices(proba, [0.5] * len(batch))
+    elapsed = time.perf_counter() - started
+    return {
+        "single_p50_ms": float(np.percentile(single, 50)),
+        "single_p99_ms": float(np.percentile(single, 99)),
+        "batched_decisions_per_s": len(batch) / elapsed,
+        "single_n": len(single),
+        "batch_n": len(batch),
+    }
+
+
+def run_tasks_benchmark(
+    config: RouteNLPConfig,
+    records_dir: str | Path,
+    data_dir: str | Path,
+    tasks: Sequence[str],
+    split: str = "validation",
+    seed: int = 0,
+    epochs: int = 150,
+    encoder: Any = None,
+) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+
+    from routenlp_ray.routing.encoder import SentenceEncoder
+
+    tables = {t: build_table(config, Path(records_dir), Path(data_dir), t, split) for t in tasks}
+    encoder = encoder or SentenceEncoder()
+    tiers = tables[tasks[0]].tiers
+    train = {t: tab.rows(~np.array([in_held_out_half(i) for i in tab.ids])) for t, tab in tables.items()}
+    test = {t: tab.rows(np.array([in_held_out_half(i) for i in tab.ids])) for t, tab in tables.items()}
+    X_train = {t: encoder.encode(tab.inputs) for t, tab in train.items()}
+    X_test = {t: encoder.encode(tab.inputs) for t, tab in test.items()}
+    router = train_router(list(train.values()), X_train, tiers, seed, epochs)
+
+    # RouteLLM-style: one binary "cheap tier is good enough" classifier over all tasks' queries.
+    cheap_ok = np.concatenate([tab.correct[:, 0] >= tab.correct[:, -1] for tab in train.values()]).astype(int)
+    binary = None
+    if 0 < cheap_ok.sum() < len(cheap_ok):
+        binary = LogisticRegression(C=1.0, max_iter=2000).fit(np.concatenate(list(X_train.values())), cheap_ok)
+
+    per_task: dict[str, Any] = {}
+    curves_out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for task, tab in test.items():
+        target = config.task(task).quality_target
+        proba = router.predict_proba(X_test[task], [task] * len(tab.ids))
+        binary_proba = binary.predict_proba(X_test[task])[:, 1] if binary is not None else np.zeros(len(tab.ids))
+        curves = policy_curves(tab, proba, binary_proba, seed)
+        frontier = curves["frontier_only"][0]
+        max_cost = max(p.cost for points in curves.values() for p in points)
+        per_task[task] = {
+            "examples": {"train": len(train[task].ids), "held_out": len(tab.ids)},
+            "quality_target": target,
+            "frontier": frontier.to_dict(),
+            "tier_quality": dict(zip(tiers, tab.quality.mean(axis=0).tolist())),
+            "tier_accuracy": dict(zip(tiers, tab.correct.mean(axis=0).tolist())),
+            "policies": {
+                name: {**operating_point(points, frontier, target), "auc": area_under_curve(points, max_cost)}
+                for name, points in curves.items()
+            },
+        }
+        curves_out[task] = {name: [p.to_dict() for p in points] for name, points in curves.items()}
+
+    some_task = tasks[0]
+    return {
+        "benchmark": "tasks",
+        "tiers_cheapest_first": tiers,
+        "split": split,
+        "per_task": per_task,
+        "aggregate": aggregate(per_task, {t: len(test[t].ids) for t in tasks}),
+        "router_decision_latency": decision_latency(router, encoder, test[some_task].inputs, some_task),
+        "curves": curves_out,
+    }
+
+
+def aggregate(per_task: dict[str, Any], volumes: dict[str, int]) -> dict[str, Any]:
+    """Volume-weighted quality retention and cost reduction of each policy over tasks.
+
+    A task where the policy cannot reach its target counts at frontier cost and quality,
+    which is what a deployment would fall back to.
+    """
+    policies = next(iter(per_task.values()))["policies"].keys()
+    total = sum(volumes.values())
+    out: dict[str, Any] = {}
+    for name in policies:
+        spent = frontier_spent = retention = 0.0
+        for task, result in per_task.items():
+            weight = volumes[task] / total
+            point, frontier = result["policies"][name], result["frontier"]
+            if point.get("meets_target"):
+                spent += weight * point["cost_usd"]
+                retention += weight * (point["retention"] or 0.0)
+            else:
+                spent += weight * frontier["cost"]
+                retention += weight
+            frontier_spent += weight * frontier["cost"]
+        out[name] = {"retention": retention, "cost_reduction": 1 - spent / frontier_spent if frontier_spent else None}
+    return out
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    lines = ["# Six-task routing benchmark", "", f"Tiers, cheapest first: {', '.join(report['tiers_cheapest_first'])}.", ""]
+    lines += ["| task | policy | meets target | retention | cost reduction | share per tier |", "|---|---|---|---|---|---|"]
+    for task, result in report["per_task"].items():
+        for name, point in result["policies"].items():
+            if point.get("meets_target"):
+                shares = ", ".join(f"{k} {v:.0%}" for k, v in point["shares"].items())
+                lines.append(f"| {task} | {name} | yes | {point['retention']:.1%} | {point['cost_reduction']:.1%} | {shares} |")
+            else:
+                lines.append(f"| {task} | {name} | no | | | |")
+    lines += ["", "## Volume-weighted aggregate", "", "| policy | retention | cost reduction |", "|---|---|---|"]
+    for name, agg in report["aggregate"].items():
+        lines.append(f"| {name} | {agg['retention']:.1%} | {agg['cost_reduction']:.1%} |")
+    latency = report["router_decision_latency"]
+    lines += ["", f"Router decision latency: p50 {latency['single_p50_ms']:.2f} ms, p99 {latency['single_p99_ms']:.2f} ms "
+              f"per query; {latency['batched_decisions_per_s']:.0f} decisions/s batched.", ""]
+    path.write_text("\n".join(lines))
+
+
+def plot_pareto(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(curves)
+    cols = min(3, len(tasks))
+    rows = (len(tasks) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for name, points in curves[task].items():
+            xs = [p["cost"] * 1e6 for p in points]
+            ys = [p["quality"] for p in points]
+            style = "o" if len(points) == 1 else ".-"
+            ax.plot(xs, ys, style, label=name, markersize=4, linewidth=1)
+        ax.set_title(task)
+        ax.set_xlabel("USD per 1M queries")
+        ax.set_ylabel("quality")
+        ax.set_xscale("symlog")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(report: dict[str, Any], out_json: Path) -> dict[str, Path]:
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(report, indent=2))
+    markdown, png = out_json.with_suffix(".md"), out_json.with_suffix(".png")
+    write_markdown(report, markdown)
+    plot_pareto(report["curves"], png)
+    return {"json": out_json, "markdown": markdown, "png": png}
