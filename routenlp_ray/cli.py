@@ -9,6 +9,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from routenlp_ray._exceptions import RouteNLPError
 
@@ -95,6 +96,50 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_router(args: argparse.Namespace) -> int:
+    from routenlp_ray.config import load_config
+    from routenlp_ray.routing.training import train_router_policy
+
+    config = load_config(args.config)
+    tasks = args.tasks or [t for t in DEFAULT_RECORD_MAX_TOKENS if t in {x.name for x in config.tasks}]
+    policy, report = train_router_policy(config, args.records, args.data_dir, tasks, split=args.split,
+                                         seed=args.seed, epochs=args.epochs, version=args.version)
+    folder = policy.save(Path(args.out) / policy.version, metadata=report)
+    print(json.dumps(report, indent=2))
+    print(f"saved {folder}; serve it with cascade.start_policy: router and cascade.router_path: {folder}")
+    return 0
+
+
+def _cmd_bench_routing(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.judgments import run_judgments_benchmark
+
+    report = run_judgments_benchmark(args.data_dir, seed=args.seed, epochs=args.epochs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"held-out prompts: {report['prompts']['held_out']}; best single model: {report['best_single_model']['name']}")
+    for name, result in report["policies"].items():
+        reduction = result["cost_reduction_at_95pct"]
+        shown = "not reached" if reduction is None else f"{reduction:.1%}"
+        print(f"  {name:<18} AUC {result['auc']:.3f}   cost reduction at 95% of best quality: {shown}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_bench_tasks(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.tasks_bench import run_tasks_benchmark, write_reports
+    from routenlp_ray.config import load_config
+
+    config = load_config(args.config)
+    tasks = args.tasks or [t for t in DEFAULT_RECORD_MAX_TOKENS if t in {x.name for x in config.tasks}]
+    report = run_tasks_benchmark(config, args.records, args.data_dir, tasks, split=args.split, seed=args.seed,
+                                 epochs=args.epochs)
+    paths = write_reports(report, Path(args.out))
+    print(Path(paths["markdown"]).read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _cmd_bench_serving(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.serving import run_serving_benchmark
 
@@ -151,8 +196,36 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--max-tokens", nargs="*", metavar="TASK=N", help="override max tokens per task")
     record.set_defaults(func=_cmd_record)
 
+    train = commands.add_parser("train-router", help="train the difficulty-aware router from records")
+    train.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    train.add_argument("--records", default="var/records/embedded")
+    train.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    train.add_argument("--tasks", nargs="+", default=None)
+    train.add_argument("--split", default="validation")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=int, default=150)
+    train.add_argument("--version", default=None, help="artifact version (default: router-<UTC time>)")
+    train.add_argument("--out", default="var/artifacts/router")
+    train.set_defaults(func=_cmd_train_router)
+
     bench = commands.add_parser("bench", help="run a benchmark and write its results to a file")
     benches = bench.add_subparsers(dest="bench", required=True)
+    routing = benches.add_parser("routing", help="router vs baselines on the router_judgments 15-model portfolio")
+    routing.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    routing.add_argument("--out", default="results/bench_routing_judgments.json")
+    routing.add_argument("--seed", type=int, default=0)
+    routing.add_argument("--epochs", type=int, default=150)
+    routing.set_defaults(func=_cmd_bench_routing)
+    tasks_bench = benches.add_parser("tasks", help="all routing policies on recorded outputs of the six tasks")
+    tasks_bench.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    tasks_bench.add_argument("--records", default="var/records/embedded")
+    tasks_bench.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    tasks_bench.add_argument("--tasks", nargs="+", default=None)
+    tasks_bench.add_argument("--split", default="validation")
+    tasks_bench.add_argument("--seed", type=int, default=0)
+    tasks_bench.add_argument("--epochs", type=int, default=150)
+    tasks_bench.add_argument("--out", default="results/bench_tasks.json")
+    tasks_bench.set_defaults(func=_cmd_bench_tasks)
     serving = benches.add_parser("serving", help="router ingress overhead and memory of the embedded default")
     serving.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
     serving.add_argument("--data-dir", default=DEFAULT_DATA_DIR)

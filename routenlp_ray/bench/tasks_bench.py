@@ -18,11 +18,9 @@ are read on the other half.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,62 +34,12 @@ from routenlp_ray.bench.curves import (
     routed_point,
 )
 from routenlp_ray.config.app import RouteNLPConfig
-from routenlp_ray.conformal.scores import mean_nll
-from routenlp_ray.recording import load_records
+from routenlp_ray.recording.tables import TaskTable, build_table, in_held_out_half
 from routenlp_ray.routing.learned_policy import start_indices
 from routenlp_ray.routing.router import DifficultyRouter
-from routenlp_ray.tasks.data import load_examples, task_file
-from routenlp_ray.tasks.registry import task_spec_from_config
+from routenlp_ray.routing.training import train_router
 
 GRID = np.round(np.linspace(0.02, 0.98, 49), 3)
-
-
-@dataclass
-class TaskTable:
-    """Everything the policies need about one task's examples, tiers cheapest first."""
-
-    task: str
-    ids: list[str]
-    inputs: list[str]
-    quality: np.ndarray  # (n, K) per-example metric score
-    correct: np.ndarray  # (n, K) score >= the task's bar
-    cost: np.ndarray  # (n, K) USD of calling that tier
-    uncertainty: np.ndarray  # (n, K) mean NLL; NaN where a tier gives no logprobs
-    tiers: list[str]
-
-    def rows(self, mask: np.ndarray) -> "TaskTable":
-        idx = np.nonzero(mask)[0]
-        return TaskTable(
-            self.task, [self.ids[i] for i in idx], [self.inputs[i] for i in idx], self.quality[idx],
-            self.correct[idx], self.cost[idx], self.uncertainty[idx], self.tiers,
-        )
-
-
-def build_table(config: RouteNLPConfig, records_dir: Path, data_dir: Path, task: str, split: str) -> TaskTable:
-    spec = task_spec_from_config(config.task(task))
-    tiers = [t.name for t in config.tiers]
-    records = load_records(records_dir, task, split, tiers)
-    examples = {e.id: e for e in load_examples(task_file(data_dir, task, split))}
-    ids = sorted(set.intersection(*(set(records[t]) for t in tiers)) & set(examples))
-    if not ids:
-        raise ValueError(f"no example of {task!r}/{split} is recorded for every tier {tiers} under {records_dir}")
-    references = [examples[i].reference for i in ids]
-    quality = np.column_stack([spec.score_batch([records[t][i]["text"] for i in ids], references) for t in tiers])
-    correct = quality >= spec.success_bar
-    cost = np.array([[records[t][i]["cost_usd"] for t in tiers] for i in ids], dtype=float)
-    uncertainty = np.array(
-        [[_nan_if_none(mean_nll(records[t][i]["token_logprobs"])) for t in tiers] for i in ids], dtype=float
-    )
-    return TaskTable(task, ids, [examples[i].input for i in ids], quality, correct.astype(float), cost, uncertainty, tiers)
-
-
-def _nan_if_none(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
-
-
-def in_held_out_half(example_id: str) -> bool:
-    # Salted: the data sets' own splits already use sha1(id) modulo 10 and 100.
-    return int(hashlib.sha1(f"routenlp-router-split:{example_id}".encode()).hexdigest(), 16) % 2 == 1
 
 
 # -- policies ------------------------------------------------------------------------------
@@ -164,26 +112,6 @@ def operating_point(points: Sequence[OperatingPoint], frontier: OperatingPoint, 
 
 
 # -- the benchmark -------------------------------------------------------------------------
-def train_router(
-    tables: Sequence[TaskTable], X: dict[str, np.ndarray], tiers: Sequence[str], seed: int, epochs: int
-) -> DifficultyRouter:
-    features = np.concatenate([X[t.task] for t in tables])
-    tasks = [t.task for t in tables for _ in t.ids]
-    labels = np.concatenate([t.correct for t in tables]).astype(np.float32)
-    pairs = []
-    offset = 0
-    for table in tables:
-        for row in range(len(table.ids)):
-            for a in range(len(tiers)):
-                for b in range(len(tiers)):
-                    if table.quality[row, a] > table.quality[row, b] + 0.2:
-                        pairs.append((offset + row, a, b))
-        offset += len(table.ids)
-    return DifficultyRouter(tiers, hidden_dim=64, dropout=0.2, epochs=epochs, weight_decay=1e-2, random_state=seed).fit(
-        features, tasks, labels, np.array(pairs) if pairs else None
-    )
-
-
 def decision_latency(policy_router: DifficultyRouter, encoder: Any, texts: Sequence[str], task: str) -> dict[str, float]:
     """Encode + heads + start-tier choice, one query at a time and batched."""
     single = []
