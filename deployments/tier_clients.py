@@ -14,4 +14,13 @@ class HandleTierClient:
         self._handle = handle
 
     async def __call__(self, request: GenerationRequest) -> GenerationResult:
-        return await self._handle.generate.remote(request)
+        from ray.exceptions import RayTaskError
+
+        try:
+            return await self._handle.generate.remote(request)
+        except RayTaskError as exc:
+            # Surface the tier's own error (e.g. ReplayMissError), not Ray's wrapper and traceback.
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from None
+            raise

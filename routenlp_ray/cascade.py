@@ -17,7 +17,7 @@ from routenlp_ray.config.tiers import Pricing
 from routenlp_ray.engines.base import GenerationRequest, GenerationResult
 
 TierCall = Callable[[GenerationRequest], Awaitable[GenerationResult]]
-AttemptStatus = Literal["accepted", "escalated", "error", "timeout"]
+AttemptStatus = Literal["accepted", "escalated", "error", "timeout", "fallback"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ async def run_cascade(
     """Try tiers from ``start`` upward until one's answer is accepted.
 
     A tier that raises or times out escalates. If the last tier fails too, the least
-    uncertain earlier answer is returned as a fallback; with no answer at all,
+    uncertain earlier answer is returned as a fallback; if no tier from ``start`` up answered,
+    the cheaper tiers below ``start`` are tried. With no answer at all,
     ``AllTiersFailedError`` is raised.
     """
     if not 0 <= start < len(tiers):
@@ -96,46 +97,66 @@ async def run_cascade(
     attempts: list[TierAttempt] = []
     unaccepted: list[tuple[float, int, GenerationResult, str]] = []
     for index in range(start, len(tiers)):
-        tier = tiers[index]
-        is_last = index == len(tiers) - 1
-        started = time.perf_counter()
-        try:
-            result = await asyncio.wait_for(tier.call(request), timeout=tier.timeout_s)
-        except (asyncio.TimeoutError, TierTimeoutError):
-            attempts.append(
-                TierAttempt(tier.name, "timeout", latency_ms=_ms_since(started), error=f"no answer within {tier.timeout_s}s")
-            )
+        result = await _attempt(request, tiers[index], attempts, threshold_for, uncertainty_of, index == len(tiers) - 1)
+        if result is None:
             continue
-        except Exception as exc:  # a broken tier must never drop the query
-            attempts.append(
-                TierAttempt(tier.name, "error", latency_ms=_ms_since(started), error=f"{type(exc).__name__}: {exc}")
-            )
-            continue
-        uncertainty = uncertainty_of(result)
-        threshold = threshold_for(tier.name)
-        accepted = accepts(uncertainty, threshold, is_last)
-        attempts.append(
-            TierAttempt(
-                tier=tier.name,
-                status="accepted" if accepted else "escalated",
-                uncertainty=uncertainty,
-                threshold=threshold,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                cost_usd=tier.pricing.cost_usd(result.prompt_tokens, result.completion_tokens),
-                latency_ms=_ms_since(started),
-            )
-        )
-        if accepted:
-            return CascadeOutcome(answer=result, answered_by=tier.name, attempts=attempts)
+        outcome_result, uncertainty = result
+        if attempts[-1].status == "accepted":
+            return CascadeOutcome(answer=outcome_result, answered_by=tiers[index].name, attempts=attempts)
         rank = uncertainty if uncertainty is not None else math.inf
-        unaccepted.append((rank, -index, result, tier.name))
+        unaccepted.append((rank, -index, outcome_result, tiers[index].name))
     if unaccepted:
         # Least uncertain first; among equals, the more capable (later) tier.
-        _, _, result, name = min(unaccepted, key=lambda item: (item[0], item[1]))
-        return CascadeOutcome(answer=result, answered_by=name, attempts=attempts, fallback=True)
+        _, _, answer, name = min(unaccepted, key=lambda item: (item[0], item[1]))
+        return CascadeOutcome(answer=answer, answered_by=name, attempts=attempts, fallback=True)
+    # Nothing from the start tier upward answered: fall back to the cheaper tiers the start
+    # policy skipped, most capable first, rather than drop the query.
+    for index in range(start - 1, -1, -1):
+        result = await _attempt(request, tiers[index], attempts, threshold_for, uncertainty_of, is_last=True)
+        if result is not None:
+            attempts[-1].status = "fallback"
+            return CascadeOutcome(answer=result[0], answered_by=tiers[index].name, attempts=attempts, fallback=True)
     details = "; ".join(f"{a.tier}: {a.error}" for a in attempts)
     raise AllTiersFailedError(f"every tier failed: {details}")
+
+
+async def _attempt(
+    request: GenerationRequest,
+    tier: CascadeTier,
+    attempts: list[TierAttempt],
+    threshold_for: Callable[[str], float | None],
+    uncertainty_of: Callable[[GenerationResult], float | None],
+    is_last: bool,
+) -> tuple[GenerationResult, float | None] | None:
+    """Call one tier and record the attempt; None when it failed or timed out."""
+    started = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(tier.call(request), timeout=tier.timeout_s)
+    except (asyncio.TimeoutError, TierTimeoutError):
+        attempts.append(
+            TierAttempt(tier.name, "timeout", latency_ms=_ms_since(started), error=f"no answer within {tier.timeout_s}s")
+        )
+        return None
+    except Exception as exc:  # a broken tier must never drop the query
+        attempts.append(
+            TierAttempt(tier.name, "error", latency_ms=_ms_since(started), error=f"{type(exc).__name__}: {exc}")
+        )
+        return None
+    uncertainty = uncertainty_of(result)
+    threshold = threshold_for(tier.name)
+    attempts.append(
+        TierAttempt(
+            tier=tier.name,
+            status="accepted" if accepts(uncertainty, threshold, is_last) else "escalated",
+            uncertainty=uncertainty,
+            threshold=threshold,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cost_usd=tier.pricing.cost_usd(result.prompt_tokens, result.completion_tokens),
+            latency_ms=_ms_since(started),
+        )
+    )
+    return result, uncertainty
 
 
 def _ms_since(started: float) -> float:

@@ -56,4 +56,5 @@ __all__ = [
     "rouge_l",
     "rouge_l_corpus",
     "task_file",
+    "task_spec_from_config",
 ]

@@ -86,5 +86,9 @@ def _iter_examples(path: Path) -> Iterator[Example]:
                 raise ConfigError(f"{str(path)!r} line {line_no} lacks the fields {missing}")
             extra = {key: value for key, value in row.items() if key not in REQUIRED_FIELDS}
             yield Example(
-                id=str(row["id"]), task=str(row["task"]), input=str(row["input"]), reference=row["reference"], extra=extra
+                id=str(row["id"]),
+                task=str(row["task"]),
+                input=str(row["input"]),
+                reference=row["reference"],
+                extra=extra,
             )

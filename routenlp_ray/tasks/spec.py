@@ -13,8 +13,8 @@ from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config.tasks import TASK_NAME_PATTERN, MetricName
 from routenlp_ray.tasks import metrics
 from routenlp_ray.tasks.parsers import (
-    EntityParse,
     Entity,
+    EntityParse,
     ParserKind,
     entities_from_value,
     label_index,
@@ -132,9 +132,7 @@ class TaskSpec(BaseModel):
     def parse(self, prediction_text: str | None) -> str | None | EntityParse:
         """The parsed answer: a label (or None), an ``EntityParse``, or stripped text."""
         if self.parser == "label":
-            if self.labels is None:
-                return parse_free_label(prediction_text)
-            return parse_label(prediction_text, self.labels)
+            return self._parse_label(prediction_text)
         if self.parser == "entities":
             return parse_entities(prediction_text, self.entity_types)
         return parse_text(prediction_text)
@@ -174,9 +172,7 @@ class TaskSpec(BaseModel):
             raise ValueError("cannot evaluate an empty set of predictions")
         if self.metric == "entity_f1":
             parses = [self._parse_entities(p) for p in predictions]
-            result = metrics.entity_f1(
-                [p.entities for p in parses], [self._reference_entities(r) for r in references]
-            )
+            result = metrics.entity_f1([p.entities for p in parses], [self._reference_entities(r) for r in references])
             return {**result, "unparseable_rate": sum(not p.parsed for p in parses) / len(parses)}
         if self.metric in ("macro_f1", "accuracy"):
             labels = [self._parse_label(p) for p in predictions]
@@ -209,9 +205,9 @@ class TaskSpec(BaseModel):
         return 1.0 if predicted and predicted == " ".join(self._reference_text(reference).casefold().split()) else 0.0
 
     def _parse_label(self, prediction_text: str | None) -> str | None:
-        parsed = self.parse(prediction_text)
-        assert parsed is None or isinstance(parsed, str)
-        return parsed
+        if self.labels is None:
+            return parse_free_label(prediction_text)
+        return parse_label(prediction_text, self.labels)
 
     def _parse_entities(self, prediction_text: str | None) -> EntityParse:
         return parse_entities(prediction_text, self.entity_types)

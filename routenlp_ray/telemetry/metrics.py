@@ -71,7 +71,7 @@ class RayRouterMetrics:
             self.tier_latency.observe(attempt.latency_ms, tags={"tier": attempt.tier})
             if attempt.cost_usd:
                 self.cost.inc(attempt.cost_usd, tags={"task": task, "tier": attempt.tier})
-            if attempt.status != "accepted":
+            if attempt.status in ("escalated", "error", "timeout"):
                 self.escalations.inc(1, tags={"task": task, "tier": attempt.tier, "reason": attempt.status})
         if saved_usd > 0:
             self.saved.inc(saved_usd, tags={"task": task})

@@ -165,3 +165,36 @@ def test_concurrent_requests_share_a_batch_on_the_smollm2_tier(app: dict[str, An
     results = [response.result(timeout_s=120) for response in [tier.generate.remote(r) for r in requests]]
     assert all(r.completion_tokens >= 1 for r in results)
     assert max(r.metadata["batch_size"] for r in results) > 1
+
+
+def test_service_handed_a_router_artifact_starts_where_the_router_says(app: dict[str, Any]) -> None:
+    import numpy as np
+
+    from routenlp_ray.routing.encoder import SentenceEncoder
+    from routenlp_ray.routing.learned_policy import RouterStartPolicy
+    from routenlp_ray.routing.router import DifficultyRouter
+
+    easy = [f"where is my new card number {i}?" for i in range(20)] + [f"my card {i} has not arrived" for i in range(20)]
+    hard = [f"is clause {i} of this indemnification agreement enforceable in Delaware?" for i in range(20)] + [
+        f"does section {i} limit the licensor's liability for consequential damages?" for i in range(20)
+    ]
+    encoder = SentenceEncoder()
+    X = encoder.encode(easy + hard)
+    y = np.array([[1.0, 1.0]] * len(easy) + [[0.0, 1.0]] * len(hard), dtype=np.float32)
+    router = DifficultyRouter(["smollm2", "frontier"], epochs=60).fit(X, ["chat"] * len(y), y)
+    policy = RouterStartPolicy(router, targets={"chat": 0.5}, encoder=encoder, version="router-test-1")
+    artifact = policy.save(app["tmp"] / "router-artifact")
+    questions = ["where is my new card?", "is the indemnification clause in this agreement enforceable?"]
+    expected = [policy.start_tier("chat", q, ["smollm2", "frontier"]) for q in questions]
+    assert expected == ["smollm2", "frontier"]
+
+    deploy(app["config"], user_config={"start_policy": "router", "router_path": str(artifact)})
+    client = OpenAI(base_url=f"http://127.0.0.1:{app['port']}/v1", api_key="unused", max_retries=0, timeout=120)
+    for question, tier in zip(questions, expected):
+        response = client.chat.completions.create(
+            model="routenlp/chat", messages=[{"role": "user", "content": question}], max_tokens=4
+        )
+        routing = response.model_extra["routing"]
+        assert routing["start_tier"] == tier and routing["attempts"][0]["tier"] == tier
+        assert routing["policy_version"] == "router-test-1"
+    deploy(app["config"], user_config={})

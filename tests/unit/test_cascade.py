@@ -115,3 +115,11 @@ async def test_empty_answer_is_maximally_uncertain() -> None:
     assert math.isinf(outcome.attempts[0].uncertainty)
     assert outcome.attempts[0].to_dict()["uncertainty"] is None
     assert outcome.answered_by == "t1"
+
+
+async def test_failures_above_the_start_tier_fall_back_to_cheaper_tiers() -> None:
+    outcome = await run_cascade(
+        REQUEST, tiers(answering("cheap", [-5.0]), failing, failing), 1, lambda t: 0.1, score
+    )
+    assert outcome.fallback is True and outcome.answered_by == "t0"
+    assert [(a.tier, a.status) for a in outcome.attempts] == [("t1", "error"), ("t2", "error"), ("t0", "fallback")]

@@ -115,12 +115,15 @@ def test_task_scores_unparseable_output_as_wrong() -> None:
 def test_is_correct_uses_the_bar() -> None:
     ner = get_task_spec("fin_ner")
     gold = [{"text": t, "type": "PER"} for t in "ABCDE"]
-    four_of_five = '[{"text": "A", "type": "PER"}, {"text": "B", "type": "PER"}, {"text": "C", "type": "PER"}, ' \
+    four_of_five = (
+        '[{"text": "A", "type": "PER"}, {"text": "B", "type": "PER"}, {"text": "C", "type": "PER"}, '
         '{"text": "D", "type": "PER"}]'
+    )
     # F1 = 2*4/(4+5) = 0.889 >= 0.8; three of five gives 2*3/8 = 0.75 < 0.8.
     assert ner.is_correct(four_of_five, gold)
-    assert not ner.is_correct('[{"text": "A", "type": "PER"}, {"text": "B", "type": "PER"}, '
-                              '{"text": "C", "type": "PER"}]', gold)
+    assert not ner.is_correct(
+        '[{"text": "A", "type": "PER"}, {"text": "B", "type": "PER"}, {"text": "C", "type": "PER"}]', gold
+    )
     risk = get_task_spec("legal_risk")
     assert risk.is_correct("Clearly unfair.", "clearly_unfair")
     assert not risk.is_correct("potentially_unfair", "clearly_unfair")

@@ -94,8 +94,10 @@ def test_built_in_label_sets_are_distinct_once_normalised() -> None:
     "text",
     [
         '[{"text": "Silicon Valley Bank", "type": "ORG"}, {"text": "John Smith", "type": "PER"}]',
-        'Sure! Here are the entities:\n```json\n[{"text": "Silicon Valley Bank", "type": "ORG"},\n'
-        ' {"text": "John Smith", "type": "PER"}]\n```\nLet me know if you need more.',
+        (
+            'Sure! Here are the entities:\n```json\n[{"text": "Silicon Valley Bank", "type": "ORG"},\n'
+            ' {"text": "John Smith", "type": "PER"}]\n```\nLet me know if you need more.'
+        ),
         "[{'text': 'Silicon Valley Bank', 'type': 'organization'}, {'text': 'John Smith', 'type': 'person'}]",
         '{"entities": [["Silicon Valley Bank", "ORG"], ["John Smith", "B-PER"]]}',
         '{"ORG": ["Silicon Valley Bank"], "PER": ["John Smith"], "LOC": []}',
@@ -118,8 +120,14 @@ def test_empty_entity_list_is_parsed() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", None, "There are no named entities in this sentence.", "Note: the sentence is boilerplate.",
-     '["Silicon Valley Bank", "John Smith"]'],
+    [
+        "",
+        "   ",
+        None,
+        "There are no named entities in this sentence.",
+        "Note: the sentence is boilerplate.",
+        '["Silicon Valley Bank", "John Smith"]',
+    ],
 )
 def test_unparseable_entities_are_flagged(text: str | None) -> None:
     parsed = parse_entities(text, FIN_NER_TYPES)
