@@ -73,9 +73,11 @@ def parse_label(text: str | None, labels: Sequence[str]) -> str | None:
     """The label of ``labels`` that ``text`` answers with, or ``None`` when it names none.
 
     The whole answer is matched first (case, spacing, punctuation and snake_case ignored); failing
-    that, the label mentioned first in the answer wins, so ``"The intent is: card_arrival."``
-    parses as ``card_arrival``. Labels are matched on word boundaries, so ``"potentially unfair"``
-    never yields ``fair``.
+    that, an answer that mentions exactly one label parses as it, so ``"The intent is:
+    card_arrival."`` parses as ``card_arrival``. An answer naming several different labels
+    (``"fair, potentially_unfair, clearly_unfair"``: a small model echoing the options) is
+    ambiguous and parses as ``None``. Labels are matched on word boundaries, longest first, so
+    ``"potentially unfair"`` never also counts as ``fair``.
     """
     if not text:
         return None
@@ -89,12 +91,18 @@ def parse_label(text: str | None, labels: Sequence[str]) -> str | None:
     if compact:
         return compact
     padded = f" {form} "
-    best: tuple[int, str] | None = None
+    taken: list[tuple[int, int]] = []
+    mentioned: set[str] = set()
     for label_form, label in index.search_order:
-        position = padded.find(f" {label_form} ")
-        if position >= 0 and (best is None or position < best[0]):
-            best = (position, label)
-    return best[1] if best else None
+        needle = f" {label_form} "
+        position = padded.find(needle)
+        while position >= 0:
+            span = (position + 1, position + len(needle) - 1)
+            if not any(start < span[1] and span[0] < end for start, end in taken):
+                taken.append(span)
+                mentioned.add(label)
+            position = padded.find(needle, position + 1)
+    return next(iter(mentioned)) if len(mentioned) == 1 else None
 
 
 def parse_free_label(text: str | None) -> str | None:

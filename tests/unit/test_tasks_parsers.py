@@ -30,7 +30,7 @@ from routenlp_ray.tasks.parsers import label_index
         ("```\ncard_arrival\n```", "card_arrival"),
         ("The intent is: `card_payment_wrong_exchange_rate`.", "card_payment_wrong_exchange_rate"),
         # The first label mentioned wins.
-        ("Intent: lost_or_stolen_card (maybe card_not_working)", "lost_or_stolen_card"),
+        ("Intent: lost_or_stolen_card (maybe card_not_working)", None),  # hedging between labels is ambiguous
         ("I am not sure what the customer wants.", None),
         ("", None),
         (None, None),
@@ -138,3 +138,11 @@ def test_unparseable_entities_are_flagged(text: str | None) -> None:
 def test_parse_text_strips() -> None:
     assert parse_text("  Hello there.\n") == "Hello there."
     assert parse_text(None) == ""
+
+
+def test_an_answer_echoing_several_labels_is_ambiguous() -> None:
+    from routenlp_ray.tasks.labels import LEGAL_RISK_LABELS
+
+    assert parse_label("Fair, potentially_unfair, potentially_unfair", LEGAL_RISK_LABELS) is None
+    assert parse_label("The sentence is potentially unfair.", LEGAL_RISK_LABELS) == "potentially_unfair"
+    assert parse_label("fair. fair!", LEGAL_RISK_LABELS) == "fair"
