@@ -113,15 +113,19 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
 def _cmd_bench_routing(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.judgments import run_judgments_benchmark
 
-    report = run_judgments_benchmark(args.data_dir, seed=args.seed, epochs=args.epochs)
+    report = run_judgments_benchmark(args.data_dir, splits=args.splits, seed=args.seed, epochs=args.epochs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"held-out prompts: {report['prompts']['held_out']}; best single model: {report['best_single_model']['name']}")
-    for name, result in report["policies"].items():
-        reduction = result["cost_reduction_at_95pct"]
-        shown = "not reached" if reduction is None else f"{reduction:.1%}"
-        print(f"  {name:<18} AUC {result['auc']:.3f}   cost reduction at 95% of best quality: {shown}")
+    print(f"{report['splits']} random splits, {report['held_out_fraction']:.0%} of {report['prompts_with_every_score']} "
+          "prompts held out each time; mean ± sd:")
+    for name, result in report["summary"].items():
+        reduction = result["cost_reduction_at_95pct_mean"]
+        shown = "never reached" if reduction is None else (
+            f"{reduction:+.1%} ± {result['cost_reduction_at_95pct_std']:.1%} "
+            f"({result['splits_reaching_95pct']}/{report['splits']} splits reach it)")
+        print(f"  {name:<40} AUC {result['auc_mean']:.3f} ± {result['auc_std']:.3f}   "
+              f"cost reduction at 95% of best quality: {shown}")
     print(f"wrote {out}")
     return 0
 
@@ -214,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     routing.add_argument("--out", default="results/bench_routing_judgments.json")
     routing.add_argument("--seed", type=int, default=0)
-    routing.add_argument("--epochs", type=int, default=150)
+    routing.add_argument("--epochs", type=int, default=120)
+    routing.add_argument("--splits", type=int, default=10, help="repeated random train/held-out splits")
     routing.set_defaults(func=_cmd_bench_routing)
     tasks_bench = benches.add_parser("tasks", help="all routing policies on recorded outputs of the six tasks")
     tasks_bench.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)

@@ -25,7 +25,6 @@ from routenlp_ray.bench.curves import (
     best_point_at_quality,
     cost_at_quality,
     oracle_points,
-    pareto_front,
     routed_point,
 )
 from routenlp_ray.config._base import StrictModel
@@ -138,6 +137,16 @@ def random_curve(test: JudgmentData, cheap: str, strong: str, seed: int) -> list
     return [routed_point(np.where(draws < p, s, c), test.quality, test.cost, test.models, float(p)) for p in GRID]
 
 
+def utility_curve(proba: np.ndarray, model_cost: np.ndarray, data: JudgmentData) -> list[OperatingPoint]:
+    """Per query, the model maximising predicted success minus lambda x its mean cost (from training data)."""
+    scale = 1.0 / max(float(model_cost.max()), 1e-12)
+    lambdas = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 60)]) * scale
+    return [
+        routed_point(np.argmax(proba - lam * model_cost[None, :], axis=1), data.quality, data.cost, data.models, float(lam))
+        for lam in lambdas
+    ]
+
+
 def summarise(points: list[OperatingPoint], max_cost: float, target_quality: float, best_cost: float) -> dict[str, Any]:
     at_target = best_point_at_quality(points, target_quality)
     cost = cost_at_quality(points, target_quality)
@@ -145,7 +154,50 @@ def summarise(points: list[OperatingPoint], max_cost: float, target_quality: flo
         "auc": area_under_curve(points, max_cost),
         "cost_reduction_at_95pct": None if cost is None else 1 - cost / best_cost,
         "operating_point_at_95pct": at_target.to_dict() if at_target else None,
-        "pareto": [p.to_dict() for p in pareto_front(points)],
+    }
+
+
+def evaluate_split(
+    data: JudgmentData, X: np.ndarray, test_mask: np.ndarray, seed: int, epochs: int, quality_bar: float
+) -> dict[str, Any]:
+    """Train on ``~test_mask`` and read every policy on ``test_mask``."""
+    train_rows, test_rows = np.nonzero(~test_mask)[0], np.nonzero(test_mask)[0]
+    train, test = data.subset(train_rows), data.subset(test_rows)
+    X_train, X_test = X[train_rows], X[test_rows]
+    tasks_train, tasks_test = [TASK] * len(train.ids), [TASK] * len(test.ids)
+    pairs = preference_pairs(train.quality)
+
+    def fit(labels: np.ndarray) -> DifficultyRouter:
+        return DifficultyRouter(
+            data.models, hidden_dim=64, task_dim=4, dropout=0.2, epochs=epochs, weight_decay=1e-2, random_state=seed
+        ).fit(X_train, tasks_train, labels.astype(np.float32), pairs)
+
+    # Binary heads at the quality bar, and soft heads on the judge's score / 10 (the chance a
+    # reader rates the answer good), which keeps the information a single bar throws away.
+    binary = fit(train.quality >= quality_bar).predict_proba(X_test, tasks_test)
+    soft = fit(train.quality).predict_proba(X_test, tasks_test)
+    model_cost = train.cost.mean(axis=0)
+
+    mean_quality = test.quality.mean(axis=0)
+    best = int(np.argmax(mean_quality))
+    best_quality, best_cost = float(mean_quality[best]), float(test.cost[:, best].mean())
+    target = 0.95 * best_quality
+    max_cost = float(test.cost.mean(axis=0).max())
+    curves = {
+        "router_binary_cheapest_clearing_target": router_curve(binary, test),
+        "router_soft_cheapest_clearing_target": router_curve(soft, test),
+        "router_soft_utility": utility_curve(soft, model_cost, test),
+        "routellm_binary": routellm_curve(X_train, train, X_test, test, strong=test.models[best],
+                                          weak="Mixtral-8x7B-Instruct-v0.1"),
+        "random": random_curve(test, test.models[0], test.models[best], seed),
+        "single_models": [routed_point(np.full(len(test.ids), k), test.quality, test.cost, test.models, name)
+                          for k, name in enumerate(test.models)],
+        "oracle": oracle_points(test.quality, test.cost, test.models),
+    }
+    return {
+        "held_out": len(test.ids),
+        "best_single_model": {"name": test.models[best], "quality": best_quality, "cost_usd": best_cost},
+        "policies": {name: summarise(points, max_cost, target, best_cost) for name, points in curves.items()},
     }
 
 
@@ -153,46 +205,41 @@ def run_judgments_benchmark(
     data_dir: str | Path,
     encoder: Any = None,
     portfolio_path: str | Path = PORTFOLIO,
+    splits: int = 10,
+    test_fraction: float = 0.3,
     seed: int = 0,
     quality_bar: float = 0.8,
-    epochs: int = 150,
+    epochs: int = 120,
 ) -> dict[str, Any]:
+    """Repeated random train/held-out splits of the prompts; mean and spread of every policy."""
     from routenlp_ray.routing.encoder import SentenceEncoder
 
     data = load_judgments(Path(data_dir) / "router_judgments" / "train.jsonl", Portfolio.load(portfolio_path))
-    test_rows = held_out_mask(data.ids)
-    train, test = data.subset(np.nonzero(~test_rows)[0]), data.subset(np.nonzero(test_rows)[0])
-    encoder = encoder or SentenceEncoder()
-    X_train, X_test = encoder.encode(train.inputs), encoder.encode(test.inputs)
-
-    router = DifficultyRouter(
-        data.models, hidden_dim=64, task_dim=4, dropout=0.2, epochs=epochs, weight_decay=1e-2, random_state=seed
-    ).fit(X_train, [TASK] * len(train.ids), (train.quality >= quality_bar).astype(np.float32), preference_pairs(train.quality))
-    proba = router.predict_proba(X_test, [TASK] * len(test.ids))
-
-    mean_quality = test.quality.mean(axis=0)
-    best = int(np.argmax(mean_quality))
-    best_name, cheapest = test.models[best], test.models[0]
-    best_quality, best_cost = float(mean_quality[best]), float(test.cost[:, best].mean())
-    max_cost = float(test.cost.mean(axis=0).max())
-    target = 0.95 * best_quality
-    singles = [routed_point(np.full(len(test.ids), k), test.quality, test.cost, test.models, name)
-               for k, name in enumerate(test.models)]
-    curves = {
-        "difficulty_router": router_curve(proba, test),
-        "routellm_binary": routellm_curve(X_train, train, X_test, test, strong=best_name, weak="Mixtral-8x7B-Instruct-v0.1"),
-        "random": random_curve(test, cheapest, best_name, seed),
-        "single_models": singles,
-        "oracle": oracle_points(test.quality, test.cost, test.models),
-    }
+    X = (encoder or SentenceEncoder()).encode(data.inputs)
+    runs = []
+    for split in range(splits):
+        rng = np.random.default_rng(seed + split)
+        runs.append(evaluate_split(data, X, rng.random(len(data.ids)) < test_fraction, seed + split, epochs, quality_bar))
+    summary: dict[str, Any] = {}
+    for name in runs[0]["policies"]:
+        aucs = np.array([r["policies"][name]["auc"] for r in runs])
+        reductions = [r["policies"][name]["cost_reduction_at_95pct"] for r in runs]
+        reached = np.array([x for x in reductions if x is not None], dtype=float)
+        summary[name] = {
+            "auc_mean": float(aucs.mean()),
+            "auc_std": float(aucs.std()),
+            "cost_reduction_at_95pct_mean": float(reached.mean()) if reached.size else None,
+            "cost_reduction_at_95pct_std": float(reached.std()) if reached.size else None,
+            "splits_reaching_95pct": int(reached.size),
+        }
     return {
         "task": TASK,
-        "prompts": {"train": len(train.ids), "held_out": len(test.ids)},
-        "models_cheapest_first": test.models,
+        "prompts_with_every_score": len(data.ids),
+        "splits": splits,
+        "held_out_fraction": test_fraction,
+        "models_cheapest_first": data.models,
         "quality": "mean GPT-4 score / 10 on held-out prompts",
-        "best_single_model": {"name": best_name, "quality": best_quality, "cost_usd": best_cost},
-        "cheapest_model": {"name": cheapest, "quality": float(mean_quality[0]), "cost_usd": float(test.cost[:, 0].mean())},
-        "target_quality_95pct": target,
-        "policies": {name: summarise(points, max_cost, target, best_cost) for name, points in curves.items()},
-        "router": {"quality_bar": quality_bar, "epochs": epochs, "final_loss": router.loss_curve_[-1]},
+        "target": "95% of the best single model's held-out quality",
+        "summary": summary,
+        "runs": runs,
     }

@@ -140,7 +140,7 @@ class DifficultyRouter:
                 logits = self.model_(X_t[rows], batch_ids)
                 loss = _masked_bce(logits, y_t[rows])
                 if pairs_t is not None and self.pairwise_weight > 0:
-                    loss = loss + self.pairwise_weight * self._pair_loss(pairs_t, rows, logits)
+                    loss = loss + self.pairwise_weight * _pair_loss(pairs_t, rows, logits, X.shape[0])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -148,19 +148,6 @@ class DifficultyRouter:
             self.loss_curve_.append(epoch_loss / X.shape[0])
         self.model_.eval()
         return self
-
-    @staticmethod
-    def _pair_loss(pairs: Any, rows: Any, logits: Any) -> Any:
-        import torch
-
-        position = {int(r): i for i, r in enumerate(rows.tolist())}
-        selected = [i for i, r in enumerate(pairs[:, 0].tolist()) if r in position]
-        if not selected:
-            return logits.sum() * 0.0
-        chosen = pairs[selected]
-        local = torch.tensor([position[int(r)] for r in chosen[:, 0].tolist()])
-        gap = logits[local, chosen[:, 1]] - logits[local, chosen[:, 2]]
-        return torch.nn.functional.softplus(-gap).mean()
 
     # -- prediction -----------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -231,3 +218,18 @@ def _masked_bce(logits: Any, targets: Any) -> Any:
     if not bool(mask.any()):
         return logits.sum() * 0.0
     return torch.nn.functional.binary_cross_entropy_with_logits(logits[mask], targets[mask])
+
+
+def _pair_loss(pairs: Any, rows: Any, logits: Any, n_rows: int) -> Any:
+    """Logistic loss on the logit gap of each (better, worse) pair whose row is in this batch."""
+    import torch
+
+    local = torch.full((n_rows,), -1, dtype=torch.int64)
+    local[rows] = torch.arange(len(rows))
+    position = local[pairs[:, 0]]
+    keep = position >= 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    chosen, position = pairs[keep], position[keep]
+    gap = logits[position, chosen[:, 1]] - logits[position, chosen[:, 2]]
+    return torch.nn.functional.softplus(-gap).mean()
