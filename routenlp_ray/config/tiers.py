@@ -97,6 +97,14 @@ class TransformersEngineConfig(StrictModel):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the model runs.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype after loading.")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; None keeps torch's default.")
+    max_input_tokens: int | None = Field(
+        None,
+        ge=16,
+        description=(
+            "Longest prompt fed to the model; longer ones lose their middle, keeping the instructions at the "
+            "start and the end of the input. None feeds prompts whole."
+        ),
+    )
 
 
 class VLLMEngineConfig(StrictModel):

@@ -85,10 +85,21 @@ class TransformersEngine:
             return request.prompt
         return self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
 
+    def _fit_context(self, text: str) -> str:
+        """Cut the middle out of an over-long prompt: on CPU, prefill time grows with its square."""
+        limit = self.config.max_input_tokens
+        if limit is None:
+            return text
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= limit:
+            return text
+        head, tail = ids[: limit // 2], ids[len(ids) - (limit - limit // 2) :]
+        return self.tokenizer.decode(head) + self.tokenizer.decode(tail)
+
     def _generate_group(self, group: list[GenerationRequest]) -> list[GenerationResult]:
         torch = self._torch
         started = time.perf_counter()
-        texts = [self.render(r) for r in group]
+        texts = [self._fit_context(self.render(r)) for r in group]
         encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
         temperature, top_p = group[0].sampling_key
         sampling: dict[str, Any] = (

@@ -77,3 +77,13 @@ def test_a_hugging_face_model_folder_loads_and_matches_the_gguf(engine: Transfor
     from_folder = TransformersEngine(TransformersEngineConfig(model_source=str(folder)), name="folder")
     request = chat("Name a primary colour.", max_tokens=5)
     assert from_folder.generate_batch_sync([request])[0].text == engine.generate_batch_sync([request])[0].text
+
+
+def test_over_long_prompts_lose_their_middle(engine: TransformersEngine) -> None:
+    limited = TransformersEngine(
+        engine.config.model_copy(update={"max_input_tokens": 64}), name="limited"
+    )
+    long_input = "Revenue grew. " * 400
+    result = limited.generate_batch_sync([chat(long_input + " Summarise.", max_tokens=2)])[0]
+    assert result.prompt_tokens <= 64 + 2  # decode/encode round trips may merge or split a token
+    assert result.completion_tokens >= 1
