@@ -70,18 +70,24 @@ def best_point_at_quality(points: Sequence[OperatingPoint], quality: float) -> O
     return min(eligible, key=lambda p: (p.cost, -p.quality)) if eligible else None
 
 
-def oracle_points(quality: np.ndarray, cost: np.ndarray, names: Sequence[str], steps: int = 200) -> list[OperatingPoint]:
+def oracle_points(quality: np.ndarray, cost: np.ndarray, names: Sequence[str]) -> list[OperatingPoint]:
     """The best any router could do with these answers: per query, argmax of quality - lambda * cost.
 
-    Sweeping lambda from 0 (best quality, cheapest among equals) to a price at which only cost
-    matters traces the oracle's whole quality-cost frontier.
+    The choice only changes at the prices ``lambda = (q_i - q_j) / (c_i - c_j)`` where two models of
+    one query trade places, so evaluating just past every such price traces the oracle's exact
+    quality-cost frontier.
     """
-    spread = float(np.ptp(quality)) or 1.0
-    scale = spread / max(float(np.min(cost[cost > 0])) if (cost > 0).any() else 1.0, 1e-12)
-    # Ties on quality go to the cheaper model: a tiny cost term even at lambda = 0.
-    lambdas = np.concatenate([[1e-9], np.geomspace(1e-6, 1e3, steps)]) * scale
+    q = np.nan_to_num(quality, nan=-np.inf)
+    dq = q[:, :, None] - q[:, None, :]
+    dc = cost[:, :, None] - cost[:, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prices = dq / dc
+    breaks = np.unique(prices[np.isfinite(prices) & (prices > 0)])
+    lambdas = np.concatenate([[0.0], breaks * (1 + 1e-9), [breaks.max() * 2 if breaks.size else 1.0]])
+    # Ties on quality go to the cheaper model: a vanishing cost term even at lambda = 0.
+    tie_break = 1e-12 * cost / max(float(cost.max()), 1e-300)
     points = []
     for lam in lambdas:
-        choice = np.argmax(quality - lam * cost, axis=1)
+        choice = np.argmax(q - lam * cost - tie_break, axis=1)
         points.append(routed_point(choice, quality, cost, names, float(lam)))
     return points

@@ -120,3 +120,19 @@ def test_policy_round_trip_picks_tiers(tmp_path: Path) -> None:
     assert loaded.start_tier("hard", "hard query", TIERS) == "large"
     assert loaded.start_tier("easy", "easy query", ["medium", "large"]) == "medium"  # router's pick is gone
     assert loaded.decide_batch(["easy query", "hard query"], ["easy", "hard"]) == ["small", "large"]
+
+
+def test_encoder_keeps_input_order_when_batching_by_length() -> None:
+    from routenlp_ray.routing.encoder import SentenceEncoder
+
+    texts = ["a much longer sentence about a lost bank card and a refund", "hi", "where is my card?"]
+    exact = SentenceEncoder(quantize=False)
+    together = exact.encode(texts, batch_size=2)
+    np.testing.assert_allclose(together, np.stack([exact.encode_one(t) for t in texts]), atol=1e-4)
+    assert together.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    # The int8 encoder embeds one text at a time by default, so training matches serving exactly.
+    quantized = SentenceEncoder()
+    np.testing.assert_array_equal(quantized.encode(texts), np.stack([quantized.encode_one(t) for t in texts]))
+    # Its embeddings stay close to the float ones (about 0.9 cosine for the shortest).
+    assert (quantized.encode(texts) * together).sum(axis=1).min() > 0.85

@@ -1,0 +1,60 @@
+"""Record -> train the router -> benchmark, end to end on a small slice with the real SmolLM2 tier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from routenlp_ray.cli import main
+from routenlp_ray.config import load_config
+from routenlp_ray.routing.learned_policy import RouterStartPolicy
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+TASKS = ["cs_intent", "legal_risk"]
+
+
+def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: Path) -> None:
+    config = load_config(REPO_ROOT / "serve_config.local.yaml").model_dump(mode="json")
+    config["tiers"][1]["engine"]["records"] = [str(data_dir / t / "validation.jsonl") for t in TASKS]
+    config_file = tmp_path / "routenlp.yaml"
+    config_file.write_text(json.dumps(config))  # JSON is YAML
+    records, common = tmp_path / "records", ["--config", str(config_file), "--data-dir", str(data_dir)]
+
+    assert main(["record", *common, "--out", str(records), "--tasks", *TASKS, "--limit", "8", "--seed", "3",
+                 "--max-tokens", "cs_intent=4", "legal_risk=4"]) == 0
+    # Resuming records nothing new.
+    assert main(["record", *common, "--out", str(records), "--tasks", *TASKS, "--limit", "8", "--seed", "3",
+                 "--max-tokens", "cs_intent=4", "legal_risk=4"]) == 0
+
+    out = tmp_path / "bench" / "bench_tasks.json"
+    assert main(["bench", "tasks", *common, "--records", str(records), "--tasks", *TASKS, "--epochs", "5",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["per_task"]) == set(TASKS)
+    policies = report["per_task"]["cs_intent"]["policies"]
+    assert {"frontier_only", "cheapest_only", "random", "routellm_binary", "cascade", "router", "router_cascade",
+            "oracle"} <= set(policies)
+    assert policies["frontier_only"]["retention"] == 1.0
+    assert report["router_decision_latency"]["batched_decisions_per_s"] > 0
+    assert out.with_suffix(".md").read_text().startswith("# Six-task routing benchmark")
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+    artifacts = tmp_path / "artifacts"
+    assert main(["train-router", *common, "--records", str(records), "--tasks", *TASKS, "--epochs", "5",
+                 "--version", "router-ci", "--out", str(artifacts)]) == 0
+    policy = RouterStartPolicy.load(artifacts / "router-ci")
+    assert set(policy.targets) == set(TASKS)
+    assert policy.start_tier("cs_intent", "where is my new card?", ["smollm2", "frontier"]) in {"smollm2", "frontier"}
+
+
+def test_router_judgments_benchmark_runs(tmp_path: Path, data_dir: Path) -> None:
+    out = tmp_path / "judgments.json"
+    assert main(["bench", "routing", "--data-dir", str(data_dir), "--splits", "1", "--epochs", "5",
+                 "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert {"router_soft_utility", "routellm_binary", "random", "oracle"} <= set(summary)
+    assert summary["oracle"]["auc_mean"] >= summary["random"]["auc_mean"]
