@@ -13,6 +13,17 @@ TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
 MetricName = Literal["entity_f1", "rouge_l", "macro_f1", "accuracy", "bertscore", "exact_match", "none"]
 
 
+def check_prompt_template(value: str) -> str:
+    """A user-message template must hold exactly the ``{input}`` slot and be a valid format string."""
+    if "{input}" not in value:
+        raise ValueError(f"prompt_template must contain '{{input}}', got {value!r}")
+    try:
+        value.format(input="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"prompt_template {value!r} is not a valid format string: {exc}") from exc
+    return value
+
+
 class TaskConfig(StrictModel):
     """One task served behind `model="routenlp/<name>"`."""
 
@@ -34,13 +45,7 @@ class TaskConfig(StrictModel):
     @field_validator("prompt_template")
     @classmethod
     def _has_input_slot(cls, value: str) -> str:
-        if "{input}" not in value:
-            raise ValueError(f"prompt_template must contain '{{input}}', got {value!r}")
-        try:
-            value.format(input="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"prompt_template {value!r} is not a valid format string: {exc}") from exc
-        return value
+        return check_prompt_template(value)
 
     def render_user_message(self, text: str) -> str:
         return self.prompt_template.format(input=text)

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from routenlp_ray._exceptions import ConfigError
-from routenlp_ray.config.tasks import TASK_NAME_PATTERN, MetricName
+from routenlp_ray.config.tasks import TASK_NAME_PATTERN, MetricName, check_prompt_template
 from routenlp_ray.tasks import metrics
 from routenlp_ray.tasks.parsers import (
     Entity,
@@ -70,13 +70,7 @@ class TaskSpec(BaseModel):
     @field_validator("prompt_template")
     @classmethod
     def _has_input_slot(cls, value: str) -> str:
-        if "{input}" not in value:
-            raise ValueError(f"prompt_template must contain '{{input}}', got {value!r}")
-        try:
-            value.format(input="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"prompt_template {value!r} is not a valid format string: {exc}") from exc
-        return value
+        return check_prompt_template(value)
 
     @field_validator("labels")
     @classmethod
