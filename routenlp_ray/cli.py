@@ -96,6 +96,47 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import warnings
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from routenlp_ray.config import load_config
+    from routenlp_ray.conformal.calibrator import ConformalCalibrator
+    from routenlp_ray.recording.tables import build_table
+
+    config = load_config(args.config)
+    tasks = args.tasks or [t for t in DEFAULT_RECORD_MAX_TOKENS if t in {x.name for x in config.tasks}]
+    uncertainty: list[float] = []
+    correct: list[bool] = []
+    tiers: list[str] = []
+    task_names: list[str] = []
+    for task in tasks:
+        table = build_table(config, Path(args.records), Path(args.data_dir), task, args.split)
+        for k, tier in enumerate(table.tiers[:-1]):  # the last tier always accepts
+            uncertainty += table.uncertainty[:, k].tolist()
+            correct += (table.correct[:, k] > 0).tolist()
+            tiers += [tier] * len(table.ids)
+            task_names += [task] * len(table.ids)
+    calibrator = ConformalCalibrator(alpha=args.alpha, method=args.method, epsilon=args.epsilon, delta=args.delta)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibrator.conformalize(np.array(uncertainty), correct, tiers, task_names)
+    for warning in caught:
+        print(f"warning: {warning.message}")
+    version = args.version or f"cal-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    table = calibrator.to_table(version, score="mean_nll")
+    path = table.save(args.out)
+    for tier, per_task in table.thresholds.items():
+        for task, delta in per_task.items():
+            counts = calibrator.counts_[tier][task]
+            shown = "never accepts" if delta is None else f"accepts mean NLL <= {delta:.4f}"
+            print(f"{tier:<12} {task:<18} {counts['n_correct']:>4}/{counts['n']:<4} correct  {shown}")
+    print(f"wrote {path} (version {version}); push it with user_config: {{thresholds_path: {path}}}")
+    return 0
+
+
 def _cmd_train_router(args: argparse.Namespace) -> int:
     from routenlp_ray.config import load_config
     from routenlp_ray.routing.training import train_router_policy
@@ -199,6 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--batch-size", type=int, default=8)
     record.add_argument("--max-tokens", nargs="*", metavar="TASK=N", help="override max tokens per task")
     record.set_defaults(func=_cmd_record)
+
+    calibrate = commands.add_parser("calibrate", help="split-conformal thresholds per (tier, task) from records")
+    calibrate.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    calibrate.add_argument("--records", default="var/records/embedded")
+    calibrate.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    calibrate.add_argument("--tasks", nargs="+", default=None)
+    calibrate.add_argument("--split", default="validation")
+    calibrate.add_argument("--method", choices=["coverage", "risk"], default="coverage",
+                           help="coverage: the paper's rule; risk: Learn-then-Test on accepted-error rate")
+    calibrate.add_argument("--alpha", type=float, default=0.1)
+    calibrate.add_argument("--epsilon", type=float, default=0.1, help="risk: accepted-error bound")
+    calibrate.add_argument("--delta", type=float, default=0.1, help="risk: allowed failure probability")
+    calibrate.add_argument("--version", default=None)
+    calibrate.add_argument("--out", default="var/artifacts/thresholds/current.json")
+    calibrate.set_defaults(func=_cmd_calibrate)
 
     train = commands.add_parser("train-router", help="train the difficulty-aware router from records")
     train.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)

@@ -29,6 +29,7 @@ def embedded_config(tmp_path: Path, data_dir: Path) -> Any:
     # A small slice of the shared data keeps the replay tier quick to load in CI.
     data["tiers"][1]["engine"]["records"] = [str(data_dir / "cs_intent" / "validation.jsonl")]
     data["tiers"][0]["limits"]["default_max_tokens"] = 8
+    data["cascade"]["thresholds_path"] = str(REPO_ROOT / data["cascade"]["thresholds_path"])
     return data
 
 

@@ -110,3 +110,12 @@ def test_relative_paths_are_pinned(tmp_path: Path, replay_file: Path) -> None:
     assert pinned.tiers[0].engine.records == [str(tmp_path / "data" / "*.jsonl")]
     data["storage"]["log_uri"] = "s3://bucket/log"
     assert parse_config(data).with_absolute_paths(tmp_path).storage.log_uri == "s3://bucket/log"
+
+
+def test_embedded_default_ships_calibrated_thresholds() -> None:
+    from routenlp_ray.conformal import ThresholdTable
+
+    config = load_config(REPO_ROOT / "serve_config.local.yaml").with_absolute_paths(REPO_ROOT)
+    table = ThresholdTable.load(config.cascade.thresholds_path)
+    assert table.alpha == config.cascade.alpha and table.score == config.cascade.uncertainty
+    assert set(table.thresholds) <= {t.name for t in config.tiers[:-1]}

@@ -1,0 +1,146 @@
+"""Acceptance thresholds per (tier, task) from labelled calibration data.
+
+Two rules:
+
+- ``method="coverage"`` (the paper's split-conformal rule). Among the ``n0`` calibration
+  answers that were correct, delta is the ``ceil((1 - alpha) * (n0 + 1))``-th smallest
+  uncertainty. For a new *correct* answer exchangeable with them,
+  ``1 - alpha <= P(u <= delta) <= 1 - alpha + 1 / (n0 + 1)`` (the upper bound needs no ties).
+  It promises that good answers are rarely thrown away; it says nothing about how many
+  *wrong* answers slip through.
+- ``method="risk"`` (Learn-then-Test). Picks the largest delta whose error rate among
+  *accepted* answers is at most ``epsilon``, with probability at least ``1 - delta_conf``
+  over the calibration draw: thresholds are tested from strict to loose with an exact
+  binomial test of H0 "error rate among accepted > epsilon" (the Clopper-Pearson bound),
+  stopping at the first that fails (fixed-sequence testing, so no multiplicity correction).
+  This is the guarantee users usually want: the cheap tier's accepted answers are right.
+
+With too few examples (correct ones for coverage, accepted ones for risk) a tier gets no
+threshold for that task, so it never accepts it, and a warning says why.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from scipy.stats import binom
+
+from routenlp_ray._exceptions import NotFittedError
+from routenlp_ray.conformal.thresholds import ThresholdTable
+
+
+def conformal_threshold(correct_uncertainties: Sequence[float], alpha: float) -> float | None:
+    """The paper's rule; None when ``ceil((1 - alpha) * (n0 + 1)) > n0`` (too few correct answers)."""
+    values = np.sort(np.asarray([u for u in correct_uncertainties if u is not None and not math.isnan(u)], dtype=float))
+    n0 = values.size
+    rank = math.ceil((1 - alpha) * (n0 + 1))
+    if n0 == 0 or rank > n0:
+        return None
+    return float(values[rank - 1])
+
+
+def risk_controlling_threshold(
+    uncertainty: Sequence[float], correct: Sequence[bool], epsilon: float, delta: float
+) -> float | None:
+    """Learn-then-Test: the loosest threshold whose accepted-error rate is certified <= epsilon."""
+    u = np.asarray(uncertainty, dtype=float)
+    ok = np.asarray(correct, dtype=bool)
+    keep = ~np.isnan(u)
+    u, ok = u[keep], ok[keep]
+    chosen: float | None = None
+    for candidate in np.unique(u):  # strict to loose
+        accepted = u <= candidate
+        n, errors = int(accepted.sum()), int((~ok[accepted]).sum())
+        # p-value of H0 "risk > epsilon": P(Binomial(n, epsilon) <= errors).
+        if binom.cdf(errors, n, epsilon) > delta:
+            break
+        chosen = float(candidate)
+    return chosen
+
+
+Method = Literal["coverage", "risk"]
+
+
+class ConformalCalibrator:
+    """MAPIE-style: ``conformalize`` on calibration data, then ``predict`` acceptance.
+
+    ``conformalize(uncertainty, correct, tiers, tasks)`` takes one row per (query, tier)
+    answer: its uncertainty (NaN when unscorable), whether it met the task's bar, and the
+    tier and task it belongs to.
+    """
+
+    def __init__(
+        self, alpha: float = 0.1, method: Method = "coverage", epsilon: float = 0.1, delta: float = 0.1
+    ) -> None:
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if method not in ("coverage", "risk"):
+            raise ValueError(f"method must be 'coverage' or 'risk', got {method!r}")
+        self.alpha = alpha
+        self.method = method
+        self.epsilon = epsilon
+        self.delta = delta
+
+    def conformalize(
+        self,
+        uncertainty: Sequence[float],
+        correct: Sequence[bool],
+        tiers: Sequence[str],
+        tasks: Sequence[str],
+    ) -> "ConformalCalibrator":
+        u = np.asarray(uncertainty, dtype=float)
+        ok = np.asarray(correct, dtype=bool)
+        tier_arr, task_arr = np.asarray(tiers), np.asarray(tasks)
+        if not (len(u) == len(ok) == len(tier_arr) == len(task_arr)):
+            raise ValueError("uncertainty, correct, tiers and tasks must have the same length")
+        self.thresholds_: dict[str, dict[str, float | None]] = {}
+        self.counts_: dict[str, dict[str, dict[str, int]]] = {}
+        for tier in sorted(set(tier_arr.tolist())):
+            for task in sorted(set(task_arr[tier_arr == tier].tolist())):
+                rows = (tier_arr == tier) & (task_arr == task)
+                threshold = self._threshold(u[rows], ok[rows])
+                self.thresholds_.setdefault(tier, {})[task] = threshold
+                self.counts_.setdefault(tier, {})[task] = {"n": int(rows.sum()), "n_correct": int(ok[rows].sum())}
+                if threshold is None:
+                    warnings.warn(self._why_none(tier, task, int(rows.sum()), int(ok[rows].sum())), stacklevel=2)
+        return self
+
+    def _threshold(self, u: np.ndarray, ok: np.ndarray) -> float | None:
+        if self.method == "coverage":
+            return conformal_threshold(u[ok].tolist(), self.alpha)
+        return risk_controlling_threshold(u.tolist(), ok.tolist(), self.epsilon, self.delta)
+
+    def _why_none(self, tier: str, task: str, n: int, n_correct: int) -> str:
+        if n == 0:
+            return f"tier {tier!r} task {task!r}: empty calibration set; the tier will not accept this task"
+        if self.method == "coverage":
+            needed = math.ceil(1 / self.alpha) - 1
+            return (
+                f"tier {tier!r} task {task!r}: {n_correct} correct calibration answers out of {n}; alpha={self.alpha} "
+                f"needs at least {needed}, so the tier will not accept this task"
+            )
+        return (
+            f"tier {tier!r} task {task!r}: no threshold keeps the accepted-error rate <= {self.epsilon} with "
+            f"confidence {1 - self.delta} on {n} answers ({n_correct} correct); the tier will not accept this task"
+        )
+
+    def _check(self) -> None:
+        if not hasattr(self, "thresholds_"):
+            raise NotFittedError("call conformalize before predict")
+
+    def predict(self, uncertainty: Sequence[float], tiers: Sequence[str], tasks: Sequence[str]) -> np.ndarray:
+        """Boolean array: would each answer be accepted (u <= delta)?"""
+        self._check()
+        out = np.zeros(len(uncertainty), dtype=bool)
+        for i, (u, tier, task) in enumerate(zip(uncertainty, tiers, tasks)):
+            threshold = self.thresholds_.get(tier, {}).get(task)
+            out[i] = threshold is not None and u is not None and not math.isnan(u) and u <= threshold
+        return out
+
+    def to_table(self, version: str, score: str = "mean_nll") -> ThresholdTable:
+        self._check()
+        return ThresholdTable(version=version, alpha=self.alpha, score=score, thresholds=self.thresholds_)

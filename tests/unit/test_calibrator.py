@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from routenlp_ray import NotFittedError
+from routenlp_ray.conformal.calibrator import ConformalCalibrator, conformal_threshold, risk_controlling_threshold
+
+
+def test_paper_rule_on_a_hand_computed_example() -> None:
+    # n0 = 9, alpha = 0.2: rank = ceil(0.8 * 10) = 8 -> the 8th smallest.
+    assert conformal_threshold([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6], alpha=0.2) == 0.8
+    # Ties: the threshold is the tied value, and u <= delta accepts every tied answer.
+    assert conformal_threshold([0.5] * 9, alpha=0.2) == 0.5
+    # Too few correct answers (rank > n0) and an empty set give no threshold.
+    assert conformal_threshold([0.1, 0.2], alpha=0.1) is None
+    assert conformal_threshold([], alpha=0.1) is None
+
+
+def test_coverage_holds_on_exchangeable_data_over_1000_trials() -> None:
+    rng = np.random.default_rng(0)
+    alpha, n0 = 0.1, 200
+    coverage = []
+    for _ in range(1000):
+        # Uniform uncertainties: P(u <= delta) for a fresh correct answer is delta itself.
+        coverage.append(conformal_threshold(rng.random(n0).tolist(), alpha))
+    mean = float(np.mean(coverage))
+    low, high = 1 - alpha, 1 - alpha + 1 / (n0 + 1)
+    slack = 3 * np.std(coverage) / math.sqrt(len(coverage))
+    assert low - slack <= mean <= high + slack
+
+
+def test_risk_control_holds_in_at_least_1_minus_delta_of_trials() -> None:
+    rng = np.random.default_rng(1)
+    epsilon, delta, n = 0.1, 0.1, 500
+
+    def true_accepted_error(threshold: float) -> float:
+        # u ~ U(0, 1); P(wrong | u) = u. Accepted error = E[u | u <= t] = t / 2.
+        return threshold / 2
+
+    violations = 0
+    trials = 300
+    for _ in range(trials):
+        u = rng.random(n)
+        wrong = rng.random(n) < u
+        threshold = risk_controlling_threshold(u.tolist(), (~wrong).tolist(), epsilon, delta)
+        if threshold is not None and true_accepted_error(threshold) > epsilon:
+            violations += 1
+    assert violations / trials <= delta + 3 * math.sqrt(delta * (1 - delta) / trials)
+
+
+def test_calibrator_per_tier_and_task_with_warnings() -> None:
+    u = [0.1, 0.2, 0.3, 0.9] * 10 + [0.5, 0.6]
+    correct = [True, True, True, False] * 10 + [True, False]
+    tiers = ["small"] * 40 + ["small"] * 2
+    tasks = ["a"] * 40 + ["b"] * 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibrator = ConformalCalibrator(alpha=0.1).conformalize(u, correct, tiers, tasks)
+    assert calibrator.thresholds_["small"]["a"] == 0.3
+    assert calibrator.thresholds_["small"]["b"] is None
+    assert any("1 correct calibration answers out of 2" in str(w.message) for w in caught)
+    assert calibrator.predict([0.25, 0.35, 0.1], ["small"] * 3, ["a", "a", "b"]).tolist() == [True, False, False]
+    table = calibrator.to_table("cal-1")
+    assert table.get("small", "a") == 0.3 and table.has("small", "b") and table.get("small", "b") is None
+
+
+def test_predict_before_conformalize_is_an_error() -> None:
+    with pytest.raises(NotFittedError, match="call conformalize before predict"):
+        ConformalCalibrator().predict([0.1], ["t"], ["x"])
