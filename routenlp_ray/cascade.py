@@ -143,7 +143,8 @@ async def _attempt(
         )
         return None
     uncertainty = uncertainty_of(result)
-    threshold = threshold_for(tier.name)
+    # A tier that accepts unconditionally (the last one, or a fallback) has no threshold to show.
+    threshold = None if is_last else threshold_for(tier.name)
     attempts.append(
         TierAttempt(
             tier=tier.name,
