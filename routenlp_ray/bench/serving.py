@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -233,8 +235,8 @@ def run_serving_benchmark(
 
     config = load_config(config_path)
     out_path = Path(out)
-    work_dir = out_path.parent / f".{out_path.stem}-work"
-    work_dir.mkdir(parents=True, exist_ok=True)
+    # Scratch space (a replay slice of the shared data, throwaway query logs): never in the repo.
+    work_dir = Path(tempfile.mkdtemp(prefix="routenlp-bench-serving-"))
     port = free_port()
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -248,6 +250,7 @@ def run_serving_benchmark(
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(work_dir, ignore_errors=True)
     report = {
         "benchmark": "serving",
         "created_at": datetime.now(timezone.utc).isoformat(),
