@@ -53,7 +53,7 @@ class RouterIngress:
         self.service.reconfigure(user_config)
 
     def check_health(self) -> None:
-        if self.query_log._closed:  # noqa: SLF001 - the log is ours
+        if self.query_log.closed:
             raise RuntimeError("query log is closed")
 
     def __del__(self) -> None:

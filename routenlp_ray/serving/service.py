@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -262,7 +262,7 @@ class RouterService:
             await self.query_log.append("events", record)
 
     # -- internals --------------------------------------------------------------------------
-    def _threshold_for(self, task: str):  # type: ignore[no-untyped-def]
+    def _threshold_for(self, task: str) -> Callable[[str], float | None]:
         table, default = self.thresholds, self.cascade_config.default_threshold
 
         def threshold(tier: str) -> float | None:

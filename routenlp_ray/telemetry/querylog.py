@@ -90,6 +90,10 @@ class QueryLog:
         self._queue.put((stream, line, future))
         return future
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Commit what is queued, seal every segment and upload it when the log is remote."""
         if self._closed:
