@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from routenlp_ray._exceptions import RouteNLPError
 
@@ -77,6 +78,23 @@ DEFAULT_RECORD_MAX_TOKENS = {
 }
 
 
+def benchmark_tasks(args: argparse.Namespace, config: Any) -> list[str]:
+    """``--tasks`` if given, else the six benchmark tasks the config defines."""
+    return args.tasks or [t.name for t in config.tasks if t.name in DEFAULT_RECORD_MAX_TOKENS]
+
+
+def _add_records_arguments(parser: argparse.ArgumentParser, epochs: int | None = None) -> None:
+    """The options every command that reads recorded tier outputs shares."""
+    parser.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    parser.add_argument("--records", default="var/records/embedded")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--tasks", nargs="+", default=None, help="default: the six benchmark tasks in the config")
+    parser.add_argument("--split", default="validation")
+    if epochs is not None:
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--epochs", type=int, default=epochs)
+
+
 def _cmd_record(args: argparse.Namespace) -> int:
     from routenlp_ray.config import load_config
     from routenlp_ray.recording import Recorder
@@ -88,7 +106,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         task, _, value = item.partition("=")
         max_tokens[task] = int(value)
     recorder = Recorder(config, args.out, batch_size=args.batch_size, max_tokens=max_tokens)
-    tasks = args.tasks or [t.name for t in config.tasks if t.name in DEFAULT_RECORD_MAX_TOKENS]
+    tasks = benchmark_tasks(args, config)
     for task in tasks:
         examples = load_examples(task_file(args.data_dir, task, args.split), limit=args.limit, seed=args.seed)
         added = recorder.record(task, args.split, examples, tiers=args.tiers)
@@ -107,7 +125,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from routenlp_ray.recording.tables import build_table
 
     config = load_config(args.config)
-    tasks = args.tasks or [t for t in DEFAULT_RECORD_MAX_TOKENS if t in {x.name for x in config.tasks}]
+    tasks = benchmark_tasks(args, config)
     uncertainty: list[float] = []
     correct: list[bool] = []
     tiers: list[str] = []
@@ -142,7 +160,7 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
     from routenlp_ray.routing.training import train_router_policy
 
     config = load_config(args.config)
-    tasks = args.tasks or [t for t in DEFAULT_RECORD_MAX_TOKENS if t in {x.name for x in config.tasks}]
+    tasks = benchmark_tasks(args, config)
     policy, report = train_router_policy(config, args.records, args.data_dir, tasks, split=args.split,
                                          seed=args.seed, epochs=args.epochs, version=args.version)
     folder = policy.save(Path(args.out) / policy.version, metadata=report)
@@ -176,7 +194,7 @@ def _cmd_bench_tasks(args: argparse.Namespace) -> int:
     from routenlp_ray.config import load_config
 
     config = load_config(args.config)
-    tasks = args.tasks or [t for t in DEFAULT_RECORD_MAX_TOKENS if t in {x.name for x in config.tasks}]
+    tasks = benchmark_tasks(args, config)
     report = run_tasks_benchmark(config, args.records, args.data_dir, tasks, split=args.split, seed=args.seed,
                                  epochs=args.epochs)
     paths = write_reports(report, Path(args.out))
@@ -242,11 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.set_defaults(func=_cmd_record)
 
     calibrate = commands.add_parser("calibrate", help="split-conformal thresholds per (tier, task) from records")
-    calibrate.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
-    calibrate.add_argument("--records", default="var/records/embedded")
-    calibrate.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    calibrate.add_argument("--tasks", nargs="+", default=None)
-    calibrate.add_argument("--split", default="validation")
+    _add_records_arguments(calibrate)
     calibrate.add_argument("--method", choices=["coverage", "risk"], default="coverage",
                            help="coverage: the paper's rule; risk: Learn-then-Test on accepted-error rate")
     calibrate.add_argument("--alpha", type=float, default=0.1)
@@ -257,13 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.set_defaults(func=_cmd_calibrate)
 
     train = commands.add_parser("train-router", help="train the difficulty-aware router from records")
-    train.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
-    train.add_argument("--records", default="var/records/embedded")
-    train.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    train.add_argument("--tasks", nargs="+", default=None)
-    train.add_argument("--split", default="validation")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--epochs", type=int, default=150)
+    _add_records_arguments(train, epochs=150)
     train.add_argument("--version", default=None, help="artifact version (default: router-<UTC time>)")
     train.add_argument("--out", default="var/artifacts/router")
     train.set_defaults(func=_cmd_train_router)
@@ -278,13 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--splits", type=int, default=10, help="repeated random train/held-out splits")
     routing.set_defaults(func=_cmd_bench_routing)
     tasks_bench = benches.add_parser("tasks", help="all routing policies on recorded outputs of the six tasks")
-    tasks_bench.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
-    tasks_bench.add_argument("--records", default="var/records/embedded")
-    tasks_bench.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    tasks_bench.add_argument("--tasks", nargs="+", default=None)
-    tasks_bench.add_argument("--split", default="validation")
-    tasks_bench.add_argument("--seed", type=int, default=0)
-    tasks_bench.add_argument("--epochs", type=int, default=150)
+    _add_records_arguments(tasks_bench, epochs=150)
     tasks_bench.add_argument("--out", default="results/bench_tasks.json")
     tasks_bench.set_defaults(func=_cmd_bench_tasks)
     serving = benches.add_parser("serving", help="router ingress overhead and memory of the embedded default")

@@ -1,6 +1,12 @@
 """Uncertainty scores and split-conformal acceptance thresholds."""
 
-from routenlp_ray.conformal.scores import UNCERTAINTY_SCORES, get_uncertainty_score, max_nll, mean_nll, one_minus_min_prob
+from routenlp_ray.conformal.scores import (
+    UNCERTAINTY_SCORES,
+    get_uncertainty_score,
+    max_nll,
+    mean_nll,
+    one_minus_min_prob,
+)
 from routenlp_ray.conformal.thresholds import ThresholdTable
 
 __all__ = ["ThresholdTable", "UNCERTAINTY_SCORES", "get_uncertainty_score", "max_nll", "mean_nll", "one_minus_min_prob"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from routenlp_ray._exceptions import ConfigError, ReplayMissError
+from routenlp_ray._jsonl import iter_jsonl
 from routenlp_ray.config.tiers import ReplayEngineConfig
 from routenlp_ray.engines.base import (
     ConcurrentBatchMixin,
@@ -55,21 +56,14 @@ class ReplayEngine(ConcurrentBatchMixin):
 
     def _load(self, file: Path) -> None:
         cfg = self.config
-        with file.open() as handle:
-            for line_no, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"replay file {str(file)!r} line {line_no} is not JSON: {exc}") from None
-                if cfg.input_field not in row or cfg.answer_field not in row:
-                    continue
-                key = normalise(str(row[cfg.input_field]))
-                answer = answer_text(row[cfg.answer_field])
-                task = row.get(cfg.task_field) if cfg.task_field else None
-                self._by_task.setdefault((task, key), answer)
-                self._any_task.setdefault(key, answer)
+        for _, row in iter_jsonl(file):
+            if cfg.input_field not in row or cfg.answer_field not in row:
+                continue
+            key = normalise(str(row[cfg.input_field]))
+            answer = answer_text(row[cfg.answer_field])
+            task = row.get(cfg.task_field) if cfg.task_field else None
+            self._by_task.setdefault((task, key), answer)
+            self._any_task.setdefault(key, answer)
 
     def __len__(self) -> int:
         return len(self._any_task)

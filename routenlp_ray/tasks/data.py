@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from routenlp_ray._exceptions import ConfigError
+from routenlp_ray._jsonl import iter_jsonl
 
 REQUIRED_FIELDS: tuple[str, ...] = ("id", "task", "input", "reference")
 
@@ -71,24 +71,17 @@ def load_examples(path: str | Path, limit: int | None = None, seed: int | None =
 
 
 def _iter_examples(path: Path) -> Iterator[Example]:
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{str(path)!r} line {line_no} is not valid JSON: {exc}") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{str(path)!r} line {line_no} is a {type(row).__name__}, expected a JSON object")
-            missing = [name for name in REQUIRED_FIELDS if name not in row]
-            if missing:
-                raise ConfigError(f"{str(path)!r} line {line_no} lacks the fields {missing}")
-            extra = {key: value for key, value in row.items() if key not in REQUIRED_FIELDS}
-            yield Example(
-                id=str(row["id"]),
-                task=str(row["task"]),
-                input=str(row["input"]),
-                reference=row["reference"],
-                extra=extra,
-            )
+    for line_no, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{str(path)!r} line {line_no} is a {type(row).__name__}, expected a JSON object")
+        missing = [name for name in REQUIRED_FIELDS if name not in row]
+        if missing:
+            raise ConfigError(f"{str(path)!r} line {line_no} lacks the fields {missing}")
+        extra = {key: value for key, value in row.items() if key not in REQUIRED_FIELDS}
+        yield Example(
+            id=str(row["id"]),
+            task=str(row["task"]),
+            input=str(row["input"]),
+            reference=row["reference"],
+            extra=extra,
+        )

@@ -9,6 +9,7 @@ import pytest
 
 from routenlp_ray.cli import main
 from routenlp_ray.config import load_config
+from routenlp_ray.conformal import ThresholdTable
 from routenlp_ray.routing.learned_policy import RouterStartPolicy
 from tests.conftest import REPO_ROOT
 
@@ -42,6 +43,12 @@ def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: P
     assert report["router_decision_latency"]["batched_decisions_per_s"] > 0
     assert out.with_suffix(".md").read_text().startswith("# Six-task routing benchmark")
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+    thresholds = tmp_path / "thresholds.json"
+    assert main(["calibrate", *common, "--records", str(records), "--tasks", *TASKS, "--version", "cal-ci",
+                 "--out", str(thresholds)]) == 0
+    table = ThresholdTable.load(thresholds)
+    assert table.version == "cal-ci" and set(table.thresholds["smollm2"]) == set(TASKS)
 
     artifacts = tmp_path / "artifacts"
     assert main(["train-router", *common, "--records", str(records), "--tasks", *TASKS, "--epochs", "5",
