@@ -99,7 +99,21 @@ def build_router(
     )
     if user_config is not None:
         ingress = ingress.options(user_config=user_config)
-    return ingress.bind(config.model_dump(mode="json"), tier_apps, llm_apps or None)
+    monitor = build_monitor(config) if config.monitoring.enabled else None
+    return ingress.bind(config.model_dump(mode="json"), tier_apps, llm_apps or None, monitor_handle=monitor)
+
+
+def build_monitor(config: RouteNLPConfig) -> Application:
+    """The coverage monitor: one replica, so every router replica follows one threshold history."""
+    from deployments.monitor import CoverageMonitorDeployment
+
+    return serve.deployment(
+        CoverageMonitorDeployment,
+        name="coverage-monitor",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0.25},
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+    ).bind(config.model_dump(mode="json"))
 
 
 def build_direct_tier_app(config: RouteNLPConfig, tier_name: str) -> Application:

@@ -36,6 +36,7 @@ class RouterIngress:
         tier_handles: dict[str, Any],
         llm_handles: dict[str, Any] | None = None,
         use_ray_metrics: bool = True,
+        monitor_handle: Any | None = None,
     ) -> None:
         self.config = parse_config(config, source="router deployment args")
         tiers: dict[str, Any] = {name: HandleTierClient(handle) for name, handle in tier_handles.items()}
@@ -46,11 +47,35 @@ class RouterIngress:
                 tiers[name] = ServeLLMTierClient(handle, self.config.tier(name))
         self.query_log = QueryLog(self.config.storage, writer_label=_replica_label())
         metrics = RayRouterMetrics() if use_ray_metrics else NullRouterMetrics()
-        self.service = RouterService(self.config, tiers, query_log=self.query_log, metrics=metrics)
+        self._monitor = monitor_handle
+        sink = self._monitor.submit.remote if self._monitor is not None else None
+        self.service = RouterService(self.config, tiers, query_log=self.query_log, metrics=metrics, monitor_sink=sink)
         self._started_at = time.time()
+        self._poller: asyncio.Task[None] | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.service.reconfigure(user_config)
+        if self._monitor is not None:
+            # Published thresholds become the monitor's baseline, so it does not push its old ones back.
+            self._monitor.adopt.remote(self.service.thresholds.model_dump(mode="json"))
+
+    # -- live thresholds from the coverage monitor -------------------------------------------
+    def _ensure_poller(self) -> None:
+        if self._monitor is not None and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll_thresholds())
+
+    async def _poll_thresholds(self) -> None:
+        from routenlp_ray.conformal.thresholds import ThresholdTable
+
+        interval = self.config.monitoring.poll_interval_s
+        while True:
+            try:
+                table = await self._monitor.current.remote(self.service.thresholds.version)
+                if table is not None:
+                    self.service.apply_thresholds(ThresholdTable.model_validate(table), reason="coverage monitor")
+            except Exception as exc:  # the monitor being away must not affect serving
+                logger.warning("could not poll the coverage monitor: %s", exc)
+            await asyncio.sleep(interval)
 
     def check_health(self) -> None:
         if self.query_log.closed:
@@ -92,6 +117,7 @@ class RouterIngress:
 
         @app.get("/healthz")
         async def healthz() -> Response:
+            self._ensure_poller()
             return JSONResponse({**self.service.health(), "pid": os.getpid(), "started_at": self._started_at})
 
         return app
@@ -105,6 +131,7 @@ class RouterIngress:
         handler: Callable[[Body], Awaitable[dict[str, Any]]],
     ) -> Response:
         server = self.config.server
+        self._ensure_poller()
         try:
             self.service.authenticate(request.headers.get("authorization"))
             declared = request.headers.get("content-length")

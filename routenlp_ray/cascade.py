@@ -43,9 +43,12 @@ class TierAttempt:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     error: str | None = None
+    # The tier's answer, kept for audits; the routing object and the log carry only the final one.
+    text: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
+        data.pop("text")
         # JSON has no infinity; an empty answer's unbounded uncertainty is logged as null.
         if isinstance(self.uncertainty, float) and math.isinf(self.uncertainty):
             data["uncertainty"] = None
@@ -155,6 +158,7 @@ async def _attempt(
             completion_tokens=result.completion_tokens,
             cost_usd=tier.pricing.cost_usd(result.prompt_tokens, result.completion_tokens),
             latency_ms=_ms_since(started),
+            text=result.text,
         )
     )
     return result, uncertainty

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from routenlp_ray._exceptions import RouteNLPError
+from routenlp_ray._exceptions import ConfigError, RouteNLPError
 
 DEFAULT_LOCAL_CONFIG = "serve_config.local.yaml"
 DEFAULT_DATA_DIR = os.environ.get("ROUTENLP_DATA", "../shared/data")
@@ -83,16 +83,35 @@ def benchmark_tasks(args: argparse.Namespace, config: Any) -> list[str]:
     return args.tasks or [t.name for t in config.tasks if t.name in DEFAULT_RECORD_MAX_TOKENS]
 
 
-def _add_records_arguments(parser: argparse.ArgumentParser, epochs: int | None = None) -> None:
-    """The options every command that reads recorded tier outputs shares."""
+def _add_records_arguments(
+    parser: argparse.ArgumentParser, epochs: int | None = None, several: bool = False
+) -> None:
+    """The options every command that reads recorded tier outputs shares.
+
+    With ``several``, ``--records`` and ``--split`` take lists and every recorded combination is read.
+    """
     parser.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
-    parser.add_argument("--records", default="var/records/embedded")
+    if several:
+        parser.add_argument("--records", nargs="+", default=["var/records/embedded"], help="records folders")
+    else:
+        parser.add_argument("--records", default="var/records/embedded")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--tasks", nargs="+", default=None, help="default: the six benchmark tasks in the config")
-    parser.add_argument("--split", default="validation")
+    if several:
+        parser.add_argument("--split", nargs="+", default=["validation"])
+    else:
+        parser.add_argument("--split", default="validation")
     if epochs is not None:
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--epochs", type=int, default=epochs)
+
+
+def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    from routenlp_ray.conformal.scores import UNCERTAINTY_SCORES
+
+    parser.add_argument("--score", choices=[*UNCERTAINTY_SCORES, "learned"], default="mean_nll",
+                        help="uncertainty score u(m_k, x)")
+    parser.add_argument("--answer-scorer", default=None, help="learned answer scorer folder, for --score learned")
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -114,6 +133,28 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_from_args(args: argparse.Namespace) -> Any:
+    """The uncertainty score named by ``--score`` (a learned one is loaded from ``--answer-scorer``)."""
+    if args.score != "learned":
+        return args.score
+    if not args.answer_scorer:
+        raise ConfigError("--score learned needs --answer-scorer PATH (fit one with `routenlp fit-scorer`)")
+    from routenlp_ray.conformal.answer_scorer import LearnedAnswerScorer
+
+    return LearnedAnswerScorer.load(args.answer_scorer)
+
+
+def _tables_from_args(args: argparse.Namespace, config: Any, score: Any) -> list[Any]:
+    from routenlp_ray.conformal.scores import get_uncertainty_score
+    from routenlp_ray.recording.tables import load_tables
+
+    callable_score = get_uncertainty_score(score) if isinstance(score, str) else score
+    return load_tables(
+        config, [Path(r) for r in args.records], Path(args.data_dir), benchmark_tasks(args, config), args.split,
+        callable_score,
+    )
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     import warnings
     from datetime import datetime, timezone
@@ -122,36 +163,76 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     from routenlp_ray.config import load_config
     from routenlp_ray.conformal.calibrator import ConformalCalibrator
-    from routenlp_ray.recording.tables import build_table
 
     config = load_config(args.config)
-    tasks = benchmark_tasks(args, config)
+    score = _score_from_args(args)
     uncertainty: list[float] = []
     correct: list[bool] = []
     tiers: list[str] = []
     task_names: list[str] = []
-    for task in tasks:
-        table = build_table(config, Path(args.records), Path(args.data_dir), task, args.split)
+    for table in _tables_from_args(args, config, score):
         for k, tier in enumerate(table.tiers[:-1]):  # the last tier always accepts
             uncertainty += table.uncertainty[:, k].tolist()
             correct += (table.correct[:, k] > 0).tolist()
             tiers += [tier] * len(table.ids)
-            task_names += [task] * len(table.ids)
-    calibrator = ConformalCalibrator(alpha=args.alpha, method=args.method, epsilon=args.epsilon, delta=args.delta)
+            task_names += [table.task] * len(table.ids)
+    calibrator = ConformalCalibrator(
+        alpha=args.alpha, method=args.method, epsilon=args.epsilon, delta=args.delta, score=score
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         calibrator.conformalize(np.array(uncertainty), correct, tiers, task_names)
     for warning in caught:
         print(f"warning: {warning.message}")
     version = args.version or f"cal-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
-    table = calibrator.to_table(version, score="mean_nll")
-    path = table.save(args.out)
+    table = calibrator.save(args.out, version)
     for tier, per_task in table.thresholds.items():
         for task, delta in per_task.items():
             counts = calibrator.counts_[tier][task]
-            shown = "never accepts" if delta is None else f"accepts mean NLL <= {delta:.4f}"
+            shown = "never accepts" if delta is None else f"accepts {calibrator.score_name} <= {delta:.4f}"
             print(f"{tier:<12} {task:<18} {counts['n_correct']:>4}/{counts['n']:<4} correct  {shown}")
-    print(f"wrote {path} (version {version}); push it with user_config: {{thresholds_path: {path}}}")
+    print(f"wrote {args.out} (version {version}); push it with user_config: {{thresholds_path: {args.out}}}")
+    return 0
+
+
+def _cmd_fit_scorer(args: argparse.Namespace) -> int:
+    from routenlp_ray.config import load_config
+    from routenlp_ray.conformal.answer_scorer import LearnedAnswerScorer
+
+    config = load_config(args.config)
+    evidence, correct = [], []
+    for table in _tables_from_args(args, config, "mean_nll"):
+        for k in range(len(table.tiers) - 1):  # the last tier is never thresholded
+            evidence += [row[k] for row in table.answers]
+            correct += (table.correct[:, k] > 0).tolist()
+    scorer = LearnedAnswerScorer(C=args.C).fit(evidence, correct)
+    folder = scorer.save(args.out)
+    print(f"fitted on {len(correct)} answers ({sum(correct)} right); saved {folder}")
+    print("calibrate on other records with: routenlp calibrate --score learned --answer-scorer", folder)
+    return 0
+
+
+def _cmd_coverage(args: argparse.Namespace) -> int:
+    from routenlp_ray.config import load_config
+    from routenlp_ray.conformal.coverage import coverage_markdown, coverage_report, rows_as_dicts
+
+    config = load_config(args.config)
+    score = _score_from_args(args)
+    tables = _tables_from_args(args, config, score)
+    sections, report = [], {"score": args.score, "method": args.method, "repeats": args.repeats, "results": {}}
+    for alpha in args.alpha:
+        rows = coverage_report(tables, args.sizes, alpha=alpha, repeats=args.repeats, seed=args.seed,
+                               method=args.method)
+        report["results"][str(alpha)] = rows_as_dicts(rows)
+        sections.append(coverage_markdown(rows, title=f"alpha = {alpha}, score = {args.score}, method = {args.method}"))
+    report["tasks"] = {t.task: len(t.ids) for t in tables}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    markdown = "\n".join(sections)
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
 
@@ -260,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     record.set_defaults(func=_cmd_record)
 
     calibrate = commands.add_parser("calibrate", help="split-conformal thresholds per (tier, task) from records")
-    _add_records_arguments(calibrate)
+    _add_records_arguments(calibrate, several=True)
+    _add_score_arguments(calibrate)
     calibrate.add_argument("--method", choices=["coverage", "risk"], default="coverage",
                            help="coverage: the paper's rule; risk: Learn-then-Test on accepted-error rate")
     calibrate.add_argument("--alpha", type=float, default=0.1)
@@ -269,6 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--version", default=None)
     calibrate.add_argument("--out", default="var/artifacts/thresholds/current.json")
     calibrate.set_defaults(func=_cmd_calibrate)
+
+    fit_scorer = commands.add_parser("fit-scorer", help="fit the learned answer scorer (P(wrong)) from records")
+    _add_records_arguments(fit_scorer, several=True)
+    fit_scorer.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    fit_scorer.add_argument("--out", default="var/artifacts/answer_scorer/current")
+    fit_scorer.set_defaults(func=_cmd_fit_scorer)
+
+    coverage = commands.add_parser("coverage", help="coverage-violation table by calibration size, from records")
+    _add_records_arguments(coverage, several=True)
+    _add_score_arguments(coverage)
+    coverage.add_argument("--alpha", type=float, nargs="+", default=[0.05, 0.1])
+    coverage.add_argument("--sizes", type=int, nargs="+", default=[100, 250, 500, 1000])
+    coverage.add_argument("--repeats", type=int, default=50, help="random calibration/held-out splits per size")
+    coverage.add_argument("--method", choices=["coverage", "risk"], default="coverage")
+    coverage.add_argument("--seed", type=int, default=0)
+    coverage.add_argument("--out", default="results/coverage.json")
+    coverage.set_defaults(func=_cmd_coverage)
 
     train = commands.add_parser("train-router", help="train the difficulty-aware router from records")
     _add_records_arguments(train, epochs=150)

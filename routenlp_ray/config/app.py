@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.cascade import CascadeConfig
+from routenlp_ray.config.monitoring import MonitoringConfig
 from routenlp_ray.config.server import ServerConfig
 from routenlp_ray.config.storage import StorageConfig
 from routenlp_ray.config.tasks import TaskConfig
@@ -30,6 +31,9 @@ class RouteNLPConfig(StrictModel):
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="Cascade settings.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Query-log settings.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server settings.")
+    monitoring: MonitoringConfig = Field(
+        default_factory=MonitoringConfig, description="Live coverage monitoring and recalibration."
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RouteNLPConfig":
@@ -96,8 +100,9 @@ class RouteNLPConfig(StrictModel):
                 engine["records"] = [absolute(pattern) for pattern in engine["records"]]
         for task in data["tasks"]:
             task["data_path"] = absolute(task["data_path"])
-        for key in ("thresholds_path", "router_path"):
+        for key in ("thresholds_path", "router_path", "answer_scorer_path"):
             data["cascade"][key] = absolute(data["cascade"][key])
+        data["monitoring"]["artifacts_dir"] = absolute(data["monitoring"]["artifacts_dir"])
         data["storage"]["log_uri"] = absolute(data["storage"]["log_uri"])
         data["storage"]["spool_dir"] = absolute(data["storage"]["spool_dir"])
         return RouteNLPConfig.model_validate(data)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from routenlp_ray.config._base import StrictModel
 
-UncertaintyName = Literal["mean_nll", "max_nll", "one_minus_min_prob"]
+UncertaintyName = Literal["mean_nll", "max_nll", "one_minus_min_prob", "topk_entropy", "learned"]
 
 
 class CascadeConfig(StrictModel):
@@ -18,6 +18,9 @@ class CascadeConfig(StrictModel):
     uncertainty: UncertaintyName = Field("mean_nll", description="Default uncertainty score u(m_k, x).")
     uncertainty_per_task: dict[str, UncertaintyName] = Field(
         default_factory=dict, description="Per-task override of the uncertainty score."
+    )
+    answer_scorer_path: str | None = Field(
+        None, description="Learned answer scorer (`routenlp fit-scorer`), used where the score is 'learned'."
     )
     thresholds_path: str | None = Field(
         None, description="Versioned threshold artifact (JSON) written by `routenlp calibrate`."
@@ -41,6 +44,17 @@ class CascadeConfig(StrictModel):
         ),
     )
     router_path: str | None = Field(None, description="Artifact handed to the start-policy factory.")
+
+    @model_validator(mode="after")
+    def _learned_needs_artifact(self) -> "CascadeConfig":
+        users = [t for t, name in self.uncertainty_per_task.items() if name == "learned"]
+        if self.uncertainty == "learned":
+            users.insert(0, "uncertainty")
+        if users and not self.answer_scorer_path:
+            raise ValueError(
+                f"answer_scorer_path is required: the 'learned' uncertainty score is used by {users}"
+            )
+        return self
 
     def uncertainty_for(self, task: str) -> UncertaintyName:
         return self.uncertainty_per_task.get(task, self.uncertainty)

@@ -105,6 +105,13 @@ class TransformersEngineConfig(StrictModel):
             "start and the end of the input. None feeds prompts whole."
         ),
     )
+    top_logprobs: int = Field(
+        5, ge=0, le=20, description="Largest logprobs kept per token, for the top-k entropy score; 0 keeps none."
+    )
+    adapter_path: str | None = Field(
+        None,
+        description="LoRA adapter folder applied on load (from the distillation loop); None uses the base model.",
+    )
 
 
 class VLLMEngineConfig(StrictModel):

@@ -22,15 +22,20 @@ threshold for that task, so it never accepts it, and a warning says why.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.stats import binom
 
 from routenlp_ray._exceptions import NotFittedError
+from routenlp_ray.conformal.scores import AnswerEvidence, get_uncertainty_score
 from routenlp_ray.conformal.thresholds import ThresholdTable
+
+if TYPE_CHECKING:
+    from routenlp_ray.conformal.answer_scorer import LearnedAnswerScorer
 
 
 def conformal_threshold(correct_uncertainties: Sequence[float], alpha: float) -> float | None:
@@ -66,15 +71,22 @@ Method = Literal["coverage", "risk"]
 
 
 class ConformalCalibrator:
-    """MAPIE-style: ``conformalize`` on calibration data, then ``predict`` acceptance.
+    """MAPIE-style: ``fit`` the score (if it learns), ``conformalize`` on calibration data, ``predict``.
 
     ``conformalize(uncertainty, correct, tiers, tasks)`` takes one row per (query, tier)
     answer: its uncertainty (NaN when unscorable), whether it met the task's bar, and the
-    tier and task it belongs to.
+    tier and task it belongs to. ``score`` is a fixed score name ("mean_nll", ...) or a
+    ``LearnedAnswerScorer``; ``fit`` trains the latter on a *separate* split, because the
+    conformal guarantee needs calibration data the score never saw.
     """
 
     def __init__(
-        self, alpha: float = 0.1, method: Method = "coverage", epsilon: float = 0.1, delta: float = 0.1
+        self,
+        alpha: float = 0.1,
+        method: Method = "coverage",
+        epsilon: float = 0.1,
+        delta: float = 0.1,
+        score: "str | LearnedAnswerScorer" = "mean_nll",
     ) -> None:
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -84,6 +96,25 @@ class ConformalCalibrator:
         self.method = method
         self.epsilon = epsilon
         self.delta = delta
+        self.score = score
+
+    @property
+    def score_name(self) -> str:
+        return self.score if isinstance(self.score, str) else "learned"
+
+    def fit(self, evidence: Sequence[AnswerEvidence], correct: Sequence[bool]) -> "ConformalCalibrator":
+        """Train a learned score on its own split; fixed scores have nothing to learn."""
+        if not isinstance(self.score, str):
+            self.score.fit(evidence, correct)
+        return self
+
+    def uncertainty(self, evidence: Sequence[AnswerEvidence]) -> np.ndarray:
+        """The score of each answer; NaN where it cannot be scored (no logprobs)."""
+        if not isinstance(self.score, str):
+            return np.asarray(self.score.score(evidence), dtype=float)
+        score = get_uncertainty_score(self.score)
+        values = [score(e) for e in evidence]
+        return np.array([math.nan if v is None else v for v in values], dtype=float)
 
     def conformalize(
         self,
@@ -141,6 +172,21 @@ class ConformalCalibrator:
             out[i] = threshold is not None and u is not None and not math.isnan(u) and u <= threshold
         return out
 
-    def to_table(self, version: str, score: str = "mean_nll") -> ThresholdTable:
+    def to_table(self, version: str) -> ThresholdTable:
         self._check()
-        return ThresholdTable(version=version, alpha=self.alpha, score=score, thresholds=self.thresholds_)
+        return ThresholdTable(version=version, alpha=self.alpha, score=self.score_name, thresholds=self.thresholds_)
+
+    def save(self, path: str | os.PathLike[str], version: str) -> ThresholdTable:
+        """Write the thresholds as a versioned ``ThresholdTable`` (atomically)."""
+        table = self.to_table(version)
+        table.save(path)
+        return table
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "ConformalCalibrator":
+        """A calibrator that predicts with a saved table's thresholds."""
+        table = ThresholdTable.load(path)
+        calibrator = cls(alpha=table.alpha or 0.1, score=table.score or "mean_nll")
+        calibrator.thresholds_ = {tier: dict(per_task) for tier, per_task in table.thresholds.items()}
+        calibrator.counts_ = {}
+        return calibrator

@@ -46,6 +46,8 @@ class GenerationResult:
     model: str = ""
     usage_estimated: bool = False
     metadata: dict[str, object] = field(default_factory=dict)
+    # Per generated token, the k largest logprobs of the model's distribution (for entropy scores).
+    top_logprobs: list[list[float]] | None = None
 
 
 @runtime_checkable

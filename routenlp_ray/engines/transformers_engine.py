@@ -41,9 +41,14 @@ class TransformersEngine:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=getattr(torch, config.dtype), **load_kwargs
-        ).to(self._device)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, config.dtype), **load_kwargs)
+        if config.adapter_path:
+            from peft import PeftModel
+
+            # Folding the LoRA weights in keeps serving as fast as the base model.
+            adapter = resolve_model_source(config.adapter_path)
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        self.model = model.to(self._device)
         self.model.eval()
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -118,10 +123,19 @@ class TransformersEngine:
             # Logprobs under the model's own distribution, not the temperature-scaled one.
             logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
             chosen = logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1).cpu()
+            k = self.config.top_logprobs
+            top = logprobs.topk(k, dim=-1).values.cpu() if k else None
         elapsed_ms = (time.perf_counter() - started) * 1000
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         results = [
-            self._finish_row(request, generated[row].tolist(), chosen[row].tolist(), int(prompt_lengths[row]), elapsed_ms)
+            self._finish_row(
+                request,
+                generated[row].tolist(),
+                chosen[row].tolist(),
+                top[row].tolist() if top is not None else None,
+                int(prompt_lengths[row]),
+                elapsed_ms,
+            )
             for row, request in enumerate(group)
         ]
         for result in results:
@@ -129,23 +143,31 @@ class TransformersEngine:
         return results
 
     def _finish_row(
-        self, request: GenerationRequest, ids: list[int], logprobs: list[float], prompt_tokens: int, elapsed_ms: float
+        self,
+        request: GenerationRequest,
+        ids: list[int],
+        logprobs: list[float],
+        top: list[list[float]] | None,
+        prompt_tokens: int,
+        elapsed_ms: float,
     ) -> GenerationResult:
-        ids, logprobs = ids[: request.max_tokens], logprobs[: request.max_tokens]
+        keep = min(len(ids), request.max_tokens)
         finish_reason = "length"
-        for position, token in enumerate(ids):
+        for position, token in enumerate(ids[:keep]):
             if token in self._eos_ids:
-                ids, logprobs, finish_reason = ids[:position], logprobs[:position], "stop"
+                keep, finish_reason = position, "stop"
                 break
+        ids = ids[:keep]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         text, stopped = truncate_at_stop(text, request.stop)
         if stopped:
             finish_reason = "stop"
             keep = self._tokens_covering(ids, len(text))
-            ids, logprobs = ids[:keep], logprobs[:keep]
+            ids = ids[:keep]
         return GenerationResult(
             text=text,
-            token_logprobs=logprobs,
+            token_logprobs=logprobs[:keep],
+            top_logprobs=top[:keep] if top is not None else None,
             prompt_tokens=prompt_tokens,
             completion_tokens=len(ids),
             latency_ms=elapsed_ms,

@@ -43,11 +43,20 @@ def fingerprint(tier: TierConfig, task: TaskConfig, max_tokens: int) -> str:
     """What makes a tier's answers on a task what they are; records from another fingerprint are stale."""
     payload = {
         "format": RECORD_FORMAT_VERSION,
-        "engine": tier.engine.model_dump(mode="json"),
+        "engine": _engine_identity(tier),
         "task": {"system_prompt": task.system_prompt, "prompt_template": task.prompt_template},
         "max_tokens": max_tokens,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _engine_identity(tier: TierConfig) -> dict[str, Any]:
+    # top_logprobs adds evidence to a record without changing its answer; an unset adapter is
+    # the base model, as before adapters existed.
+    engine = tier.engine.model_dump(mode="json", exclude={"top_logprobs"})
+    if engine.get("adapter_path", "") is None:
+        del engine["adapter_path"]
+    return engine
 
 
 class Recorder:
@@ -188,6 +197,7 @@ class Recorder:
             **row,
             "text": output.text,
             "token_logprobs": output.token_logprobs,
+            "top_logprobs": output.top_logprobs,
             "prompt_tokens": output.prompt_tokens,
             "completion_tokens": output.completion_tokens,
             "cost_usd": tier.pricing.cost_usd(output.prompt_tokens, output.completion_tokens),

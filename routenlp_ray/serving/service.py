@@ -6,13 +6,14 @@ tiers arrive as plain async callables (deployment handles on Ray, engines in tes
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,10 +31,12 @@ from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.config.cascade import CascadeConfig
 from routenlp_ray.config.tasks import TaskConfig
-from routenlp_ray.conformal.scores import get_uncertainty_score
+from routenlp_ray.conformal.scores import AnswerEvidence
+from routenlp_ray.conformal.selection import TaskScores
 from routenlp_ray.conformal.thresholds import ThresholdTable
 from routenlp_ray.costs import frontier_cost
 from routenlp_ray.engines.base import GenerationRequest
+from routenlp_ray.monitoring.audits import Audit, AuditSampler, audit_from_outcome
 from routenlp_ray.routing.policy import StartTierPolicy, load_policy
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
@@ -52,6 +55,9 @@ class RouterUserConfig(StrictModel):
     thresholds: dict[str, dict[str, float]] | None = Field(None, description="Inline thresholds; override the artifact.")
     default_threshold: float | None = Field(None, description="Threshold for (tier, task) pairs with none.")
     start_policy: str | None = Field(None, description="'cheapest' or '<module>:<factory>'.")
+    uncertainty: str | None = Field(None, description="Default uncertainty score; swap it with matching thresholds.")
+    uncertainty_per_task: dict[str, str] | None = Field(None, description="Per-task uncertainty scores.")
+    answer_scorer_path: str | None = Field(None, description="Learned answer scorer artifact.")
     router_path: str | None = Field(None, description="Router artifact for the 'router' start policy.")
 
 
@@ -81,6 +87,7 @@ class RouterService:
         tiers: Mapping[str, TierCall],
         query_log: QueryLog | None = None,
         metrics: RouterMetrics | None = None,
+        monitor_sink: Callable[[dict[str, Any]], Awaitable[Any]] | None = None,
     ) -> None:
         missing = [t.name for t in config.tiers if t.name not in tiers]
         if missing:
@@ -99,6 +106,11 @@ class RouterService:
         self.cascade_config = config.cascade
         self.thresholds = load_thresholds(config.cascade)
         self.policy = policy_for(config.cascade)
+        self.scores = TaskScores(config.cascade)
+        # Audits and feedback labels go to the coverage monitor (a deployment handle on Ray).
+        self.monitor_sink = monitor_sink if config.monitoring.enabled else None
+        self._sampler = AuditSampler(config.monitoring.audit_rate, seed=config.monitoring.seed)
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- hot reload -----------------------------------------------------------------------
     def reconfigure(self, user_config: Mapping[str, Any] | None) -> dict[str, str]:
@@ -109,12 +121,35 @@ class RouterService:
         cascade = CascadeConfig.model_validate(cascade.model_dump())  # re-run validation on the merged result
         thresholds = load_thresholds(cascade)
         policy = policy_for(cascade)
+        scores = TaskScores(cascade) if cascade != self.cascade_config else self.scores
         before = {"thresholds_version": self.thresholds.version, "policy_version": self.policy.version}
-        self.cascade_config, self.thresholds, self.policy = cascade, thresholds, policy
+        self.cascade_config, self.thresholds, self.policy, self.scores = cascade, thresholds, policy, scores
         after = {"thresholds_version": thresholds.version, "policy_version": policy.version}
         logger.info("router reconfigured: %s -> %s", before, after)
         self._log_event_nowait({"event": "reconfigure", "before": before, "after": after, "changes": changes})
         return after
+
+    def apply_thresholds(self, table: ThresholdTable, reason: str) -> bool:
+        """Swap in thresholds decided elsewhere (the coverage monitor); logs every changed value."""
+        before = self.thresholds
+        if table.version == before.version:
+            return False
+        changes = [
+            {"tier": tier, "task": task, "before": before.get(tier, task), "after": delta}
+            for tier, per_task in table.thresholds.items()
+            for task, delta in per_task.items()
+            if not before.has(tier, task) or before.get(tier, task) != delta
+        ]
+        self.thresholds = table
+        logger.info("thresholds %s -> %s (%s): %s", before.version, table.version, reason, changes)
+        self._log_event_nowait({
+            "event": "thresholds_applied",
+            "reason": reason,
+            "before": {"thresholds_version": before.version},
+            "after": {"thresholds_version": table.version},
+            "changes": changes,
+        })
+        return True
 
     # -- request checks -------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> None:
@@ -219,6 +254,12 @@ class RouterService:
         }
         if self.query_log is not None:
             await self.query_log.append("feedback", record)
+        label = _feedback_label(body.accepted, body.score)
+        if known is not None and label is not None and known["answered_by"] != self._tier_names[-1]:
+            self._send_to_monitor({
+                "kind": "feedback", "tier": known["answered_by"], "task": known["task"],
+                "uncertainty": known["uncertainty"], "correct": label, "query_id": body.response_id, "ts": time.time(),
+            })
         return {"object": "feedback", "id": record["id"], "response_id": body.response_id, "recorded": True}
 
     def models(self) -> dict[str, Any]:
@@ -275,19 +316,19 @@ class RouterService:
     ) -> tuple[CascadeOutcome, dict[str, Any]]:
         started = time.perf_counter()
         # Snapshot the versions so one request is decided under one consistent set.
-        policy, thresholds = self.policy, self.thresholds
+        policy, thresholds, scores = self.policy, self.thresholds, self.scores
         start_tier = policy.start_tier(task.name, raw_input, self._tier_names)
         if start_tier not in self._tier_names:
             logger.warning("policy %s picked unknown tier %r; starting at the cheapest", policy.version, start_tier)
             start_tier = self._tier_names[0]
-        score = get_uncertainty_score(self.cascade_config.uncertainty_for(task.name))
+        score = scores.for_task(task.name)
         try:
             outcome = await run_cascade(
                 request,
                 self._tiers,
                 start=self._tier_names.index(start_tier),
                 threshold_for=self._threshold_for(task.name),
-                uncertainty_of=lambda result: score(result.token_logprobs),
+                uncertainty_of=lambda result: score(AnswerEvidence.from_result(result, task.name, raw_input)),
             )
         except AllTiersFailedError as exc:
             self.metrics.record_failure(task.name, "all_tiers_failed")
@@ -303,7 +344,9 @@ class RouterService:
             request, task, endpoint, raw_input, start_tier, outcome, routing, latency_ms,
             thresholds.version, policy.version,
         )
-        self._remember(request.request_id, task.name, outcome.answered_by)
+        self._remember(request.request_id, task.name, outcome)
+        if self.monitor_sink is not None and self._sampler.sample():
+            self._audit(request, task.name, outcome)
         return outcome, routing
 
     def _routing_object(
@@ -384,8 +427,56 @@ class RouterService:
         if self.query_log is not None:
             self.query_log.append_sync("events", {"id": f"evt-{uuid.uuid4().hex}", "ts": _now(), **record})
 
-    def _remember(self, response_id: str, task: str, answered_by: str) -> None:
-        self._recent[response_id] = {"task": task, "answered_by": answered_by}
+    # -- audits -----------------------------------------------------------------------------
+    def _audit(self, request: GenerationRequest, task: str, outcome: CascadeOutcome) -> None:
+        last = self._tiers[-1]
+        audit = audit_from_outcome(request.request_id, task, outcome, last.name)
+        if audit is None:
+            return
+        if audit.reference is not None:
+            self._send_to_monitor({"kind": "audit", **audit.to_dict()})
+        else:
+            # A cheap tier's answer was accepted: ask the last tier too, off the response path.
+            self._spawn(self._shadow_audit(request, audit))
+
+    async def _shadow_audit(self, request: GenerationRequest, audit: Audit) -> None:
+        last = self._tiers[-1]
+        try:
+            reference = await asyncio.wait_for(last.call(request), timeout=last.timeout_s)
+        except Exception as exc:  # an audit must never hurt serving
+            logger.warning("audit of %s: tier %r did not answer: %s", audit.query_id, last.name, exc)
+            return
+        audit.reference, audit.reference_tier = reference.text, last.name
+        await self._deliver({"kind": "audit", **audit.to_dict()})
+
+    def _send_to_monitor(self, payload: dict[str, Any]) -> None:
+        self._spawn(self._deliver(payload))
+
+    async def _deliver(self, payload: dict[str, Any]) -> None:
+        if self.monitor_sink is None:
+            return
+        try:
+            await self.monitor_sink(payload)
+        except Exception as exc:
+            logger.warning("could not send a %s label to the coverage monitor: %s", payload.get("kind"), exc)
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for pending audits (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def _remember(self, response_id: str, task: str, outcome: CascadeOutcome) -> None:
+        attempt = next((a for a in outcome.attempts if a.tier == outcome.answered_by), None)
+        self._recent[response_id] = {
+            "task": task,
+            "answered_by": outcome.answered_by,
+            "uncertainty": attempt.uncertainty if attempt else None,
+        }
         while len(self._recent) > RECENT_RESPONSES:
             self._recent.popitem(last=False)
 
@@ -408,6 +499,13 @@ def _envelope(
         },
         "routing": routing,
     }
+
+
+def _feedback_label(accepted: bool | None, score: float | None) -> bool | None:
+    """Feedback as a label: ``accepted`` if given, else a score of at least 0.5 out of 1."""
+    if accepted is not None:
+        return accepted
+    return None if score is None else score >= 0.5
 
 
 def _ms_since(started: float) -> float:

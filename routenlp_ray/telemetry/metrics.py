@@ -6,9 +6,12 @@ and unit tests use ``NullRouterMetrics``.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from routenlp_ray.cascade import CascadeOutcome
+
+if TYPE_CHECKING:
+    from routenlp_ray.monitoring.monitor import CellCoverage
 
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
 
@@ -82,3 +85,51 @@ class RayRouterMetrics:
 
     def record_rejection(self, reason: str) -> None:
         self.rejections.inc(1, tags={"reason": reason})
+
+
+class MonitorMetrics(Protocol):
+    def record_cell(self, cell: "CellCoverage") -> None: ...
+
+    def record_recalibration(self, reason: str) -> None: ...
+
+
+class NullMonitorMetrics:
+    def record_cell(self, cell: "CellCoverage") -> None:
+        return None
+
+    def record_recalibration(self, reason: str) -> None:
+        return None
+
+
+class RayMonitorMetrics:
+    """Rolling coverage, accepted-error rate and thresholds per (tier, task), and recalibrations."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Gauge
+
+        cell = ("tier", "task")
+        self.coverage = Gauge("routenlp_coverage", description="Rolling coverage of correct answers.", tag_keys=cell)
+        self.labelled = Gauge(
+            "routenlp_coverage_labelled", description="Correct audited answers in the estimate.", tag_keys=cell
+        )
+        self.accepted_error = Gauge(
+            "routenlp_accepted_error_rate", description="Wrong share among audited accepted answers.", tag_keys=cell
+        )
+        self.threshold = Gauge("routenlp_threshold", description="Acceptance threshold in force.", tag_keys=cell)
+        self.recalibrations = Counter(
+            "routenlp_recalibrations", description="Threshold recalibrations by trigger.", tag_keys=("reason",)
+        )
+
+    def record_cell(self, cell: "CellCoverage") -> None:
+        tags = {"tier": cell.tier, "task": cell.task}
+        self.labelled.set(cell.correct, tags=tags)
+        if cell.coverage is not None:
+            self.coverage.set(cell.coverage, tags=tags)
+        if cell.accepted_error_rate is not None:
+            self.accepted_error.set(cell.accepted_error_rate, tags=tags)
+        if cell.threshold is not None:
+            self.threshold.set(cell.threshold, tags=tags)
+
+    def record_recalibration(self, reason: str) -> None:
+        # The tag is the trigger kind; the cell that triggered it is in the event log.
+        self.recalibrations.inc(1, tags={"reason": reason.split(":", 1)[0]})

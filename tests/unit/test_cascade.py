@@ -8,7 +8,7 @@ import pytest
 from routenlp_ray import AllTiersFailedError, EngineError
 from routenlp_ray.cascade import CascadeTier, accepts, run_cascade
 from routenlp_ray.config import Pricing
-from routenlp_ray.conformal import mean_nll
+from routenlp_ray.conformal import AnswerEvidence, mean_nll
 from routenlp_ray.engines import GenerationRequest, GenerationResult
 
 PRICE = Pricing(input_per_1m=1.0, output_per_1m=2.0)
@@ -32,7 +32,7 @@ def tiers(*calls, timeout_s: float = 1.0) -> list[CascadeTier]:
 
 
 def score(result: GenerationResult) -> float | None:
-    return mean_nll(result.token_logprobs)
+    return mean_nll(AnswerEvidence.from_result(result))
 
 
 @pytest.mark.parametrize(
