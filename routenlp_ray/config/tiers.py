@@ -148,6 +148,9 @@ class ReplayEngineConfig(StrictModel):
     input_field: str = Field("input", description="Row field holding the query text.")
     answer_field: str = Field("reference", description="Row field holding the recorded answer.")
     task_field: str | None = Field("task", description="Row field naming the task, so equal inputs of two tasks differ.")
+    logprobs_field: str | None = Field(
+        None, description="Row field holding the answer's recorded token logprobs, replayed for uncertainty scores."
+    )
 
 
 EngineConfig = Annotated[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ from routenlp_ray.engines.base import (
     estimate_tokens,
     request_text,
 )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    text: str
+    token_logprobs: list[float] | None
 
 
 def normalise(text: str) -> str:
@@ -46,8 +53,8 @@ class ReplayEngine(ConcurrentBatchMixin):
     def __init__(self, config: ReplayEngineConfig, name: str = "replay") -> None:
         self.name = name
         self.config = config
-        self._by_task: dict[tuple[str | None, str], str] = {}
-        self._any_task: dict[str, str] = {}
+        self._by_task: dict[tuple[str | None, str], Recorded] = {}
+        self._any_task: dict[str, Recorded] = {}
         files = sorted({f for pattern in config.records for f in glob.glob(pattern, recursive=True)})
         if not files:
             raise ConfigError(f"replay records {config.records!r} match no files")
@@ -60,7 +67,8 @@ class ReplayEngine(ConcurrentBatchMixin):
             if cfg.input_field not in row or cfg.answer_field not in row:
                 continue
             key = normalise(str(row[cfg.input_field]))
-            answer = answer_text(row[cfg.answer_field])
+            logprobs = row.get(cfg.logprobs_field) if cfg.logprobs_field else None
+            answer = Recorded(answer_text(row[cfg.answer_field]), [float(x) for x in logprobs] if logprobs else None)
             task = row.get(cfg.task_field) if cfg.task_field else None
             self._by_task.setdefault((task, key), answer)
             self._any_task.setdefault(key, answer)
@@ -71,14 +79,14 @@ class ReplayEngine(ConcurrentBatchMixin):
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
         key = normalise(lookup_text(request))
-        answer = self._by_task.get((request.task, key)) or self._any_task.get(key)
-        if answer is None:
+        recorded = self._by_task.get((request.task, key)) or self._any_task.get(key)
+        if recorded is None:
             raise ReplayMissError(f"tier {self.name!r} has no recorded answer for this input")
         return GenerationResult(
-            text=answer,
-            token_logprobs=None,
+            text=recorded.text,
+            token_logprobs=recorded.token_logprobs,
             prompt_tokens=estimate_tokens(request_text(request)),
-            completion_tokens=estimate_tokens(answer),
+            completion_tokens=len(recorded.token_logprobs) if recorded.token_logprobs else estimate_tokens(recorded.text),
             latency_ms=(time.perf_counter() - started) * 1000,
             model=self.name,
             usage_estimated=True,
