@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve import Application
 
 from routenlp_ray.config.app import RouteNLPConfig, load_config, parse_config
+from routenlp_ray.config.releases import ReleasesConfig
 from routenlp_ray.config.tiers import TierConfig
 
 from deployments.router import RouterIngress
@@ -39,7 +40,7 @@ def tier_deployment_name(tier: TierConfig) -> str:
     return f"tier-{tier.name}"
 
 
-def build_tier(tier: TierConfig) -> Application:
+def build_tier(tier: TierConfig, releases: ReleasesConfig | None = None) -> Application:
     """A tier served by our ``TierDeployment`` (transformers, replay or OpenAI-compatible engine)."""
     return serve.deployment(
         TierDeployment,
@@ -49,7 +50,7 @@ def build_tier(tier: TierConfig) -> Application:
         max_ongoing_requests=tier.max_ongoing_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
-    ).bind(tier.model_dump(mode="json"))
+    ).bind(tier.model_dump(mode="json"), releases=releases.model_dump(mode="json") if releases else None)
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -74,7 +75,7 @@ def build_routenlp_app(
 
             llm_apps[tier.name] = build_vllm_tier(tier)
         else:
-            tier_apps[tier.name] = build_tier(tier)
+            tier_apps[tier.name] = build_tier(tier, config.releases)
     return build_router(config, tier_apps, llm_apps, user_config)
 
 
@@ -111,7 +112,7 @@ def build_monitor(config: RouteNLPConfig) -> Application:
         CoverageMonitorDeployment,
         name="coverage-monitor",
         num_replicas=1,
-        ray_actor_options={"num_cpus": 0.25},
+        ray_actor_options=config.monitoring.resources.to_ray_actor_options(),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
     ).bind(config.model_dump(mode="json"))
 

@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 from routenlp_ray._exceptions import AllTiersFailedError, PayloadTooLargeError, RequestError
 from routenlp_ray.config.app import parse_config
+from routenlp_ray.conformal.thresholds import ThresholdTable
+from routenlp_ray.loop.releases import ReleaseWatcher
 from routenlp_ray.serving.http import parse_body
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest, error_body
 from routenlp_ray.serving.service import RouterService
@@ -52,6 +54,8 @@ class RouterIngress:
         self.service = RouterService(self.config, tiers, query_log=self.query_log, metrics=metrics, monitor_sink=sink)
         self._started_at = time.time()
         self._poller: asyncio.Task[None] | None = None
+        releases = self.config.releases
+        self._releases = ReleaseWatcher(releases.path, releases.poll_interval_s) if releases.path else None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.service.reconfigure(user_config)
@@ -59,23 +63,50 @@ class RouterIngress:
             # Published thresholds become the monitor's baseline, so it does not push its old ones back.
             self._monitor.adopt.remote(self.service.thresholds.model_dump(mode="json"))
 
-    # -- live thresholds from the coverage monitor -------------------------------------------
+    # -- live thresholds: loop releases and the coverage monitor ------------------------------
     def _ensure_poller(self) -> None:
-        if self._monitor is not None and (self._poller is None or self._poller.done()):
-            self._poller = asyncio.get_running_loop().create_task(self._poll_thresholds())
+        wanted = self._monitor is not None or self._releases is not None
+        if wanted and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._follow())
 
-    async def _poll_thresholds(self) -> None:
-        from routenlp_ray.conformal.thresholds import ThresholdTable
-
-        interval = self.config.monitoring.poll_interval_s
+    async def _follow(self) -> None:
+        intervals = [self.config.monitoring.poll_interval_s] if self._monitor is not None else []
+        if self._releases is not None:
+            intervals.append(self._releases.poll_interval_s)
         while True:
+            await self._follow_releases()
+            await self._poll_monitor()
+            await asyncio.sleep(min(intervals))
+
+    async def _follow_releases(self) -> None:
+        if self._releases is None:
+            return
+        release = self._releases.poll()
+        if release is None:
+            return
+        try:
+            self.service.apply_release(release)
+        except Exception:
+            logger.exception("could not apply release %s; keeping %s", release.version, self.service.release_version)
+        self._releases.mark_applied(release.version)
+        if self._monitor is not None:
             try:
-                table = await self._monitor.current.remote(self.service.thresholds.version)
-                if table is not None:
-                    self.service.apply_thresholds(ThresholdTable.model_validate(table), reason="coverage monitor")
-            except Exception as exc:  # the monitor being away must not affect serving
-                logger.warning("could not poll the coverage monitor: %s", exc)
-            await asyncio.sleep(interval)
+                await self._monitor.adopt.remote(self.service.thresholds.model_dump(mode="json"))
+            except Exception as exc:
+                logger.warning("could not hand release thresholds to the coverage monitor: %s", exc)
+
+    async def _poll_monitor(self) -> None:
+        if self._monitor is None:
+            return
+        try:
+            table = await self._monitor.current.remote(self.service.thresholds.version)
+            if table is not None:
+                candidate = ThresholdTable.model_validate(table)
+                # Only move forward: a monitor that has not yet adopted a newer release must not revert it.
+                if candidate.created_at > self.service.thresholds.created_at:
+                    self.service.apply_thresholds(candidate, reason="coverage monitor")
+        except Exception as exc:  # the monitor being away must not affect serving
+            logger.warning("could not poll the coverage monitor: %s", exc)
 
     def check_health(self) -> None:
         if self.query_log.closed:

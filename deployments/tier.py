@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,14 +12,31 @@ from ray import serve
 from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.engines.base import Engine, GenerationRequest, GenerationResult
 from routenlp_ray.engines.factory import make_engine
+from routenlp_ray.loop.releases import Release, ReleaseWatcher
+
+logger = logging.getLogger("routenlp.tier")
 
 
 class TierDeployment:
     """Wraps an engine. Concurrent ``generate`` calls are grouped by ``serve.batch`` into one engine batch."""
 
-    def __init__(self, tier_config: dict[str, Any], engine_factory: Callable[[TierConfig], Engine] = make_engine) -> None:
+    def __init__(
+        self,
+        tier_config: dict[str, Any],
+        engine_factory: Callable[[TierConfig], Engine] = make_engine,
+        releases: dict[str, Any] | None = None,
+    ) -> None:
         self.tier = TierConfig.model_validate(tier_config)
         self.engine = engine_factory(self.tier)
+        self._engine_factory = engine_factory
+        self.release_version: str | None = None
+        self._swapping = threading.Lock()
+        # Only a transformers tier can take a LoRA adapter in process; vLLM tiers load theirs themselves.
+        self._watcher = (
+            ReleaseWatcher(releases["path"], releases["poll_interval_s"])
+            if releases and releases.get("path") and self.tier.engine.type == "transformers"
+            else None
+        )
         limits = self.tier.limits
         self._batched_generate = serve.batch(
             max_batch_size=limits.max_batch_size, batch_wait_timeout_s=limits.batch_wait_timeout_s
@@ -39,11 +58,48 @@ class TierDeployment:
             del exc
             return results
 
+    # -- releases ---------------------------------------------------------------------------
+    def _follow_releases(self) -> None:
+        """Start loading a newly published adapter; the old engine serves until it is ready."""
+        if self._watcher is None or self._swapping.locked():
+            return
+        release = self._watcher.poll()
+        if release is not None:
+            threading.Thread(target=self._swap_to, args=(release,), daemon=True).start()
+
+    def _swap_to(self, release: Release) -> None:
+        with self._swapping:
+            adapter = release.adapter_for(self.tier.name)
+            serving = getattr(getattr(self.engine, "config", None), "adapter_path", None)
+            if (str(adapter) if adapter else None) == serving:
+                # Same weights as now (e.g. a release that only changes thresholds): nothing to load.
+                self.release_version = release.version
+                self._watcher.mark_applied(release.version)
+                return
+            engine_config = self.tier.engine.model_copy(update={"adapter_path": str(adapter) if adapter else None})
+            try:
+                engine = self._engine_factory(self.tier.model_copy(update={"engine": engine_config}))
+            except Exception:
+                logger.exception("tier %s: could not load release %s; keeping %s", self.tier.name, release.version,
+                                 self.release_version)
+                self._watcher.mark_applied(release.version)  # do not retry a broken release in a loop
+                return
+            self.engine, self.release_version = engine, release.version
+            self._watcher.mark_applied(release.version)
+            logger.info("tier %s now serves release %s (adapter %s)", self.tier.name, release.version, adapter)
+
+    def release_status(self) -> dict[str, Any]:
+        self._follow_releases()
+        adapter = getattr(getattr(self.engine, "config", None), "adapter_path", None)
+        return {"tier": self.tier.name, "release": self.release_version, "adapter_path": adapter}
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
+        self._follow_releases()
         result = await self._batched_generate(request)
         if isinstance(result, BaseException):
             raise result
         return result
 
     def check_health(self) -> None:
+        self._follow_releases()  # Serve calls this every few seconds, so an idle tier follows releases too
         self.engine.check_health()

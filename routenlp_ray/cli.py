@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from routenlp_ray._exceptions import ConfigError, RouteNLPError
+from routenlp_ray.recording.recorder import DEFAULT_RECORD_MAX_TOKENS
 
 DEFAULT_LOCAL_CONFIG = "serve_config.local.yaml"
 DEFAULT_DATA_DIR = os.environ.get("ROUTENLP_DATA", "../shared/data")
@@ -66,16 +67,6 @@ def _cmd_log(args: argparse.Namespace) -> int:
         print(json.dumps(record, ensure_ascii=False))
     return 0
 
-
-# Enough room for each task's expected answer; short answers keep CPU recording affordable.
-DEFAULT_RECORD_MAX_TOKENS = {
-    "cs_intent": 16,
-    "legal_clause": 16,
-    "legal_risk": 8,
-    "fin_ner": 64,
-    "fin_summarization": 96,
-    "cs_response": 96,
-}
 
 
 def benchmark_tasks(args: argparse.Namespace, config: Any) -> list[str]:
@@ -308,6 +299,71 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_loop_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from routenlp_ray.config import load_config
+    from routenlp_ray.loop.iteration import Iteration, LoopSettings
+
+    config = load_config(args.config).with_absolute_paths(os.getcwd())
+    settings_data = yaml.safe_load(Path(args.settings).read_text()) if args.settings else {}
+    overrides = {"budget_examples": args.budget, "eval_per_task": args.eval_per_task, "eval_tasks": args.tasks,
+                 "top_clusters": args.top_clusters, "since": args.since}
+    settings_data.update({k: v for k, v in overrides.items() if v is not None})
+    if args.steps is not None:
+        settings_data.setdefault("distill", {})["max_steps"] = args.steps
+    try:
+        settings = LoopSettings.model_validate(settings_data)
+    except Exception as exc:
+        raise ConfigError(f"invalid loop settings: {exc}") from None
+    run_id = args.run_id or datetime_run_id()
+    iteration = Iteration(config, settings, args.log_uri or config.storage.log_uri, args.data_dir, args.workdir, run_id)
+    result = iteration.run(publish=not args.no_publish)
+    print(Path(result.report_path).with_suffix(".md").read_text())
+    print(f"report: {result.report_path}")
+    if not result.gate_passed:
+        print("gate failed: nothing was published")
+        return 2
+    print(f"published: {result.published}" if result.published else "not published (no releases.path or --no-publish)")
+    return 0
+
+
+def datetime_run_id() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _release_store(args: argparse.Namespace) -> Any:
+    from routenlp_ray.config import load_config
+    from routenlp_ray.loop.releases import ReleaseStore
+
+    path = args.path or load_config(args.config).with_absolute_paths(os.getcwd()).releases.path
+    if not path:
+        raise ConfigError("no release store: pass --path or set releases.path in the config")
+    return ReleaseStore(path)
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    store = _release_store(args)
+    if args.action == "list":
+        current = store.current_version()
+        for version in store.versions():
+            print(("* " if version == current else "  ") + version)
+        return 0
+    if args.action == "current":
+        print(store.current_version() or "none")
+        return 0
+    if args.action == "rollback":
+        release = store.rollback()
+    else:
+        if not args.version:
+            raise ConfigError("release activate needs a VERSION")
+        release = store.activate(args.version)
+    print(f"current release: {release.version}; running replicas switch within releases.poll_interval_s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routenlp", description="RouteNLP on Ray: routing, benchmarks, logs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -374,6 +430,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--version", default=None, help="artifact version (default: router-<UTC time>)")
     train.add_argument("--out", default="var/artifacts/router")
     train.set_defaults(func=_cmd_train_router)
+
+    loop = commands.add_parser("loop", help="the closed loop: mine, distil, evaluate, gate, publish")
+    loop_commands = loop.add_subparsers(dest="loop_command", required=True)
+    loop_run = loop_commands.add_parser("run", help="run one loop iteration (the `ray job submit` entrypoint)")
+    loop_run.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    loop_run.add_argument("--settings", default=None, help="YAML of LoopSettings (budget, distill, gate ...)")
+    loop_run.add_argument("--log-uri", default=None, help="query log to mine (default: the config's)")
+    loop_run.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="held-out evaluation data")
+    loop_run.add_argument("--workdir", default="var/loop", help="run folders (stages, adapters, reports)")
+    loop_run.add_argument("--run-id", default=None, help="same id = resume that run (default: UTC time)")
+    loop_run.add_argument("--budget", type=int, default=None, help="training examples per student")
+    loop_run.add_argument("--steps", type=int, default=None, help="LoRA optimizer steps per student")
+    loop_run.add_argument("--eval-per-task", type=int, default=None)
+    loop_run.add_argument("--tasks", nargs="+", default=None, help="tasks evaluated by the gate")
+    loop_run.add_argument("--top-clusters", type=int, default=None)
+    loop_run.add_argument("--since", default=None, help="mine queries logged at or after this ISO time")
+    loop_run.add_argument("--no-publish", action="store_true", help="evaluate and gate, but publish nothing")
+    loop_run.set_defaults(func=_cmd_loop_run)
+
+    release = commands.add_parser("release", help="list, inspect or roll back loop releases")
+    release.add_argument("action", choices=["list", "current", "rollback", "activate"])
+    release.add_argument("version", nargs="?", default=None, help="for activate")
+    release.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    release.add_argument("--path", default=None, help="release store (default: the config's releases.path)")
+    release.set_defaults(func=_cmd_release)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its results to a file")
     benches = bench.add_subparsers(dest="bench", required=True)

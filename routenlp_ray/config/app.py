@@ -14,6 +14,7 @@ from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.cascade import CascadeConfig
 from routenlp_ray.config.monitoring import MonitoringConfig
+from routenlp_ray.config.releases import ReleasesConfig
 from routenlp_ray.config.server import ServerConfig
 from routenlp_ray.config.storage import StorageConfig
 from routenlp_ray.config.tasks import TaskConfig
@@ -33,6 +34,9 @@ class RouteNLPConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server settings.")
     monitoring: MonitoringConfig = Field(
         default_factory=MonitoringConfig, description="Live coverage monitoring and recalibration."
+    )
+    releases: ReleasesConfig = Field(
+        default_factory=ReleasesConfig, description="Loop releases the running service follows."
     )
 
     @model_validator(mode="after")
@@ -96,6 +100,7 @@ class RouteNLPConfig(StrictModel):
             engine = tier["engine"]
             if engine["type"] == "transformers":
                 engine["model_source"] = absolute(engine["model_source"])
+                engine["adapter_path"] = absolute(engine["adapter_path"])
             if engine["type"] == "replay":
                 engine["records"] = [absolute(pattern) for pattern in engine["records"]]
         for task in data["tasks"]:
@@ -103,6 +108,7 @@ class RouteNLPConfig(StrictModel):
         for key in ("thresholds_path", "router_path", "answer_scorer_path"):
             data["cascade"][key] = absolute(data["cascade"][key])
         data["monitoring"]["artifacts_dir"] = absolute(data["monitoring"]["artifacts_dir"])
+        data["releases"]["path"] = absolute(data["releases"]["path"])
         data["storage"]["log_uri"] = absolute(data["storage"]["log_uri"])
         data["storage"]["spool_dir"] = absolute(data["storage"]["spool_dir"])
         return RouteNLPConfig.model_validate(data)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from routenlp_ray.config._base import StrictModel
+from routenlp_ray.config.tiers import ReplicaResources
 
 
 class MonitoringConfig(StrictModel):
@@ -37,3 +38,6 @@ class MonitoringConfig(StrictModel):
         "var/artifacts/thresholds/live", description="Where recalibrated threshold versions are written."
     )
     seed: int = Field(0, description="Seed of the audit sampler.")
+    resources: ReplicaResources = Field(
+        default_factory=lambda: ReplicaResources(num_cpus=0.1), description="Resources of the monitor replica."
+    )

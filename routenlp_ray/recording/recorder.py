@@ -35,6 +35,17 @@ class StaleRecordsError(RouteNLPError):
     """Records on disk were made with other tier or task settings."""
 
 
+# Enough room for each task's expected answer; short answers keep CPU recording affordable.
+DEFAULT_RECORD_MAX_TOKENS = {
+    "cs_intent": 16,
+    "legal_clause": 16,
+    "legal_risk": 8,
+    "fin_ner": 64,
+    "fin_summarization": 96,
+    "cs_response": 96,
+}
+
+
 def record_path(root: Path, task: str, split: str, tier: str) -> Path:
     return root / task / split / f"{tier}.jsonl"
 

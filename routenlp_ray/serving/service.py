@@ -15,7 +15,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -37,6 +37,9 @@ from routenlp_ray.conformal.thresholds import ThresholdTable
 from routenlp_ray.costs import frontier_cost
 from routenlp_ray.engines.base import GenerationRequest
 from routenlp_ray.monitoring.audits import Audit, AuditSampler, audit_from_outcome
+
+if TYPE_CHECKING:
+    from routenlp_ray.loop.releases import Release
 from routenlp_ray.routing.policy import StartTierPolicy, load_policy
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
@@ -111,6 +114,7 @@ class RouterService:
         self.monitor_sink = monitor_sink if config.monitoring.enabled else None
         self._sampler = AuditSampler(config.monitoring.audit_rate, seed=config.monitoring.seed)
         self._background: set[asyncio.Task[Any]] = set()
+        self.release_version: str | None = None
 
     # -- hot reload -----------------------------------------------------------------------
     def reconfigure(self, user_config: Mapping[str, Any] | None) -> dict[str, str]:
@@ -150,6 +154,17 @@ class RouterService:
             "changes": changes,
         })
         return True
+
+    def apply_release(self, release: "Release") -> None:
+        """Take a loop release's thresholds and router; its adapters are the tier replicas' business."""
+        before = {"release": self.release_version, "policy_version": self.policy.version}
+        if release.thresholds_path is not None:
+            self.apply_thresholds(ThresholdTable.load(release.thresholds_path), reason=f"release {release.version}")
+        if release.router_path is not None:
+            self.policy = load_policy("router", str(release.router_path))
+        self.release_version = release.version
+        after = {"release": release.version, "policy_version": self.policy.version}
+        self._log_event_nowait({"event": "release_applied", "before": before, "after": after})
 
     # -- request checks -------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> None:
@@ -285,6 +300,7 @@ class RouterService:
             "tasks": list(self._tasks),
             "thresholds_version": self.thresholds.version,
             "policy_version": self.policy.version,
+            "release": self.release_version,
         }
 
     async def log_rejection(self, endpoint: str, error: RequestError) -> None:

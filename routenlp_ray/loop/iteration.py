@@ -1,0 +1,491 @@
+"""One iteration of the closed loop: mine, distil (targeted and untargeted), evaluate, gate, publish.
+
+Each stage writes its result under ``<workdir>/<run_id>/``; running the same ``run_id``
+again skips finished stages and resumes Ray Train runs from their checkpoints, so a run that
+died half-way picks up where it stopped and a finished run changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from routenlp_ray._exceptions import ConfigError
+from routenlp_ray.config._base import StrictModel
+from routenlp_ray.config.app import RouteNLPConfig
+from routenlp_ray.config.tiers import TierConfig
+from routenlp_ray.conformal.calibrator import ConformalCalibrator
+from routenlp_ray.conformal.coverage import cascade_outcome
+from routenlp_ray.conformal.thresholds import ThresholdTable
+from routenlp_ray.loop.distill import DistillConfig, DistillExample, train_lora_adapter
+from routenlp_ray.loop.releases import ReleaseStore
+from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
+from routenlp_ray.telemetry.querylog import read_records
+
+logger = logging.getLogger("routenlp.loop")
+
+VARIANTS = ("base", "targeted", "untargeted")
+
+
+class LoopSettings(StrictModel):
+    """What one iteration spends and how it judges the result."""
+
+    student_tier: str | None = Field(None, description="Tier to distil into; default: the cheapest transformers tier.")
+    top_clusters: int = Field(3, ge=1, description="Costliest failure clusters whose queries are distilled.")
+    n_clusters: int | None = Field(None, ge=1, description="Fixed cluster count; None picks it by silhouette.")
+    since: str | None = Field(None, description="Only mine queries logged at or after this ISO time.")
+    budget_examples: int = Field(64, ge=1, description="Training examples for each student (targeted and untargeted).")
+    distill: DistillConfig = Field(
+        default_factory=lambda: DistillConfig(max_steps=40, batch_size=4, max_seq_len=384, checkpoint_every=20),
+        description="LoRA and Ray Train settings, shared by both students so the budgets are equal.",
+    )
+    eval_tasks: list[str] | None = Field(None, description="Tasks to evaluate; default: tasks with a metric.")
+    eval_split: str = Field("validation", description="Data split the held-out slice comes from.")
+    eval_per_task: int = Field(40, ge=4, description="Held-out examples per task.")
+    alpha: float = Field(0.1, gt=0, lt=1, description="Miscoverage of the recalibrated thresholds.")
+    gate_tolerance: float = Field(
+        0.0, ge=0, description="How far a task's quality retention may fall below the current model's and still pass."
+    )
+    seed: int = Field(0, description="Seed of the untargeted sample and the held-out slice.")
+
+
+@dataclass
+class VariantMetrics:
+    """A student's cascade on the held-out slice: per task and volume-weighted overall."""
+
+    per_task: dict[str, dict[str, float]]
+    cost_reduction: float
+    quality_retention: float
+    cheap_accuracy: float
+
+
+@dataclass
+class IterationResult:
+    run_id: str
+    published: str | None
+    gate_passed: bool
+    gate_reasons: list[str]
+    report_path: str
+    report: dict[str, Any]
+
+
+class Iteration:
+    """Runs the stages for one ``run_id``; each stage is cached in the run folder."""
+
+    def __init__(
+        self,
+        config: RouteNLPConfig,
+        settings: LoopSettings,
+        log_uri: str,
+        data_dir: str | Path,
+        workdir: str | Path,
+        run_id: str,
+        encoder: Any = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.log_uri = log_uri
+        self.data_dir = Path(data_dir)
+        self.run_dir = Path(workdir) / run_id
+        self.run_id = run_id
+        self._encoder = encoder
+        self.student = self._student_tier()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _student_tier(self) -> TierConfig:
+        name = self.settings.student_tier
+        candidates = [t for t in self.config.tiers[:-1] if t.engine.type == "transformers"]
+        if name is not None:
+            candidates = [t for t in candidates if t.name == name]
+        if not candidates:
+            wanted = f"tier {name!r}" if name else "a cheaper tier"
+            raise ConfigError(f"loop needs {wanted} with a transformers engine to distil into")
+        return candidates[0]
+
+    def _stage(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        path = self.run_dir / "stages" / f"{name}.json"
+        if path.exists():
+            logger.info("stage %s: done already (%s)", name, path)
+            return json.loads(path.read_text())
+        result = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=_jsonable))
+        tmp.replace(path)
+        return result
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from routenlp_ray.routing.encoder import SentenceEncoder
+
+            self._encoder = SentenceEncoder()
+        return self._encoder
+
+    def _task_config(self, name: str) -> Any:
+        return self.config.task(name)
+
+    # -- stages -----------------------------------------------------------------------------
+    def mine(self) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            from routenlp_ray.loop.mining import mine, write_cluster_report
+
+            frontier_call = _frontier_caller(self.config)
+            result = mine(
+                self.log_uri, self.config, self.encoder, top_k=self.settings.top_clusters,
+                since=self.settings.since, n_clusters=self.settings.n_clusters, frontier_call=frontier_call,
+                random_state=self.settings.seed,
+            )
+            write_cluster_report(
+                result.clusters, self.run_dir / "clusters.md", self.run_dir / "clusters.json",
+                meta={"run_id": self.run_id, "queries": result.n_queries, "failures": len(result.failures)},
+            )
+            return {
+                "n_queries": result.n_queries,
+                "n_failures": len(result.failures),
+                "clusters": [c.to_dict() for c in result.clusters],
+                "top_clusters": result.top_clusters,
+                "teacher": [asdict(e) for e in result.teacher.examples],
+                "teacher_skipped": result.teacher.skipped,
+            }
+
+        return self._stage("mine", compute)
+
+    def training_sets(self, mined: dict[str, Any]) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            targeted = [e for e in mined["teacher"] if e["task"] in {t.name for t in self.config.tasks}]
+            rng = random.Random(self.settings.seed)
+            rng.shuffle(targeted)
+            budget = min(self.settings.budget_examples, len(targeted))
+            if budget == 0:
+                raise ValueError("no teacher examples were mined from the query log: nothing to distil")
+            targeted = targeted[:budget]
+            untargeted = self._random_traffic(budget, rng)
+            return {"budget": budget, "targeted": targeted, "untargeted": untargeted}
+
+        return self._stage("training_sets", compute)
+
+    def _random_traffic(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
+        """The same number of examples drawn uniformly from logged traffic, with the frontier as teacher."""
+        queries = [q for q in read_records(self.log_uri, "queries") if q.get("status") == "ok"]
+        rng.shuffle(queries)
+        frontier = self.config.frontier.name
+        call = _frontier_caller(self.config)
+        out: list[dict[str, Any]] = []
+        for query in queries:
+            if len(out) == n:
+                break
+            answer = query["answer"] if query.get("answered_by") == frontier and not query.get("fallback") else None
+            source = "log"
+            if answer is None and call is not None:
+                answer, source = asyncio.run(call(query["task"], query["input"])), "frontier"
+            if answer:
+                out.append({"task": query["task"], "input": query["input"], "answer": answer, "source": source,
+                            "query_id": query["id"]})
+        return out
+
+    def train(self, sets: dict[str, Any]) -> dict[str, Any]:
+        results = {}
+        for variant in ("targeted", "untargeted"):
+            def compute(variant: str = variant) -> dict[str, Any]:
+                examples = [
+                    DistillExample.for_task(self._task_config(e["task"]), e["input"], e["answer"]) for e in sets[variant]
+                ]
+                result = train_lora_adapter(
+                    self.student.engine, examples, self.settings.distill, self.run_dir / "adapters" / variant,
+                    storage_path=self.run_dir / "ray_train", run_name=f"{self.run_id}-{variant}",
+                )
+                return result.model_dump(mode="json")
+
+            results[variant] = self._stage(f"train_{variant}", compute)
+        return results
+
+    def evaluate(self, trained: dict[str, Any]) -> dict[str, Any]:
+        def compute() -> dict[str, Any]:
+            tasks = self.settings.eval_tasks or [
+                t.name for t in self.config.tasks if t.metric != "none" and _has_split(self.data_dir, t, self.settings.eval_split)
+            ]
+            out: dict[str, Any] = {"tasks": tasks}
+            for variant in VARIANTS:
+                adapter = trained[variant]["adapter_dir"] if variant != "base" else None
+                tables = self._record(variant, adapter, tasks)
+                out[variant] = asdict(_cascade_metrics(tables))
+            return out
+
+        return self._stage("evaluate", compute)
+
+    def _variant_config(self, adapter: str | None) -> RouteNLPConfig:
+        engine = self.student.engine.model_copy(update={"adapter_path": adapter})
+        student = self.student.model_copy(update={"engine": engine})
+        return self.config.model_copy(update={"tiers": [student, self.config.frontier]})
+
+    def _record(self, variant: str, adapter: str | None, tasks: list[str]) -> list[TaskTable]:
+        from routenlp_ray.recording import Recorder
+        from routenlp_ray.recording.recorder import DEFAULT_RECORD_MAX_TOKENS
+        from routenlp_ray.tasks.data import load_examples, task_file
+
+        config = self._variant_config(adapter)
+        folder = self.run_dir / "records" / variant
+        recorder = Recorder(config, folder, max_tokens=DEFAULT_RECORD_MAX_TOKENS)
+        for task in tasks:
+            examples = load_examples(
+                task_file(self.data_dir, task, self.settings.eval_split),
+                limit=self.settings.eval_per_task, seed=self.settings.seed,
+            )
+            recorder.record(task, self.settings.eval_split, examples, progress=False)
+        return load_tables(config, [folder], self.data_dir, tasks, [self.settings.eval_split])
+
+    def gate(self, evaluation: dict[str, Any]) -> tuple[bool, list[str]]:
+        """The targeted student must not lower any task's quality retention against the current model."""
+        reasons = []
+        base, new = evaluation["base"]["per_task"], evaluation["targeted"]["per_task"]
+        for task in evaluation["tasks"]:
+            before, after = base[task]["quality_retention"], new[task]["quality_retention"]
+            if after < before - self.settings.gate_tolerance:
+                reasons.append(f"{task}: quality retention {after:.3f} < current {before:.3f}")
+        return (not reasons), reasons
+
+    def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path:
+        """Thresholds for the new student, calibrated on all of its held-out answers."""
+        config = self._variant_config(trained["targeted"]["adapter_dir"])
+        tables = load_tables(config, [self.run_dir / "records" / "targeted"], self.data_dir, evaluation["tasks"],
+                             [self.settings.eval_split])
+        calibrator = ConformalCalibrator(alpha=self.settings.alpha)
+        u = np.concatenate([t.uncertainty[:, 0] for t in tables])
+        ok = np.concatenate([t.correct[:, 0] > 0 for t in tables])
+        tasks = [t.task for t in tables for _ in t.ids]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calibrator.conformalize(u, ok, [self.student.name] * len(u), tasks)
+        current = _current_thresholds(self.config)
+        merged = current.merged({self.student.name: calibrator.thresholds_[self.student.name]},
+                                version=f"loop-{self.run_id}")
+        path = self.run_dir / "thresholds.json"
+        merged.model_copy(update={"alpha": self.settings.alpha}).save(path)
+        return path
+
+    def retrain_router(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path | None:
+        """A learned start policy is retrained on the new student's answers; 'cheapest' needs nothing."""
+        if self.config.cascade.start_policy != "router":
+            return None
+        from routenlp_ray.routing.training import train_router_policy
+
+        config = self._variant_config(trained["targeted"]["adapter_dir"])
+        policy, report = train_router_policy(
+            config, self.run_dir / "records" / "targeted", self.data_dir, evaluation["tasks"],
+            split=self.settings.eval_split, seed=self.settings.seed, version=f"router-{self.run_id}",
+        )
+        return policy.save(self.run_dir / "router", metadata=report)
+
+    # -- the whole iteration --------------------------------------------------------------------
+    def run(self, publish: bool = True) -> IterationResult:
+        mined = self.mine()
+        sets = self.training_sets(mined)
+        trained = self.train(sets)
+        trained["base"] = {"adapter_dir": None}
+        evaluation = self.evaluate(trained)
+        passed, reasons = self.gate(evaluation)
+        published = None
+        router_path = None
+        if passed:
+            thresholds = self.recalibrate(trained, evaluation)
+            router_path = self.retrain_router(trained, evaluation)
+            if publish and self.config.releases.path:
+                store = ReleaseStore(self.config.releases.path)
+                version = f"loop-{self.run_id}"
+                if version in store.versions():
+                    published = version  # an earlier attempt of this run published already
+                else:
+                    published = store.publish(
+                        version,
+                        adapters={self.student.name: Path(trained["targeted"]["adapter_dir"])},
+                        thresholds=thresholds,
+                        router=router_path,
+                        report=_summary(evaluation),
+                    ).version
+        report = build_report(self, mined, sets, trained, evaluation, passed, reasons, published, router_path)
+        path = self.run_dir / "report.json"
+        path.write_text(json.dumps(report, indent=2, default=_jsonable))
+        (self.run_dir / "report.md").write_text(report_markdown(report))
+        return IterationResult(self.run_id, published, passed, reasons, str(path), report)
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def _cascade_metrics(tables: list[TaskTable]) -> VariantMetrics:
+    """Calibrate on one half of each task's held-out rows, run the cascade on the other half."""
+    per_task: dict[str, dict[str, float]] = {}
+    cost = base_cost = quality = base_quality = right = rows = 0.0
+    for table in tables:
+        half = np.array([in_held_out_half(i) for i in table.ids])
+        calib, test = table.rows(~half), table.rows(half)
+        calibrator = ConformalCalibrator(alpha=0.1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calibrator.conformalize(calib.uncertainty[:, 0], calib.correct[:, 0] > 0, [table.tiers[0]] * len(calib.ids),
+                                    [table.task] * len(calib.ids))
+        threshold = calibrator.thresholds_.get(table.tiers[0], {}).get(table.task)
+        answered, paid, got = cascade_outcome(test, [threshold, None])
+        frontier_cost, frontier_quality = test.cost[:, -1].sum(), test.quality[:, -1].sum()
+        per_task[table.task] = {
+            "n_test": float(len(test.ids)),
+            "threshold": float("nan") if threshold is None else float(threshold),
+            "cheap_accuracy": float(table.correct[:, 0].mean()),
+            "cheap_answer_rate": float((answered == 0).mean()) if len(answered) else 0.0,
+            "cost_reduction": float(1 - paid.sum() / frontier_cost) if frontier_cost else 0.0,
+            "quality_retention": float(got.sum() / frontier_quality) if frontier_quality else 1.0,
+        }
+        cost += paid.sum()
+        base_cost += frontier_cost
+        quality += got.sum()
+        base_quality += frontier_quality
+        right += table.correct[:, 0].sum()
+        rows += len(table.ids)
+    return VariantMetrics(
+        per_task=per_task,
+        cost_reduction=float(1 - cost / base_cost) if base_cost else 0.0,
+        quality_retention=float(quality / base_quality) if base_quality else 1.0,
+        cheap_accuracy=float(right / rows) if rows else 0.0,
+    )
+
+
+def _summary(evaluation: dict[str, Any]) -> dict[str, Any]:
+    return {v: {k: evaluation[v][k] for k in ("cost_reduction", "quality_retention", "cheap_accuracy")}
+            for v in VARIANTS}
+
+
+def build_report(
+    iteration: Iteration,
+    mined: dict[str, Any],
+    sets: dict[str, Any],
+    trained: dict[str, Any],
+    evaluation: dict[str, Any],
+    passed: bool,
+    reasons: list[str],
+    published: str | None,
+    router_path: Path | None,
+) -> dict[str, Any]:
+    base = evaluation["base"]["cost_reduction"]
+    gain = {v: evaluation[v]["cost_reduction"] - base for v in ("targeted", "untargeted")}
+    ratio = gain["targeted"] / gain["untargeted"] if gain["untargeted"] > 0 else None
+    return {
+        "run_id": iteration.run_id,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "student_tier": iteration.student.name,
+        "mining": {
+            "queries": mined["n_queries"],
+            "failures": mined["n_failures"],
+            "clusters": len(mined["clusters"]),
+            "top_clusters": [c for c in mined["clusters"] if c["cluster"] in mined["top_clusters"]],
+            "teacher_examples": len(mined["teacher"]),
+            "teacher_skipped": mined["teacher_skipped"],
+        },
+        "budget": {
+            "examples_per_student": sets["budget"],
+            "untargeted_examples": len(sets["untargeted"]),
+            "distill": iteration.settings.distill.model_dump(mode="json"),
+        },
+        "training": {v: {k: trained[v][k] for k in ("steps", "train_seconds", "wall_seconds", "n_examples")}
+                     | {"first_loss": trained[v]["losses"][0], "last_loss": trained[v]["losses"][-1]}
+                     for v in ("targeted", "untargeted")},
+        "evaluation": evaluation,
+        "cost_improvement": {"targeted": gain["targeted"], "untargeted": gain["untargeted"],
+                             "targeted_over_untargeted": ratio},
+        "gate": {"passed": passed, "reasons": reasons},
+        "published": published,
+        "router_retrained": str(router_path) if router_path else None,
+    }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    ev = report["evaluation"]
+    lines = [
+        f"# Loop iteration {report['run_id']}",
+        "",
+        f"Student tier `{report['student_tier']}`; {report['mining']['queries']} logged queries, "
+        f"{report['mining']['failures']} cheap-tier failures in {report['mining']['clusters']} clusters; "
+        f"{report['budget']['examples_per_student']} training examples per student, "
+        f"{report['budget']['distill']['max_steps']} LoRA steps each.",
+        "",
+        "| student | cost reduction | quality retention | cheap-tier accuracy |",
+        "|---|---|---|---|",
+    ]
+    for variant in VARIANTS:
+        m = ev[variant]
+        lines.append(f"| {variant} | {m['cost_reduction']:.1%} | {m['quality_retention']:.1%} | {m['cheap_accuracy']:.1%} |")
+    gain = report["cost_improvement"]
+    ratio = gain["targeted_over_untargeted"]
+    lines += [
+        "",
+        f"Cost improvement over the current model: targeted {gain['targeted']:+.1%}, untargeted "
+        f"{gain['untargeted']:+.1%}; ratio {'n/a (untargeted gained nothing)' if ratio is None else f'{ratio:.2f}x'}.",
+        "",
+        "| task | " + " | ".join(f"{v} retention / cost red." for v in VARIANTS) + " |",
+        "|---|" + "---|" * len(VARIANTS),
+    ]
+    for task in ev["tasks"]:
+        cells = [f"{ev[v]['per_task'][task]['quality_retention']:.1%} / {ev[v]['per_task'][task]['cost_reduction']:.1%}"
+                 for v in VARIANTS]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    gate = report["gate"]
+    lines += ["", f"Gate: {'passed' if gate['passed'] else 'failed'}" + "".join(f"\n- {r}" for r in gate["reasons"]),
+              f"Published: {report['published'] or 'nothing'}"]
+    return "\n".join(lines) + "\n"
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _frontier_caller(config: RouteNLPConfig) -> Callable[[str, str], Awaitable[str | None]] | None:
+    """Ask the frontier in process where it can run here (replay, OpenAI-compatible); else None."""
+    if config.frontier.engine.type == "vllm":
+        return None
+    from routenlp_ray.engines.base import GenerationRequest
+    from routenlp_ray.engines.factory import make_engine
+
+    engine = make_engine(config.frontier)
+
+    async def call(task: str, text: str) -> str | None:
+        request = GenerationRequest(
+            request_id="loop-teacher",
+            messages=config.task(task).apply_to_messages([{"role": "user", "content": text}]),
+            task=task, raw_input=text, max_tokens=config.frontier.limits.default_max_tokens,
+        )
+        try:
+            return (await engine.generate(request)).text
+        except Exception as exc:
+            logger.warning("frontier could not answer a teacher query: %s", exc)
+            return None
+
+    return call
+
+
+def _has_split(data_dir: Path, task: Any, split: str) -> bool:
+    from routenlp_ray.tasks.data import task_file
+
+    try:
+        return task_file(data_dir, task.name, split).exists()
+    except Exception:
+        return False
+
+
+def _current_thresholds(config: RouteNLPConfig) -> ThresholdTable:
+    from routenlp_ray.serving.service import load_thresholds
+
+    return load_thresholds(config.cascade)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
