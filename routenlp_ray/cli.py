@@ -364,6 +364,35 @@ def _cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_loop(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.loop_bench import run_loop_benchmark
+    from routenlp_ray.config import load_config
+    from routenlp_ray.loop.iteration import LoopSettings
+
+    config = load_config(args.config).with_absolute_paths(os.getcwd())
+    run_dir = Path(args.workdir) / args.run_id
+    storage = config.storage.model_copy(update={"log_uri": str((run_dir / "querylog").resolve()),
+                                                "spool_dir": str((run_dir / "spool").resolve())})
+    config = config.model_copy(update={"storage": storage})
+    tasks = benchmark_tasks(args, config)
+    settings = LoopSettings(
+        budget_examples=args.budget, eval_per_task=args.eval_per_task, eval_tasks=tasks,
+        top_clusters=args.top_clusters,
+        distill={"max_steps": args.steps, "batch_size": 4, "max_seq_len": 384, "checkpoint_every": 10},
+    )
+    traffic, result = run_loop_benchmark(config, args.data_dir, args.workdir, settings, tasks, args.traffic_per_task,
+                                         args.run_id)
+    command = "routenlp bench loop " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "routenlp bench loop"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "traffic": traffic, **result.report}, indent=2, default=str))
+    markdown = Path(result.report_path).with_suffix(".md").read_text()
+    out.with_suffix(".md").write_text(f"Command: `{command}`\n\n{markdown}")
+    print(markdown)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routenlp", description="RouteNLP on Ray: routing, benchmarks, logs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -469,6 +498,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_records_arguments(tasks_bench, epochs=150)
     tasks_bench.add_argument("--out", default="results/bench_tasks.json")
     tasks_bench.set_defaults(func=_cmd_bench_tasks)
+    loop_bench = benches.add_parser("loop", help="one real loop iteration: traffic, mining, distillation, evaluation")
+    _add_records_arguments(loop_bench)
+    loop_bench.add_argument("--workdir", default="var/loop-bench")
+    loop_bench.add_argument("--run-id", default="bench")
+    loop_bench.add_argument("--traffic-per-task", type=int, default=40)
+    loop_bench.add_argument("--budget", type=int, default=48, help="training examples per student")
+    loop_bench.add_argument("--steps", type=int, default=30, help="LoRA steps per student")
+    loop_bench.add_argument("--eval-per-task", type=int, default=30)
+    loop_bench.add_argument("--top-clusters", type=int, default=3)
+    loop_bench.add_argument("--out", default="results/loop_iteration.json")
+    loop_bench.set_defaults(func=_cmd_bench_loop)
     serving = benches.add_parser("serving", help="router ingress overhead and memory of the embedded default")
     serving.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
     serving.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
