@@ -10,7 +10,6 @@ and tier replicas poll it (``ReleaseWatcher``) and swap the new artifacts in.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile

@@ -63,3 +63,32 @@ def deploy_declaratively(applications: list[dict], timeout_s: float = 300) -> No
             raise RuntimeError(f"deploy failed: {failed}")
         time.sleep(0.5)
     raise TimeoutError(f"applications {sorted(names)} not RUNNING after {timeout_s}s")
+
+
+def wait_for(condition, timeout_s: float = 60.0, every_s: float = 0.5) -> None:
+    """Poll ``condition`` until it is true; fail naming the timeout."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def prometheus_text(*required: str, timeout_s: float = 60.0) -> str:
+    """Ray's Prometheus endpoint text, once every ``required`` name shows up (or the timeout passes)."""
+    import time
+
+    import httpx
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    deadline, text = time.time() + timeout_s, ""
+    while time.time() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(name in text for name in required):
+            break
+        time.sleep(2)
+    return text

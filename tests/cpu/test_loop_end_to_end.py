@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from routenlp_ray.loop.releases import ReleaseStore
 from routenlp_ray.tasks.data import load_examples, task_file
 from routenlp_ray.telemetry import read_records
 from tests.conftest import REPO_ROOT
-from tests.cpu.conftest import deploy_declaratively
+from tests.cpu.conftest import deploy_declaratively, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -65,15 +64,6 @@ def tier_status() -> dict[str, Any]:
     return serve.get_deployment_handle("tier-smollm2", app_name=APP).release_status.remote().result()
 
 
-def wait_for(condition, timeout_s: float = 120.0) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"condition not met within {timeout_s}s")
-
-
 def send_traffic(app: dict[str, Any], data_dir: Path) -> None:
     client = OpenAI(base_url=f"{app['base']}/v1", api_key="unused", max_retries=0)
     for task, n in (("cs_intent", 8), ("legal_risk", 4)):
@@ -93,7 +83,7 @@ def settings() -> LoopSettings:
 def test_iteration_publishes_a_release_the_service_picks_up_and_rollback_restores(
     app: dict[str, Any], data_dir: Path
 ) -> None:
-    wait_for(lambda: health(app).get("release") == "baseline")
+    wait_for(lambda: health(app).get("release") == "baseline", timeout_s=120)
     pid = health(app)["pid"]
     send_traffic(app, data_dir)
     config = parse_config(app["config"])
@@ -112,9 +102,9 @@ def test_iteration_publishes_a_release_the_service_picks_up_and_rollback_restore
     assert "| base |" in (app["tmp"] / "runs" / "ci-1" / "report.md").read_text()
 
     # The running service follows the release: router thresholds and the tier's adapter, same pid.
-    wait_for(lambda: health(app).get("release") == "loop-ci-1")
+    wait_for(lambda: health(app).get("release") == "loop-ci-1", timeout_s=180)
     assert health(app)["thresholds_version"] == "loop-ci-1" and health(app)["pid"] == pid
-    wait_for(lambda: tier_status()["release"] == "loop-ci-1")
+    wait_for(lambda: tier_status()["release"] == "loop-ci-1", timeout_s=180)
     assert tier_status()["adapter_path"].endswith("loop-ci-1/adapters/smollm2")
     client = OpenAI(base_url=f"{app['base']}/v1", api_key="unused", max_retries=0)
     answer = client.chat.completions.create(
@@ -128,8 +118,8 @@ def test_iteration_publishes_a_release_the_service_picks_up_and_rollback_restore
 
     # One command rolls back; the service follows, the tier drops the adapter.
     assert main(["release", "rollback", "--path", str(app["tmp"] / "releases")]) == 0
-    wait_for(lambda: health(app).get("release") == "baseline")
-    wait_for(lambda: tier_status()["release"] == "baseline")
+    wait_for(lambda: health(app).get("release") == "baseline", timeout_s=180)
+    wait_for(lambda: tier_status()["release"] == "baseline", timeout_s=180)
     assert tier_status()["adapter_path"] is None and health(app)["pid"] == pid
     events = read_records(config.storage.log_uri, "events")
     applied = [e["after"]["release"] for e in events if e.get("event") == "release_applied"]

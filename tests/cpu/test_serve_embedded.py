@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from openai import OpenAI
 from routenlp_ray.config import load_config
 from routenlp_ray.telemetry import read_dataset, read_records
 from tests.conftest import REPO_ROOT
-from tests.cpu.conftest import deploy_declaratively
+from tests.cpu.conftest import deploy_declaratively, prometheus_text
 
 pytestmark = pytest.mark.slow
 
@@ -139,16 +138,8 @@ def test_models_lists_tasks(client: OpenAI) -> None:
 
 
 def test_router_metrics_reach_prometheus(client: OpenAI, app: dict[str, Any]) -> None:
-    import ray
-
     client.chat.completions.create(model="routenlp/chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
-    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
-    deadline, text = time.time() + 60, ""
-    while time.time() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if "routenlp_requests" in text and "routenlp_request_latency_ms_bucket" in text:
-            break
-        time.sleep(2)
+    text = prometheus_text("routenlp_requests", "routenlp_request_latency_ms_bucket")
     assert 'task="chat"' in text and "routenlp_requests" in text
     assert "routenlp_tier_latency_ms_bucket" in text and "routenlp_cost_usd" in text
 

@@ -4,7 +4,6 @@ the router picks the new thresholds up without a restart, and coverage recovers.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import openai
 import pytest
 
 from routenlp_ray.telemetry import read_records
-from tests.cpu.conftest import deploy_declaratively
+from tests.cpu.conftest import deploy_declaratively, prometheus_text, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -82,15 +81,6 @@ def cheap_coverage() -> float | None:
     return cell["coverage"] if cell else None
 
 
-def wait_for(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"condition not met within {timeout_s}s")
-
-
 def test_shift_drops_coverage_recalibrates_live_and_recovers(app: dict[str, Any]) -> None:
     client = openai.OpenAI(base_url=f"{app['base']}/v1", api_key="unused", max_retries=0)
     health = httpx.get(f"{app['base']}/healthz", timeout=10).json()
@@ -98,7 +88,7 @@ def test_shift_drops_coverage_recalibrates_live_and_recovers(app: dict[str, Any]
 
     before = [ask(client, text) for text, _ in queries("before")[:N_PER_PHASE]]
     assert all(r["answered_by"] == "cheap" for r in before)
-    wait_for(lambda: (cheap_coverage() or 0) >= 0.9)
+    wait_for(lambda: (cheap_coverage() or 0) >= 0.9, timeout_s=30)
     assert monitor_status()["recalibrations"] == 0
 
     # The shift: every answer now escalates, and the audits show those were correct answers turned away.
@@ -128,14 +118,6 @@ def test_shift_drops_coverage_recalibrates_live_and_recovers(app: dict[str, Any]
 
 
 def test_coverage_metrics_reach_prometheus(app: dict[str, Any]) -> None:
-    import ray
-
-    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
-    deadline, text = time.time() + 60, ""
-    while time.time() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if "routenlp_coverage" in text and "routenlp_recalibrations" in text:
-            break
-        time.sleep(2)
+    text = prometheus_text("routenlp_coverage", "routenlp_recalibrations")
     assert 'routenlp_coverage{' in text and 'tier="cheap"' in text
     assert "routenlp_recalibrations" in text and "routenlp_threshold" in text
