@@ -41,8 +41,11 @@ async def _send(service: RouterService, config: RouteNLPConfig, data_dir: Path, 
 
     jobs = []
     for task in tasks:
-        split = "train" if task_file(data_dir, task, "train").exists() else "validation"
-        for example in load_examples(task_file(data_dir, task, split), limit=per_task, seed=seed):
+        # Traffic comes from the train split only: the held-out slice is drawn from validation,
+        # and a task with no train split (fin_summarization) must not be distilled on it.
+        if not (data_dir / task / "train.jsonl").is_file():
+            continue
+        for example in load_examples(task_file(data_dir, task, "train"), limit=per_task, seed=seed):
             jobs.append(one(task, example.input))
     await asyncio.gather(*jobs)
     return sent
