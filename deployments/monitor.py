@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from routenlp_ray.config.app import parse_config
-from routenlp_ray.serving.service import load_thresholds
+from routenlp_ray.conformal.thresholds import load_thresholds
 from routenlp_ray.monitoring.service import MonitorService
 from routenlp_ray.telemetry.metrics import NullMonitorMetrics, RayMonitorMetrics
 from routenlp_ray.telemetry.querylog import QueryLog

@@ -22,7 +22,7 @@ from routenlp_ray.tasks.data import load_examples, task_file
 from routenlp_ray.telemetry.querylog import QueryLog
 
 
-async def _send(service: RouterService, config: RouteNLPConfig, data_dir: Path, tasks: list[str], per_task: int,
+async def _send(service: RouterService, data_dir: Path, tasks: list[str], per_task: int,
                 seed: int, concurrency: int = 8) -> int:
     limiter = asyncio.Semaphore(concurrency)
     sent = 0
@@ -58,7 +58,7 @@ def generate_traffic(config: RouteNLPConfig, data_dir: Path, tasks: list[str], p
     tiers = {name: engine.generate for name, engine in engines.items()}
     with QueryLog(config.storage) as log:
         service = RouterService(config, tiers, query_log=log)
-        sent = asyncio.run(_send(service, config, data_dir, tasks, per_task, seed))
+        sent = asyncio.run(_send(service, data_dir, tasks, per_task, seed))
     return {"queries": sent, "seconds": time.perf_counter() - started}
 
 

@@ -106,7 +106,7 @@ def coverage_report(
             for _ in range(repeats):
                 order = rng.permutation(len(table.ids))
                 calib, held = table.rows(order[:n]), table.rows(order[n:])
-                thresholds = _calibrate(calib, alpha, method)
+                thresholds = calibrate_table(calib, alpha, method)
                 correct, violations = _violations(held, thresholds)
                 task_correct += correct
                 task_violations += violations
@@ -151,7 +151,7 @@ def coverage_report(
     return out
 
 
-def _calibrate(table: TaskTable, alpha: float, method: Method) -> list[float | None]:
+def calibrate_table(table: TaskTable, alpha: float, method: Method = "coverage") -> list[float | None]:
     """Thresholds for each tier of one task; the last tier is unconditional (None)."""
     calibrator = ConformalCalibrator(alpha=alpha, method=method, epsilon=alpha)
     k = len(table.tiers)

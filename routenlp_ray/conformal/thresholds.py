@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, ValidationError, field_validator
 
 from routenlp_ray._exceptions import ArtifactError
 from routenlp_ray.config._base import StrictModel
+
+if TYPE_CHECKING:
+    from routenlp_ray.config.cascade import CascadeConfig
 
 
 class ThresholdTable(StrictModel):
@@ -43,6 +48,10 @@ class ThresholdTable(StrictModel):
     def has(self, tier: str, task: str) -> bool:
         return task in self.thresholds.get(tier, {})
 
+    def resolve(self, tier: str, task: str, default: float | None) -> float | None:
+        """The threshold in force: the table's value (None = never accepts) or ``default`` if it has none."""
+        return self.get(tier, task) if self.has(tier, task) else default
+
     def merged(self, overrides: dict[str, dict[str, float]], version: str | None = None) -> "ThresholdTable":
         merged = {tier: dict(per_task) for tier, per_task in self.thresholds.items()}
         for tier, per_task in overrides.items():
@@ -70,3 +79,16 @@ class ThresholdTable(StrictModel):
             raise ArtifactError(f"threshold artifact not found: {str(file)!r}") from None
         except (json.JSONDecodeError, ValidationError) as exc:
             raise ArtifactError(f"threshold artifact {str(file)!r} is invalid: {exc}") from None
+
+
+def load_thresholds(cascade: "CascadeConfig") -> ThresholdTable:
+    """The cascade's artifact (if any) with its inline thresholds layered on top."""
+    base = (
+        ThresholdTable.load(cascade.thresholds_path)
+        if cascade.thresholds_path
+        else ThresholdTable(version="none", alpha=cascade.alpha, score=cascade.uncertainty)
+    )
+    if not cascade.thresholds:
+        return base
+    digest = hashlib.sha1(json.dumps(cascade.thresholds, sort_keys=True).encode()).hexdigest()[:8]
+    return base.merged(cascade.thresholds, version=f"{base.version}+inline-{digest}")

@@ -8,10 +8,10 @@ died half-way picks up where it stopped and a finished run changes nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
-import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -25,9 +25,8 @@ from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.config.tiers import TierConfig
-from routenlp_ray.conformal.calibrator import ConformalCalibrator
-from routenlp_ray.conformal.coverage import cascade_outcome
-from routenlp_ray.conformal.thresholds import ThresholdTable
+from routenlp_ray.conformal.coverage import calibrate_table, cascade_outcome
+from routenlp_ray.conformal.thresholds import load_thresholds
 from routenlp_ray.loop.distill import DistillConfig, DistillExample, train_lora_adapter
 from routenlp_ray.loop.releases import ReleaseStore
 from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
@@ -113,6 +112,11 @@ class Iteration:
             raise ConfigError(f"loop needs {wanted} with a transformers engine to distil into")
         return candidates[0]
 
+    @functools.cached_property
+    def frontier_call(self) -> Callable[[str, str], Awaitable[str | None]] | None:
+        # Built once: a replay frontier reads every recorded answer when it starts.
+        return _frontier_caller(self.config)
+
     def _stage(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         path = self.run_dir / "stages" / f"{name}.json"
         if path.exists():
@@ -133,18 +137,14 @@ class Iteration:
             self._encoder = SentenceEncoder()
         return self._encoder
 
-    def _task_config(self, name: str) -> Any:
-        return self.config.task(name)
-
     # -- stages -----------------------------------------------------------------------------
     def mine(self) -> dict[str, Any]:
         def compute() -> dict[str, Any]:
             from routenlp_ray.loop.mining import mine, write_cluster_report
 
-            frontier_call = _frontier_caller(self.config)
             result = mine(
                 self.log_uri, self.config, self.encoder, top_k=self.settings.top_clusters,
-                since=self.settings.since, n_clusters=self.settings.n_clusters, frontier_call=frontier_call,
+                since=self.settings.since, n_clusters=self.settings.n_clusters, frontier_call=self.frontier_call,
                 random_state=self.settings.seed,
             )
             write_cluster_report(
@@ -181,7 +181,7 @@ class Iteration:
         queries = [q for q in read_records(self.log_uri, "queries") if q.get("status") == "ok"]
         rng.shuffle(queries)
         frontier = self.config.frontier.name
-        call = _frontier_caller(self.config)
+        call = self.frontier_call
         out: list[dict[str, Any]] = []
         for query in queries:
             if len(out) == n:
@@ -200,7 +200,7 @@ class Iteration:
         for variant in ("targeted", "untargeted"):
             def compute(variant: str = variant) -> dict[str, Any]:
                 examples = [
-                    DistillExample.for_task(self._task_config(e["task"]), e["input"], e["answer"]) for e in sets[variant]
+                    DistillExample.for_task(self.config.task(e["task"]), e["input"], e["answer"]) for e in sets[variant]
                 ]
                 result = train_lora_adapter(
                     self.student.engine, examples, self.settings.distill, self.run_dir / "adapters" / variant,
@@ -220,7 +220,7 @@ class Iteration:
             for variant in VARIANTS:
                 adapter = trained[variant]["adapter_dir"] if variant != "base" else None
                 tables = self._record(variant, adapter, tasks)
-                out[variant] = asdict(_cascade_metrics(tables))
+                out[variant] = asdict(_cascade_metrics(tables, self.settings.alpha))
             return out
 
         return self._stage("evaluate", compute)
@@ -261,15 +261,10 @@ class Iteration:
         config = self._variant_config(trained["targeted"]["adapter_dir"])
         tables = load_tables(config, [self.run_dir / "records" / "targeted"], self.data_dir, evaluation["tasks"],
                              [self.settings.eval_split])
-        calibrator = ConformalCalibrator(alpha=self.settings.alpha)
-        u = np.concatenate([t.uncertainty[:, 0] for t in tables])
-        ok = np.concatenate([t.correct[:, 0] > 0 for t in tables])
-        tasks = [t.task for t in tables for _ in t.ids]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            calibrator.conformalize(u, ok, [self.student.name] * len(u), tasks)
-        current = _current_thresholds(self.config)
-        merged = current.merged({self.student.name: calibrator.thresholds_[self.student.name]},
+        # The student is the first tier of each table; the frontier (last) has no threshold.
+        fitted = {t.task: calibrate_table(t, self.settings.alpha)[0] for t in tables}
+        current = load_thresholds(self.config.cascade)
+        merged = current.merged({self.student.name: fitted},
                                 version=f"loop-{self.run_id}")
         path = self.run_dir / "thresholds.json"
         merged.model_copy(update={"alpha": self.settings.alpha}).save(path)
@@ -322,19 +317,14 @@ class Iteration:
 
 
 # -- evaluation -----------------------------------------------------------------------------------
-def _cascade_metrics(tables: list[TaskTable]) -> VariantMetrics:
+def _cascade_metrics(tables: list[TaskTable], alpha: float) -> VariantMetrics:
     """Calibrate on one half of each task's held-out rows, run the cascade on the other half."""
     per_task: dict[str, dict[str, float]] = {}
     cost = base_cost = quality = base_quality = right = rows = 0.0
     for table in tables:
         half = np.array([in_held_out_half(i) for i in table.ids])
         calib, test = table.rows(~half), table.rows(half)
-        calibrator = ConformalCalibrator(alpha=0.1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            calibrator.conformalize(calib.uncertainty[:, 0], calib.correct[:, 0] > 0, [table.tiers[0]] * len(calib.ids),
-                                    [table.task] * len(calib.ids))
-        threshold = calibrator.thresholds_.get(table.tiers[0], {}).get(table.task)
+        threshold = calibrate_table(calib, alpha)[0]
         answered, paid, got = cascade_outcome(test, [threshold, None])
         frontier_cost, frontier_quality = test.cost[:, -1].sum(), test.quality[:, -1].sum()
         per_task[table.task] = {
@@ -473,14 +463,8 @@ def _has_split(data_dir: Path, task: Any, split: str) -> bool:
 
     try:
         return task_file(data_dir, task.name, split).exists()
-    except Exception:
+    except ConfigError:  # no such folder or split
         return False
-
-
-def _current_thresholds(config: RouteNLPConfig) -> ThresholdTable:
-    from routenlp_ray.serving.service import load_thresholds
-
-    return load_thresholds(config.cascade)
 
 
 def _jsonable(value: Any) -> Any:

@@ -110,8 +110,7 @@ class CoverageMonitor:
             self._audits.append(answer)
 
     def threshold(self, tier: str, task: str) -> float | None:
-        table = self.thresholds
-        return table.get(tier, task) if table.has(tier, task) else self.default_threshold
+        return self.thresholds.resolve(tier, task, self.default_threshold)
 
     def cells(self) -> list[tuple[str, str]]:
         return sorted({(a.tier, a.task) for a in self._audits})

@@ -7,8 +7,6 @@ tiers arrive as plain async callables (deployment handles on Ray, engines in tes
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 import uuid
@@ -33,7 +31,7 @@ from routenlp_ray.config.cascade import CascadeConfig
 from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.conformal.scores import AnswerEvidence
 from routenlp_ray.conformal.selection import TaskScores
-from routenlp_ray.conformal.thresholds import ThresholdTable
+from routenlp_ray.conformal.thresholds import ThresholdTable, load_thresholds
 from routenlp_ray.costs import frontier_cost
 from routenlp_ray.engines.base import GenerationRequest
 from routenlp_ray.monitoring.audits import Audit, AuditSampler, audit_from_outcome
@@ -62,19 +60,6 @@ class RouterUserConfig(StrictModel):
     uncertainty_per_task: dict[str, str] | None = Field(None, description="Per-task uncertainty scores.")
     answer_scorer_path: str | None = Field(None, description="Learned answer scorer artifact.")
     router_path: str | None = Field(None, description="Router artifact for the 'router' start policy.")
-
-
-def load_thresholds(cascade: CascadeConfig) -> ThresholdTable:
-    """The artifact (if any) with inline thresholds layered on top."""
-    base = (
-        ThresholdTable.load(cascade.thresholds_path)
-        if cascade.thresholds_path
-        else ThresholdTable(version="none", alpha=cascade.alpha, score=cascade.uncertainty)
-    )
-    if not cascade.thresholds:
-        return base
-    digest = hashlib.sha1(json.dumps(cascade.thresholds, sort_keys=True).encode()).hexdigest()[:8]
-    return base.merged(cascade.thresholds, version=f"{base.version}+inline-{digest}")
 
 
 def policy_for(cascade: CascadeConfig) -> StartTierPolicy:
@@ -323,7 +308,7 @@ class RouterService:
         table, default = self.thresholds, self.cascade_config.default_threshold
 
         def threshold(tier: str) -> float | None:
-            return table.get(tier, task) if table.has(tier, task) else default
+            return table.resolve(tier, task, default)
 
         return threshold
 
@@ -361,7 +346,8 @@ class RouterService:
             thresholds.version, policy.version,
         )
         self._remember(request.request_id, task.name, outcome)
-        if self.monitor_sink is not None and self._sampler.sample():
+        # A task with no metric cannot be labelled: auditing it would only pay for frontier calls.
+        if self.monitor_sink is not None and task.metric != "none" and self._sampler.sample():
             self._audit(request, task.name, outcome)
         return outcome, routing
 

@@ -8,6 +8,7 @@ import pytest
 from routenlp_ray.config import parse_config
 from routenlp_ray.config.monitoring import MonitoringConfig
 from routenlp_ray.conformal import ThresholdTable
+from routenlp_ray.conformal.thresholds import load_thresholds
 from routenlp_ray.engines import GenerationRequest, GenerationResult
 from routenlp_ray.monitoring.audits import Audit, AuditedAnswer, AuditLabeller
 from routenlp_ray.monitoring.monitor import CoverageMonitor, LabelledAnswer
@@ -97,8 +98,6 @@ async def test_router_audits_reach_the_monitor_which_recalibrates_and_the_router
 ) -> None:
     config = monitored_config(tmp_path, replay_file, threshold=0.05)
     log = QueryLog(config.storage)
-    from routenlp_ray.serving.service import load_thresholds
-
     monitor = MonitorService(config, load_thresholds(config.cascade), query_log=log)
     # The cheap tier is right (it says what the frontier says) but less sure than its threshold allows.
     cheap, frontier = ScriptedTier("card_arrival", [-0.2, -0.2]), ScriptedTier("card_arrival", None)
