@@ -31,10 +31,13 @@ class TierDeployment:
         self._engine_factory = engine_factory
         self.release_version: str | None = None
         self._swapping = threading.Lock()
-        # Only a transformers tier can take a LoRA adapter in process; vLLM tiers load theirs themselves.
+        # Transformers tiers take a LoRA adapter and specialist tiers a new artifact in process;
+        # vLLM tiers load theirs themselves.
+        self._artifact_field = self.tier.release_artifact_field()
+        self._configured_artifact = getattr(self.tier.engine, self._artifact_field or "", None)
         self._watcher = (
             ReleaseWatcher(releases["path"], releases["poll_interval_s"])
-            if releases and releases.get("path") and self.tier.engine.type == "transformers"
+            if releases and releases.get("path") and self._artifact_field is not None
             else None
         )
         limits = self.tier.limits
@@ -69,14 +72,18 @@ class TierDeployment:
 
     def _swap_to(self, release: Release) -> None:
         with self._swapping:
-            adapter = release.adapter_for(self.tier.name)
-            serving = getattr(getattr(self.engine, "config", None), "adapter_path", None)
-            if (str(adapter) if adapter else None) == serving:
+            field = self._artifact_field
+            assert field is not None and self._watcher is not None  # only watched tiers swap
+            released = release.adapter_for(self.tier.name)
+            # A release without an artifact for this tier means the configured one (a base model, or
+            # the specialist artifact the config names).
+            wanted = str(released) if released else self._configured_artifact
+            if wanted == getattr(self.engine.config, field, None):
                 # Same weights as now (e.g. a release that only changes thresholds): nothing to load.
                 self.release_version = release.version
                 self._watcher.mark_applied(release.version)
                 return
-            engine_config = self.tier.engine.model_copy(update={"adapter_path": str(adapter) if adapter else None})
+            engine_config = self.tier.engine.model_copy(update={field: wanted})
             try:
                 engine = self._engine_factory(self.tier.model_copy(update={"engine": engine_config}))
             except Exception:
@@ -86,12 +93,15 @@ class TierDeployment:
                 return
             self.engine, self.release_version = engine, release.version
             self._watcher.mark_applied(release.version)
-            logger.info("tier %s now serves release %s (adapter %s)", self.tier.name, release.version, adapter)
+            logger.info("tier %s now serves release %s (%s %s)", self.tier.name, release.version, field, wanted)
 
     def release_status(self) -> dict[str, Any]:
         self._follow_releases()
-        adapter = getattr(getattr(self.engine, "config", None), "adapter_path", None)
-        return {"tier": self.tier.name, "release": self.release_version, "adapter_path": adapter}
+        artifact = getattr(getattr(self.engine, "config", None), self._artifact_field or "", None)
+        status = {"tier": self.tier.name, "release": self.release_version, "artifact": artifact}
+        if self._artifact_field == "adapter_path":
+            status["adapter_path"] = artifact
+        return status
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         self._follow_releases()

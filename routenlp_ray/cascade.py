@@ -17,7 +17,10 @@ from routenlp_ray.config.tiers import Pricing
 from routenlp_ray.engines.base import GenerationRequest, GenerationResult
 
 TierCall = Callable[[GenerationRequest], Awaitable[GenerationResult]]
-AttemptStatus = Literal["accepted", "escalated", "error", "timeout", "fallback"]
+AttemptStatus = Literal["accepted", "escalated", "error", "timeout", "fallback", "skipped"]
+# Why a tier was passed over without a call; a skip costs nothing and is not an escalation.
+SKIP_UNSERVED = "does not serve this task"
+SKIP_NO_THRESHOLD = "no threshold for this task: its answer could never be accepted"
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,11 @@ class CascadeTier:
     call: TierCall
     pricing: Pricing
     timeout_s: float
+    # Tasks the tier answers; None = every task.
+    tasks: frozenset[str] | None = None
+
+    def serves(self, task: str | None) -> bool:
+        return self.tasks is None or task in self.tasks
 
 
 @dataclass
@@ -43,6 +51,8 @@ class TierAttempt:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     error: str | None = None
+    # Why a skipped tier was passed over (SKIP_UNSERVED or SKIP_NO_THRESHOLD).
+    reason: str | None = None
     # The tier's answer, kept for audits; the routing object and the log carry only the final one.
     text: str | None = field(default=None, repr=False)
 
@@ -69,7 +79,11 @@ class CascadeOutcome:
 
     @property
     def escalations(self) -> int:
-        return sum(1 for a in self.attempts if a.status != "accepted")
+        return sum(1 for a in self.attempts if a.status in ("escalated", "error", "timeout"))
+
+    @property
+    def skipped(self) -> list[str]:
+        return [a.tier for a in self.attempts if a.status == "skipped"]
 
 
 def accepts(uncertainty: float | None, threshold: float | None, is_last: bool) -> bool:
@@ -90,17 +104,28 @@ async def run_cascade(
 ) -> CascadeOutcome:
     """Try tiers from ``start`` upward until one's answer is accepted.
 
-    A tier that raises or times out escalates. If the last tier fails too, the least
-    uncertain earlier answer is returned as a fallback; if no tier from ``start`` up answered,
-    the cheaper tiers below ``start`` are tried. With no answer at all,
-    ``AllTiersFailedError`` is raised.
+    A tier that does not serve the request's task, or a cheap tier with no threshold for it
+    (its answer could never be accepted), is skipped without a call. A tier that raises or
+    times out escalates. If the last tier fails too, the least uncertain earlier answer is
+    returned as a fallback; if no tier from ``start`` up answered, the tiers that were skipped
+    for want of a threshold and the cheaper tiers below ``start`` are tried, most capable
+    first. With no answer at all, ``AllTiersFailedError`` is raised.
     """
     if not 0 <= start < len(tiers):
         raise ValueError(f"start tier index {start} is outside 0..{len(tiers) - 1}")
     attempts: list[TierAttempt] = []
     unaccepted: list[tuple[float, int, GenerationResult, str]] = []
+    last_resort = list(range(start))
     for index in range(start, len(tiers)):
-        result = await _attempt(request, tiers[index], attempts, threshold_for, uncertainty_of, index == len(tiers) - 1)
+        tier, is_last = tiers[index], index == len(tiers) - 1
+        if not tier.serves(request.task):
+            attempts.append(TierAttempt(tier.name, "skipped", reason=SKIP_UNSERVED))
+            continue
+        if not is_last and threshold_for(tier.name) is None:
+            attempts.append(TierAttempt(tier.name, "skipped", reason=SKIP_NO_THRESHOLD))
+            last_resort.append(index)
+            continue
+        result = await _attempt(request, tier, attempts, threshold_for, uncertainty_of, is_last)
         if result is None:
             continue
         outcome_result, uncertainty = result
@@ -114,7 +139,9 @@ async def run_cascade(
         return CascadeOutcome(answer=answer, answered_by=name, attempts=attempts, fallback=True)
     # Nothing from the start tier upward answered: fall back to the cheaper tiers the start
     # policy skipped, most capable first, rather than drop the query.
-    for index in range(start - 1, -1, -1):
+    for index in sorted(last_resort, reverse=True):
+        if not tiers[index].serves(request.task):
+            continue
         result = await _attempt(request, tiers[index], attempts, threshold_for, uncertainty_of, is_last=True)
         if result is not None:
             attempts[-1].status = "fallback"

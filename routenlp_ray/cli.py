@@ -124,6 +124,39 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill_specialists(args: argparse.Namespace) -> int:
+    """Ask the frontier tier for its answers on a data split, and distil them into specialist heads."""
+    import asyncio
+
+    from routenlp_ray.config import load_config
+    from routenlp_ray.engines.factory import make_engine
+    from routenlp_ray.specialists.training import (
+        SpecialistTrainingConfig,
+        distill_specialists,
+        frontier_pairs,
+        head_kind_for_parser,
+    )
+    from routenlp_ray.tasks.data import load_examples, task_file
+    from routenlp_ray.tasks.registry import task_spec_from_config
+
+    config = load_config(args.config).with_absolute_paths(os.getcwd())
+    teacher = make_engine(config.frontier)
+    tasks = args.tasks or (config.tier(args.tier).tasks if args.tier else None) or benchmark_tasks(args, config)
+    pairs = {}
+    for name in tasks:
+        task = config.task(name)
+        kind = head_kind_for_parser(task_spec_from_config(task).parser)
+        examples = load_examples(task_file(args.data_dir, name, args.split), limit=args.limit, seed=args.seed)
+        pairs[name], missing = asyncio.run(frontier_pairs(teacher, task, kind, [e.input for e in examples]))
+        print(f"{name}: {len(pairs[name].texts)} pairs from {config.frontier.name!r} ({missing} without an answer), "
+              f"{kind} head", flush=True)
+    training = SpecialistTrainingConfig(cpus_per_worker=args.cpus, seed=args.seed)
+    out = distill_specialists(pairs, args.out, version=args.version or Path(args.out).name, config=training,
+                              storage_path=args.storage)
+    print(f"wrote specialist artifact {out}")
+    return 0
+
+
 def _score_from_args(args: argparse.Namespace) -> Any:
     """The uncertainty score named by ``--score`` (a learned one is loaded from ``--answer-scorer``)."""
     if args.score != "learned":
@@ -424,6 +457,22 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--batch-size", type=int, default=8)
     record.add_argument("--max-tokens", nargs="*", metavar="TASK=N", help="override max tokens per task")
     record.set_defaults(func=_cmd_record)
+
+    distill = commands.add_parser(
+        "distill-specialists", help="distil the frontier's answers into specialist heads (a Ray Train job)"
+    )
+    distill.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    distill.add_argument("--tier", default=None, help="specialist tier whose `tasks` to distil (default: --tasks)")
+    distill.add_argument("--tasks", nargs="+", default=None)
+    distill.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    distill.add_argument("--split", default="train")
+    distill.add_argument("--limit", type=int, default=None, help="queries per task (a seeded sample)")
+    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--cpus", type=float, default=1.0, help="CPUs of the Ray Train worker")
+    distill.add_argument("--out", required=True, help="new artifact folder, e.g. artifacts/specialists/v1")
+    distill.add_argument("--version", default=None, help="artifact version (default: the folder name)")
+    distill.add_argument("--storage", default="var/ray_train", help="Ray Train storage path")
+    distill.set_defaults(func=_cmd_distill_specialists)
 
     calibrate = commands.add_parser("calibrate", help="split-conformal thresholds per (tier, task) from records")
     _add_records_arguments(calibrate, several=True)

@@ -34,6 +34,7 @@ from routenlp_ray.bench.curves import (
     routed_point,
 )
 from routenlp_ray.config.app import RouteNLPConfig
+from routenlp_ray.conformal.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.recording.tables import TaskTable, build_table, in_held_out_half
 from routenlp_ray.routing.learned_policy import start_indices
 from routenlp_ray.routing.router import DifficultyRouter
@@ -76,14 +77,15 @@ def policy_curves(
     table: TaskTable, router_proba: np.ndarray, binary_proba: np.ndarray, seed: int
 ) -> dict[str, list[OperatingPoint]]:
     n, k = table.quality.shape
-    cheapest, frontier = np.zeros(n, dtype=int), np.full(n, k - 1)
+    low = table.cheapest_served
+    cheapest, frontier = np.full(n, low), np.full(n, k - 1)
     draws = np.random.default_rng(seed).random(n)
     curves: dict[str, list[OperatingPoint]] = {
         "frontier_only": [routed_point(frontier, table.quality, table.cost, table.tiers, "frontier")],
         "cheapest_only": [routed_point(cheapest, table.quality, table.cost, table.tiers, "cheapest")],
-        "random": [routed_point(np.where(draws < p, k - 1, 0), table.quality, table.cost, table.tiers, float(p))
+        "random": [routed_point(np.where(draws < p, k - 1, low), table.quality, table.cost, table.tiers, float(p))
                    for p in GRID],
-        "routellm_binary": [routed_point(np.where(binary_proba >= t, 0, k - 1), table.quality, table.cost,
+        "routellm_binary": [routed_point(np.where(binary_proba >= t, low, k - 1), table.quality, table.cost,
                                          table.tiers, float(t)) for t in GRID],
         "cascade": [cascade_point(table, cheapest, d, f"delta={d:.4g}") for d in deltas(table)],
         "router": [routed_point(start_indices(router_proba, [t] * n), table.quality, table.cost, table.tiers, float(t))
@@ -93,6 +95,53 @@ def policy_curves(
         "oracle": oracle_points(table.quality, table.cost, table.tiers),
     }
     return curves
+
+
+def calibrated_cascades(
+    train: TaskTable, test: TaskTable, alpha: float, epsilon: float, delta: float
+) -> dict[str, dict[str, Any]]:
+    """The cascade as served: thresholds calibrated per tier on the training half, read once on the other.
+
+    Two rules: the paper's split-conformal coverage rule at ``alpha``, and Learn-then-Test risk
+    control (accepted-error rate <= ``epsilon`` with probability 1 - ``delta``). Nothing here is
+    chosen on the evaluation half, unlike the best point of a swept curve.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, thresholds in (
+        ("cascade_coverage", calibrate_table(train, alpha, "coverage")),
+        ("cascade_risk", calibrate_table(train, epsilon, "risk", delta=delta)),
+    ):
+        answered, paid, got = cascade_outcome(test, thresholds)
+        point = routed_point(answered, test.quality, test.cost, test.tiers, name)
+        point.cost = float(paid.mean())
+        accepted_error = {}
+        for tier in range(len(test.tiers) - 1):
+            taken = answered == tier
+            if taken.any():
+                accepted_error[test.tiers[tier]] = {
+                    "accepted": int(taken.sum()),
+                    "error_rate": float(1 - test.correct[taken, tier].mean()),
+                }
+        out[name] = {
+            "point": point,
+            "thresholds": dict(zip(test.tiers[:-1], thresholds[:-1])),
+            "accepted_error": accepted_error,
+        }
+    return out
+
+
+def point_summary(point: OperatingPoint, frontier: OperatingPoint, target: float) -> dict[str, Any]:
+    """One fixed operating point against the frontier: does it keep ``target`` of frontier quality?"""
+    retention = point.quality / frontier.quality if frontier.quality else None
+    return {
+        "meets_target": retention is not None and retention >= target - 1e-12,
+        "quality": point.quality,
+        "retention": retention,
+        "cost_usd": point.cost,
+        "cost_reduction": 1 - point.cost / frontier.cost if frontier.cost else None,
+        "shares": point.shares,
+        "setting": point.setting,
+    }
 
 
 def operating_point(points: Sequence[OperatingPoint], frontier: OperatingPoint, target: float) -> dict[str, Any]:
@@ -148,6 +197,8 @@ def run_tasks_benchmark(
     seed: int = 0,
     epochs: int = 150,
     encoder: Any = None,
+    risk_epsilon: float = 0.05,
+    risk_delta: float = 0.1,
 ) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
@@ -162,8 +213,10 @@ def run_tasks_benchmark(
     X_test = {t: encoder.encode(tab.inputs) for t, tab in test.items()}
     router = train_router(list(train.values()), X_train, tiers, seed, epochs)
 
-    # RouteLLM-style: one binary "cheap tier is good enough" classifier over all tasks' queries.
-    cheap_ok = np.concatenate([tab.correct[:, 0] >= tab.correct[:, -1] for tab in train.values()]).astype(int)
+    # RouteLLM-style: one binary "the cheapest tier serving the task is good enough" classifier.
+    cheap_ok = np.concatenate(
+        [tab.correct[:, tab.cheapest_served] >= tab.correct[:, -1] for tab in train.values()]
+    ).astype(int)
     binary = None
     if 0 < cheap_ok.sum() < len(cheap_ok):
         binary = LogisticRegression(C=1.0, max_iter=2000).fit(np.concatenate(list(X_train.values())), cheap_ok)
@@ -176,6 +229,7 @@ def run_tasks_benchmark(
         binary_proba = binary.predict_proba(X_test[task])[:, 1] if binary is not None else np.zeros(len(tab.ids))
         curves = policy_curves(tab, proba, binary_proba, seed)
         frontier = curves["frontier_only"][0]
+        calibrated = calibrated_cascades(train[task], tab, config.cascade.alpha, risk_epsilon, risk_delta)
         max_cost = max(p.cost for points in curves.values() for p in points)
         per_task[task] = {
             "examples": {"train": len(train[task].ids), "held_out": len(tab.ids)},
@@ -187,6 +241,10 @@ def run_tasks_benchmark(
                 name: {**operating_point(points, frontier, target), "auc": area_under_curve(points, max_cost)}
                 for name, points in curves.items()
             },
+            "calibrated": {
+                name: {**point_summary(result["point"], frontier, target), **{k: v for k, v in result.items() if k != "point"}}
+                for name, result in calibrated.items()
+            },
         }
         curves_out[task] = {name: [p.to_dict() for p in points] for name, points in curves.items()}
 
@@ -197,26 +255,30 @@ def run_tasks_benchmark(
         "split": split,
         "per_task": per_task,
         "aggregate": aggregate(per_task, {t: len(test[t].ids) for t in tasks}),
+        "aggregate_calibrated": aggregate(per_task, {t: len(test[t].ids) for t in tasks}, key="calibrated"),
+        "risk_rule": {"epsilon": risk_epsilon, "delta": risk_delta},
+        "coverage_rule": {"alpha": config.cascade.alpha},
         "router_decision_latency": decision_latency(router, encoder, test[some_task].inputs, some_task),
         "curves": curves_out,
     }
 
 
-def aggregate(per_task: dict[str, Any], volumes: dict[str, int]) -> dict[str, Any]:
+def aggregate(per_task: dict[str, Any], volumes: dict[str, int], key: str = "policies") -> dict[str, Any]:
     """Volume-weighted quality retention and cost reduction of each policy over tasks.
 
-    A task where the policy cannot reach its target counts at frontier cost and quality,
-    which is what a deployment would fall back to.
+    For swept policies (``key="policies"``) a task where the policy cannot reach its target
+    counts at frontier cost and quality, which is what a deployment would fall back to. Fixed,
+    calibrated policies (``key="calibrated"``) count at what they measured, target met or not.
     """
-    policies = next(iter(per_task.values()))["policies"].keys()
+    policies = next(iter(per_task.values()))[key].keys()
     total = sum(volumes.values())
     out: dict[str, Any] = {}
     for name in policies:
         spent = frontier_spent = retention = 0.0
         for task, result in per_task.items():
             weight = volumes[task] / total
-            point, frontier = result["policies"][name], result["frontier"]
-            if point.get("meets_target"):
+            point, frontier = result[key][name], result["frontier"]
+            if point.get("meets_target") or key == "calibrated":
                 spent += weight * point["cost_usd"]
                 retention += weight * (point["retention"] or 0.0)
             else:

@@ -58,6 +58,15 @@ class RouteNLPConfig(StrictModel):
                 raise ValueError(
                     f"cascade.thresholds[{tier!r}] names unknown tasks {unknown}; known tasks: {sorted(task_names)}"
                 )
+        for tier in self.tiers:
+            unknown = sorted(set(tier.tasks or []) - task_names)
+            if unknown:
+                raise ValueError(f"tiers[{tier.name!r}].tasks names unknown tasks {unknown}; known tasks: {sorted(task_names)}")
+        if self.tiers[-1].tasks is not None:
+            raise ValueError(
+                f"the last tier ({self.tiers[-1].name!r}) answers whatever the others do not, so it cannot limit "
+                f"its tasks (tasks: {self.tiers[-1].tasks!r})"
+            )
         if self.cascade.start_policy == "router" and not self.cascade.router_path:
             raise ValueError("cascade.start_policy is 'router' but cascade.router_path is not set")
         unknown = sorted(set(self.cascade.uncertainty_per_task) - task_names)
@@ -101,6 +110,8 @@ class RouteNLPConfig(StrictModel):
             if engine["type"] == "transformers":
                 engine["model_source"] = absolute(engine["model_source"])
                 engine["adapter_path"] = absolute(engine["adapter_path"])
+            if engine["type"] == "specialist":
+                engine["path"] = absolute(engine["path"])
             if engine["type"] == "replay":
                 engine["records"] = [absolute(pattern) for pattern in engine["records"]]
         for task in data["tasks"]:

@@ -153,8 +153,20 @@ class ReplayEngineConfig(StrictModel):
     )
 
 
+class SpecialistEngineConfig(StrictModel):
+    """Distilled task specialists: heads on one shared frozen encoder (see ``routenlp distill-specialists``)."""
+
+    type: Literal["specialist"] = "specialist"
+    path: str = Field(description="Specialist artifact folder (manifest.json plus one folder per task head).")
+    num_threads: int | None = Field(1, ge=1, description="torch intra-op threads of the shared encoder.")
+    top_logprobs: int = Field(5, ge=1, le=20, description="Class log-probabilities kept per answer, for top-k entropy.")
+    exact_search_max: int = Field(
+        50_000, ge=1, description="Largest answer cache searched exactly; a larger one gets an HNSW index (usearch)."
+    )
+
+
 EngineConfig = Annotated[
-    Union[TransformersEngineConfig, VLLMEngineConfig, OpenAIEngineConfig, ReplayEngineConfig],
+    Union[TransformersEngineConfig, VLLMEngineConfig, OpenAIEngineConfig, ReplayEngineConfig, SpecialistEngineConfig],
     Field(discriminator="type"),
 ]
 
@@ -170,3 +182,25 @@ class TierConfig(StrictModel):
     resources: ReplicaResources = Field(default_factory=ReplicaResources, description="Resources per replica.")
     timeout_s: float = Field(60.0, gt=0, description="A call slower than this escalates to the next tier.")
     max_ongoing_requests: int = Field(16, ge=1, description="Concurrent requests one replica accepts.")
+    tasks: list[str] | None = Field(
+        None,
+        description=(
+            "Tasks this tier answers; None = every task. The cascade skips a tier for other tasks, at no cost. "
+            "Required for specialist tiers, which answer only the tasks they hold heads for."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _specialist_names_tasks(self) -> "TierConfig":
+        if self.engine.type == "specialist" and not self.tasks:
+            raise ValueError(f"tier {self.name!r}: a specialist tier must list the tasks it serves in `tasks`")
+        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tier {self.name!r}: tasks has duplicates: {self.tasks!r}")
+        return self
+
+    def serves(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
+
+    def release_artifact_field(self) -> str | None:
+        """The engine field a loop release replaces for this tier (None: releases carry nothing for it)."""
+        return {"transformers": "adapter_path", "specialist": "path"}.get(self.engine.type)

@@ -66,19 +66,21 @@ def cascade_outcome(table: TaskTable, thresholds: Sequence[float | None]) -> tup
     """Per row: the tier that answers, the cost paid and the quality got, starting at the cheapest tier.
 
     A tier answers when its uncertainty is at or under its threshold; the last tier always does.
+    A tier with no threshold is skipped, as the serving cascade skips it, and costs nothing.
     """
     n, k = table.uncertainty.shape
     answered = np.full(n, k - 1)
     undecided = np.ones(n, dtype=bool)
+    paid = np.zeros(n)
     for tier, delta in enumerate(thresholds[: k - 1]):
         if delta is None:
             continue
+        paid[undecided] += table.cost[undecided, tier]
         accepts = undecided & ~np.isnan(table.uncertainty[:, tier]) & (table.uncertainty[:, tier] <= delta)
         answered[accepts] = tier
         undecided &= ~accepts
-    rows = np.arange(n)
-    paid = np.array([table.cost[i, : answered[i] + 1].sum() for i in rows])
-    return answered, paid, table.quality[rows, answered]
+    paid[undecided] += table.cost[undecided, k - 1]
+    return answered, paid, table.quality[np.arange(n), answered]
 
 
 def coverage_report(
@@ -151,9 +153,14 @@ def coverage_report(
     return out
 
 
-def calibrate_table(table: TaskTable, alpha: float, method: Method = "coverage") -> list[float | None]:
-    """Thresholds for each tier of one task; the last tier is unconditional (None)."""
-    calibrator = ConformalCalibrator(alpha=alpha, method=method, epsilon=alpha)
+def calibrate_table(
+    table: TaskTable, alpha: float, method: Method = "coverage", delta: float = 0.1
+) -> list[float | None]:
+    """Thresholds for each tier of one task; the last tier is unconditional (None).
+
+    With ``method="risk"``, ``alpha`` is the accepted-error bound epsilon, certified at level ``delta``.
+    """
+    calibrator = ConformalCalibrator(alpha=alpha, method=method, epsilon=alpha, delta=delta)
     k = len(table.tiers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # too-few-correct cells are counted in no_threshold_share

@@ -89,3 +89,14 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Cut ``text`` at the earliest stop string; returns the text and whether a stop was found."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def lookup_text(request: GenerationRequest) -> str:
+    """The client's own text: the raw input if known, else the last user message, else the prompt."""
+    if request.raw_input is not None:
+        return request.raw_input
+    if request.messages:
+        for message in reversed(request.messages):
+            if message.get("role") == "user":
+                return message.get("content", "")
+    return request.prompt or ""

@@ -18,6 +18,10 @@ def make_engine(tier: TierConfig) -> Engine:
         from routenlp_ray.engines.replay import ReplayEngine
 
         return ReplayEngine(engine, name=tier.name)
+    if engine.type == "specialist":
+        from routenlp_ray.engines.specialist import SpecialistEngine
+
+        return SpecialistEngine(engine, name=tier.name, tasks=tier.tasks)
     if engine.type == "openai":
         from routenlp_ray.engines.openai_http import OpenAICompatibleEngine
 

@@ -17,6 +17,7 @@ from routenlp_ray.engines.base import (
     GenerationRequest,
     GenerationResult,
     estimate_tokens,
+    lookup_text,
     request_text,
 )
 
@@ -34,17 +35,6 @@ def normalise(text: str) -> str:
 def answer_text(value: Any) -> str:
     """Recorded answers may be structured (entity lists); serve them as compact JSON."""
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def lookup_text(request: GenerationRequest) -> str:
-    """The client's own text: the raw input if known, else the last user message, else the prompt."""
-    if request.raw_input is not None:
-        return request.raw_input
-    if request.messages:
-        for message in reversed(request.messages):
-            if message.get("role") == "user":
-                return message.get("content", "")
-    return request.prompt or ""
 
 
 class ReplayEngine(ConcurrentBatchMixin):

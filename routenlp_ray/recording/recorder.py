@@ -123,7 +123,8 @@ class Recorder:
         added: dict[str, int] = {}
         for name in names:
             tier = self.config.tier(name)
-            added[name] = self._record_tier(tier, task_config, split, examples, progress)
+            if tier.serves(task):  # a tier that does not serve the task is skipped when serving, too
+                added[name] = self._record_tier(tier, task_config, split, examples, progress)
         return added
 
     def _record_tier(

@@ -28,6 +28,17 @@ class TaskTable:
     uncertainty: np.ndarray  # (n, K) the uncertainty score (mean NLL by default); NaN where it cannot score
     tiers: list[str]
     answers: list[list[AnswerEvidence]] = field(default_factory=list)  # [example][tier], for learned scores
+    # (K,) whether each tier serves the task. An unserved tier's column is quality 0, cost 0 and
+    # NaN uncertainty: it is never accepted and costs nothing, as the cascade skips it when serving.
+    served: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.served is None:
+            self.served = np.ones(len(self.tiers), dtype=bool)
+
+    @property
+    def cheapest_served(self) -> int:
+        return int(np.argmax(self.served))
 
     def rows(self, mask: np.ndarray) -> "TaskTable":
         idx = np.nonzero(mask)[0] if mask.dtype == bool else np.asarray(mask)
@@ -35,6 +46,7 @@ class TaskTable:
             self.task, [self.ids[i] for i in idx], [self.inputs[i] for i in idx], self.quality[idx],
             self.correct[idx], self.cost[idx], self.uncertainty[idx], self.tiers,
             [self.answers[i] for i in idx] if self.answers else [],
+            self.served,
         )
 
 
@@ -48,20 +60,38 @@ def build_table(
 ) -> TaskTable:
     spec = task_spec_from_config(config.task(task))
     tiers = [t.name for t in config.tiers]
-    records = load_records(records_dir, task, split, tiers)
+    serving = serving_tiers(config, task)
+    records = load_records(records_dir, task, split, serving)
     examples = {e.id: e for e in load_examples(task_file(data_dir, task, split))}
-    ids = sorted(set.intersection(*(set(records[t]) for t in tiers)) & set(examples))
+    ids = sorted(set.intersection(*(set(records[t]) for t in serving)) & set(examples))
     if not ids:
-        raise ValueError(f"no example of {task!r}/{split} is recorded for every tier {tiers} under {records_dir}")
+        raise ValueError(f"no example of {task!r}/{split} is recorded for every tier {serving} under {records_dir}")
     references = [examples[i].reference for i in ids]
-    quality = np.column_stack([spec.score_batch([records[t][i]["text"] for i in ids], references) for t in tiers])
+    n = len(ids)
+    scored = {t: spec.score_batch([records[t][i]["text"] for i in ids], references) for t in serving}
+    quality = np.column_stack([scored.get(t, np.zeros(n)) for t in tiers])
     correct = quality >= spec.success_bar
-    cost = np.array([[records[t][i]["cost_usd"] for t in tiers] for i in ids], dtype=float)
-    evidence = [[AnswerEvidence.from_record(records[t][i], examples[i].input) for t in tiers] for i in ids]
-    uncertainty = np.array([[_nan_if_none(score(e)) for e in row] for row in evidence], dtype=float)
-    return TaskTable(
-        task, ids, [examples[i].input for i in ids], quality, correct.astype(float), cost, uncertainty, tiers, evidence
+    correct[:, [t not in serving for t in tiers]] = False
+    cost = np.array([[records[t][i]["cost_usd"] if t in serving else 0.0 for t in tiers] for i in ids], dtype=float)
+    unserved = AnswerEvidence(text="", token_logprobs=None, task=task)
+    evidence = [
+        [AnswerEvidence.from_record(records[t][i], examples[i].input) if t in serving else unserved for t in tiers]
+        for i in ids
+    ]
+    uncertainty = np.array(
+        [[_nan_if_none(score(e)) if t in serving else np.nan for t, e in zip(tiers, row)] for row in evidence],
+        dtype=float,
     )
+    served = np.array([t in serving for t in tiers])
+    return TaskTable(
+        task, ids, [examples[i].input for i in ids], quality, correct.astype(float), cost, uncertainty, tiers, evidence,
+        served,
+    )
+
+
+def serving_tiers(config: RouteNLPConfig, task: str) -> list[str]:
+    """The tiers that answer ``task``, cheapest first (the last tier always does)."""
+    return [t.name for t in config.tiers if t.serves(task)]
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -91,6 +121,7 @@ def concat_tables(tables: list[TaskTable]) -> TaskTable:
         np.vstack([t.uncertainty for t in tables]),
         first.tiers,
         [row for t in tables for row in t.answers],
+        first.served,
     )
 
 
@@ -103,14 +134,13 @@ def load_tables(
     score: UncertaintyScore = mean_nll,
 ) -> list[TaskTable]:
     """Every task's recorded rows across folders and splits; (folder, task, split) with no records are skipped."""
-    tiers = [t.name for t in config.tiers]
     out = []
     for task in tasks:
         parts = [
             build_table(config, folder, data_dir, task, split, score)
             for folder in records_dirs
             for split in splits
-            if all(record_path(folder, task, split, tier).exists() for tier in tiers)
+            if all(record_path(folder, task, split, tier).exists() for tier in serving_tiers(config, task))
         ]
         if parts:
             out.append(concat_tables(parts))

@@ -24,7 +24,7 @@ from routenlp_ray._exceptions import (
     RequestError,
     UnknownTaskError,
 )
-from routenlp_ray.cascade import CascadeOutcome, CascadeTier, TierCall, run_cascade
+from routenlp_ray.cascade import SKIP_NO_THRESHOLD, CascadeOutcome, CascadeTier, TierCall, run_cascade
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.config.cascade import CascadeConfig
@@ -34,7 +34,7 @@ from routenlp_ray.conformal.selection import TaskScores
 from routenlp_ray.conformal.thresholds import ThresholdTable, load_thresholds
 from routenlp_ray.costs import frontier_cost
 from routenlp_ray.engines.base import GenerationRequest
-from routenlp_ray.monitoring.audits import Audit, AuditSampler, audit_from_outcome
+from routenlp_ray.monitoring.audits import Audit, AuditedAnswer, AuditSampler, audit_from_outcome
 
 if TYPE_CHECKING:
     from routenlp_ray.loop.releases import Release
@@ -84,7 +84,13 @@ class RouterService:
         self.query_log = query_log
         self.metrics = metrics or NullRouterMetrics()
         self._tiers = [
-            CascadeTier(name=t.name, call=tiers[t.name], pricing=t.pricing, timeout_s=t.timeout_s)
+            CascadeTier(
+                name=t.name,
+                call=tiers[t.name],
+                pricing=t.pricing,
+                timeout_s=t.timeout_s,
+                tasks=frozenset(t.tasks) if t.tasks is not None else None,
+            )
             for t in config.tiers
         ]
         self._tier_names = [t.name for t in config.tiers]
@@ -348,7 +354,7 @@ class RouterService:
         self._remember(request.request_id, task.name, outcome)
         # A task with no metric cannot be labelled: auditing it would only pay for frontier calls.
         if self.monitor_sink is not None and task.metric != "none" and self._sampler.sample():
-            self._audit(request, task.name, outcome)
+            self._audit(request, task.name, outcome, score, raw_input)
         return outcome, routing
 
     def _routing_object(
@@ -430,25 +436,49 @@ class RouterService:
             self.query_log.append_sync("events", {"id": f"evt-{uuid.uuid4().hex}", "ts": _now(), **record})
 
     # -- audits -----------------------------------------------------------------------------
-    def _audit(self, request: GenerationRequest, task: str, outcome: CascadeOutcome) -> None:
+    def _audit(
+        self, request: GenerationRequest, task: str, outcome: CascadeOutcome, score: Any, raw_input: str
+    ) -> None:
         last = self._tiers[-1]
         audit = audit_from_outcome(request.request_id, task, outcome, last.name)
-        if audit is None:
+        # A tier skipped for want of a threshold is asked on audited queries only, off the response
+        # path: without those labels the monitor could never calibrate it into use.
+        unlabelled = [
+            tier for tier in self._tiers[:-1]
+            if any(a.tier == tier.name and a.reason == SKIP_NO_THRESHOLD for a in outcome.attempts)
+        ]
+        if audit is None and not unlabelled:
             return
-        if audit.reference is not None:
+        if audit is None:
+            audit = Audit(query_id=request.request_id, task=task, answers=[])
+            if outcome.answered_by == last.name and not outcome.fallback:
+                audit.reference, audit.reference_tier = outcome.answer.text, last.name
+        if audit.reference is not None and not unlabelled:
             self._send_to_monitor({"kind": "audit", **audit.to_dict()})
         else:
-            # A cheap tier's answer was accepted: ask the last tier too, off the response path.
-            self._spawn(self._shadow_audit(request, audit))
+            self._spawn(self._shadow_audit(request, audit, unlabelled, score, raw_input))
 
-    async def _shadow_audit(self, request: GenerationRequest, audit: Audit) -> None:
-        last = self._tiers[-1]
-        try:
-            reference = await asyncio.wait_for(last.call(request), timeout=last.timeout_s)
-        except Exception as exc:  # an audit must never hurt serving
-            logger.warning("audit of %s: tier %r did not answer: %s", audit.query_id, last.name, exc)
+    async def _shadow_audit(
+        self, request: GenerationRequest, audit: Audit, unlabelled: list[CascadeTier], score: Any, raw_input: str
+    ) -> None:
+        for tier in unlabelled:
+            try:
+                answer = await asyncio.wait_for(tier.call(request), timeout=tier.timeout_s)
+            except Exception as exc:  # an audit must never hurt serving
+                logger.warning("audit of %s: tier %r did not answer: %s", audit.query_id, tier.name, exc)
+                continue
+            uncertainty = score(AnswerEvidence.from_result(answer, audit.task, raw_input))
+            audit.answers.append(AuditedAnswer(tier.name, answer.text, uncertainty))
+        if not audit.answers:
             return
-        audit.reference, audit.reference_tier = reference.text, last.name
+        if audit.reference is None:
+            last = self._tiers[-1]
+            try:
+                reference = await asyncio.wait_for(last.call(request), timeout=last.timeout_s)
+            except Exception as exc:
+                logger.warning("audit of %s: tier %r did not answer: %s", audit.query_id, last.name, exc)
+                return
+            audit.reference, audit.reference_tier = reference.text, last.name
         await self._deliver({"kind": "audit", **audit.to_dict()})
 
     def _send_to_monitor(self, payload: dict[str, Any]) -> None:

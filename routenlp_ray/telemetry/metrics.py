@@ -71,6 +71,8 @@ class RayRouterMetrics:
         self.requests.inc(1, tags={"task": task, "tier": outcome.answered_by})
         for attempt in outcome.attempts:
             self.tier_calls.inc(1, tags={"task": task, "tier": attempt.tier, "status": attempt.status})
+            if attempt.status == "skipped":
+                continue  # never called: no latency to observe
             self.tier_latency.observe(attempt.latency_ms, tags={"tier": attempt.tier})
             if attempt.cost_usd:
                 self.cost.inc(attempt.cost_usd, tags={"task": task, "tier": attempt.tier})

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from routenlp_ray import AllTiersFailedError, EngineError
-from routenlp_ray.cascade import CascadeTier, accepts, run_cascade
+from routenlp_ray.cascade import SKIP_NO_THRESHOLD, SKIP_UNSERVED, CascadeTier, accepts, run_cascade
 from routenlp_ray.config import Pricing
 from routenlp_ray.conformal import AnswerEvidence, mean_nll
 from routenlp_ray.engines import GenerationRequest, GenerationResult
@@ -123,3 +123,63 @@ async def test_failures_above_the_start_tier_fall_back_to_cheaper_tiers() -> Non
     )
     assert outcome.fallback is True and outcome.answered_by == "t0"
     assert [(a.tier, a.status) for a in outcome.attempts] == [("t1", "error"), ("t2", "error"), ("t0", "fallback")]
+
+
+def served(names, tasks_per_tier, *calls):
+    return [
+        CascadeTier(name=name, call=call, pricing=PRICE, timeout_s=1.0, tasks=tasks)
+        for name, tasks, call in zip(names, tasks_per_tier, calls)
+    ]
+
+
+def counting(text: str, logprobs: list[float] | None, calls: list[str]):
+    inner = answering(text, logprobs)
+
+    async def call(request: GenerationRequest) -> GenerationResult:
+        calls.append(text)
+        return await inner(request)
+
+    return call
+
+
+TASK_REQUEST = GenerationRequest(request_id="r2", messages=[{"role": "user", "content": "hi"}], task="chat")
+
+
+async def test_a_tier_that_does_not_serve_the_task_is_skipped_without_a_call_or_cost() -> None:
+    called: list[str] = []
+    cascade = served(
+        ["spec", "small", "big"],
+        [frozenset({"cs_intent"}), None, None],
+        counting("spec", [-0.01], called),
+        counting("small", [-0.1], called),
+        counting("big", [-0.1], called),
+    )
+    outcome = await run_cascade(TASK_REQUEST, cascade, 0, lambda t: 0.5, score)
+    assert called == ["small"] and outcome.answered_by == "small"
+    skip = outcome.attempts[0]
+    assert (skip.tier, skip.status, skip.cost_usd, skip.reason) == ("spec", "skipped", 0.0, SKIP_UNSERVED)
+    assert outcome.escalations == 0 and outcome.skipped == ["spec"]
+    assert skip.to_dict()["reason"] == SKIP_UNSERVED and skip.to_dict()["error"] is None
+
+
+async def test_a_cheap_tier_without_a_threshold_is_skipped_but_answers_if_everything_above_fails() -> None:
+    called: list[str] = []
+    cascade = served(["small", "big"], [None, None], counting("small", [-0.1], called), counting("big", [-0.1], called))
+    outcome = await run_cascade(TASK_REQUEST, cascade, 0, lambda t: None, score)
+    assert called == ["big"] and outcome.answered_by == "big"
+    assert [(a.tier, a.status, a.reason) for a in outcome.attempts][0] == ("small", "skipped", SKIP_NO_THRESHOLD)
+
+    called.clear()
+    cascade = served(["small", "big"], [None, None], counting("small", [-0.1], called), failing)
+    outcome = await run_cascade(TASK_REQUEST, cascade, 0, lambda t: None, score)
+    # The frontier failed: the skipped tier is the last resort, and the answer is marked a fallback.
+    assert called == ["small"] and outcome.answered_by == "small" and outcome.fallback
+    assert [a.status for a in outcome.attempts] == ["skipped", "error", "fallback"]
+
+
+async def test_an_unserved_tier_is_never_a_last_resort() -> None:
+    called: list[str] = []
+    cascade = served(["spec", "big"], [frozenset({"cs_intent"}), None], counting("spec", [-0.1], called), failing)
+    with pytest.raises(AllTiersFailedError):
+        await run_cascade(TASK_REQUEST, cascade, 0, lambda t: 0.5, score)
+    assert called == []

@@ -11,8 +11,9 @@ from tests.conftest import REPO_ROOT, small_config_dict
 
 def test_embedded_default_config_loads() -> None:
     config = load_config(REPO_ROOT / "serve_config.local.yaml")
-    assert [t.name for t in config.tiers] == ["smollm2", "frontier"]
-    assert config.tiers[0].engine.type == "transformers"
+    assert [t.name for t in config.tiers] == ["specialist", "smollm2", "frontier"]
+    assert [t.engine.type for t in config.tiers[:2]] == ["specialist", "transformers"]
+    assert "chat" not in config.tiers[0].tasks and config.tiers[1].tasks is None
     assert config.frontier.engine.type == "replay"
     assert config.server.default_task == "chat"
 
@@ -119,3 +120,25 @@ def test_embedded_default_ships_calibrated_thresholds() -> None:
     table = ThresholdTable.load(config.cascade.thresholds_path)
     assert table.alpha == config.cascade.alpha and table.score == config.cascade.uncertainty
     assert set(table.thresholds) <= {t.name for t in config.tiers[:-1]}
+
+
+def test_tier_tasks_are_checked_against_the_configured_tasks(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["tiers"][0]["tasks"] = ["chat", "ghost"]
+    with pytest.raises(ConfigError, match=r"tiers\['cheap'\]\.tasks names unknown tasks \['ghost'\]"):
+        parse_config(data)
+    data = small_config_dict(tmp_path, replay_file)
+    data["tiers"][1]["tasks"] = ["chat"]
+    with pytest.raises(ConfigError, match=r"the last tier \('frontier'\) .* cannot limit its tasks"):
+        parse_config(data)
+
+
+def test_a_specialist_tier_must_name_its_tasks(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    data["tiers"][0]["engine"] = {"type": "specialist", "path": "artifacts/specialists/x"}
+    with pytest.raises(ConfigError, match="a specialist tier must list the tasks it serves"):
+        parse_config(data)
+    data["tiers"][0]["tasks"] = ["chat"]
+    config = parse_config(data).with_absolute_paths(tmp_path)
+    assert config.tiers[0].engine.path == str(tmp_path / "artifacts/specialists/x")
+    assert config.tiers[0].serves("chat") and not config.tiers[0].serves("other")

@@ -79,11 +79,35 @@ async def test_threshold_override_forces_escalation(tmp_path: Path, replay_file:
 
 async def test_failing_tier_escalates(tmp_path: Path, replay_file: Path) -> None:
     service, _ = make_service(
-        tmp_path, replay_file, ScriptedTier("", None, fail=True), ScriptedTier("ok", None)
+        tmp_path, replay_file, ScriptedTier("", None, fail=True), ScriptedTier("ok", None),
+        cascade={"default_threshold": 0.5},
     )
     routing = (await service.chat(chat_body()))["routing"]
     assert [a["status"] for a in routing["attempts"]] == ["error", "accepted"]
-    assert "tier down" in routing["attempts"][0]["error"]
+    assert "tier down" in routing["attempts"][0]["error"] and routing["escalations"] == 1
+
+
+async def test_a_cheap_tier_with_no_threshold_is_skipped_and_costs_nothing(tmp_path: Path, replay_file: Path) -> None:
+    cheap, frontier = ScriptedTier("card_arrival", [-0.1]), ScriptedTier("big", None)
+    service, _ = make_service(tmp_path, replay_file, cheap, frontier)  # no thresholds, no default
+    routing = (await service.chat(chat_body()))["routing"]
+    skip = routing["attempts"][0]
+    assert (skip["tier"], skip["status"], skip["cost_usd"], skip["error"]) == ("cheap", "skipped", 0.0, None)
+    assert "no threshold" in skip["reason"] and routing["escalations"] == 0
+    assert cheap.requests == [] and routing["answered_by"] == "frontier"
+
+
+async def test_a_tier_that_does_not_serve_the_task_is_skipped(tmp_path: Path, replay_file: Path) -> None:
+    cheap, frontier = ScriptedTier("card_arrival", [-0.1]), ScriptedTier("big", None)
+    data = small_config_dict(tmp_path, replay_file, cascade={"default_threshold": 5.0})
+    data["tiers"][0]["tasks"] = ["chat"]
+    config = parse_config(data)
+    service = RouterService(config, {"cheap": cheap, "frontier": frontier}, query_log=QueryLog(config.storage))
+    routing = (await service.chat(chat_body()))["routing"]
+    assert [(a["tier"], a["status"]) for a in routing["attempts"]] == [("cheap", "skipped"), ("frontier", "accepted")]
+    assert routing["attempts"][0]["reason"] == "does not serve this task" and cheap.requests == []
+    routing = (await service.chat(chat_body(model="routenlp/chat")))["routing"]
+    assert routing["answered_by"] == "cheap"
 
 
 def test_task_resolution(tmp_path: Path, replay_file: Path) -> None:

@@ -1,0 +1,83 @@
+"""The specialist engine: distilled task heads on one shared encoder, answering like any other tier.
+
+Every answer is a :class:`GenerationResult` whose ``token_logprobs`` and ``top_logprobs`` carry
+the head's evidence (see :mod:`routenlp_ray.specialists.heads`), so the uncertainty scores,
+split-conformal thresholds, coverage monitor and query log treat it as they treat an LLM.
+The artifact is verified (manifest, encoder fingerprint, every file's checksum) before any
+head is loaded: a bad artifact fails the replica's start, or a live swap, naming the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from routenlp_ray._exceptions import EngineError
+from routenlp_ray.config.tiers import SpecialistEngineConfig
+from routenlp_ray.engines.base import GenerationRequest, GenerationResult, estimate_tokens, lookup_text, request_text
+from routenlp_ray.specialists.artifact import verify_artifact
+from routenlp_ray.specialists.heads import HeadAnswer, SpecialistEncoder, load_head
+
+
+class SpecialistEngine:
+    """Answers the tasks it holds heads for; any other task raises ``EngineError`` (the cascade escalates)."""
+
+    def __init__(self, config: SpecialistEngineConfig, name: str = "specialist", tasks: list[str] | None = None) -> None:
+        self.name = name
+        self.config = config
+        root = Path(config.path)
+        manifest = verify_artifact(root, tasks)
+        self.version = manifest.version
+        self.encoder = SpecialistEncoder(manifest.encoder.source, num_threads=config.num_threads)
+        self.heads = {task: load_head(root / task, self.encoder) for task in (tasks or sorted(manifest.tasks))}
+        for head in self.heads.values():
+            if hasattr(head, "exact_search_max"):
+                head.exact_search_max = config.exact_search_max
+        # One encoder, one forward at a time: concurrent batches would only fight over the cores.
+        self._lock = threading.Lock()
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.heads)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return (await self.generate_batch([request]))[0]
+
+    async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return await asyncio.to_thread(self._answer_batch, requests)
+
+    def _answer_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        started = time.perf_counter()
+        unknown = sorted({str(r.task) for r in requests if r.task not in self.heads})
+        if unknown:
+            raise EngineError(f"tier {self.name!r} has no specialist head for tasks {unknown}; it serves {self.tasks}")
+        by_task: dict[str, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            by_task[str(request.task)].append(index)
+        answers: dict[int, HeadAnswer] = {}
+        with self._lock:
+            for task, indices in by_task.items():
+                texts = [lookup_text(requests[i]) for i in indices]
+                for index, answer in zip(indices, self.heads[task].answer(texts, top_k=self.config.top_logprobs)):
+                    answers[index] = answer
+        latency_ms = (time.perf_counter() - started) * 1000
+        return [
+            GenerationResult(
+                text=answers[i].text,
+                token_logprobs=answers[i].token_logprobs,
+                top_logprobs=answers[i].top_logprobs,
+                prompt_tokens=estimate_tokens(request_text(request)),
+                completion_tokens=estimate_tokens(answers[i].text),
+                latency_ms=latency_ms,
+                model=f"{self.name}@{self.version}",
+                usage_estimated=True,
+                metadata={"head": self.heads[str(request.task)].kind, "artifact_version": self.version},
+            )
+            for i, request in enumerate(requests)
+        ]
+
+    def check_health(self) -> None:
+        return None

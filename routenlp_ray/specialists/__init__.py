@@ -1,0 +1,34 @@
+"""Distilled task specialists: cheap tiers that are right on routine queries.
+
+Heads (label classifier, entity tagger, answer cache) share one frozen encoder and are
+distilled from the frontier's answers in a Ray Train job into a versioned, checksummed artifact.
+"""
+
+from routenlp_ray.specialists.artifact import SpecialistManifest, read_manifest, verify_artifact
+from routenlp_ray.specialists.heads import (
+    AnswerCache,
+    EntitySpecialist,
+    HeadAnswer,
+    LabelSpecialist,
+    SpecialistEncoder,
+    align_entities,
+    load_head,
+)
+from routenlp_ray.specialists.training import SpecialistTrainingConfig, TaskPairs, distill_specialists, fit_heads
+
+__all__ = [
+    "AnswerCache",
+    "EntitySpecialist",
+    "HeadAnswer",
+    "LabelSpecialist",
+    "SpecialistEncoder",
+    "SpecialistManifest",
+    "SpecialistTrainingConfig",
+    "TaskPairs",
+    "align_entities",
+    "distill_specialists",
+    "fit_heads",
+    "load_head",
+    "read_manifest",
+    "verify_artifact",
+]

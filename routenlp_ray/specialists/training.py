@@ -1,0 +1,191 @@
+"""Distil the frontier into specialist heads as a Ray Train job, and write a versioned artifact.
+
+:func:`distill_specialists` runs one :class:`ray.train.torch.TorchTrainer` worker that loads the
+shared encoder once and fits one head per task from (query, frontier answer) pairs. The heads
+come back as the run's checkpoint (kept in Ray Train storage, so a finished run is on record),
+and the driver assembles them into an artifact folder with a checksummed manifest
+(:mod:`routenlp_ray.specialists.artifact`) that the specialist engine and the release store load.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from routenlp_ray._exceptions import RouteNLPError
+from routenlp_ray.config._base import StrictModel
+from routenlp_ray.routing.encoder import MINILM_SOURCE
+from routenlp_ray.specialists.artifact import HeadEntry, HeadKind, data_fingerprint, write_artifact
+
+__all__ = [
+    "SpecialistTrainingConfig",
+    "TaskPairs",
+    "distill_specialists",
+    "fit_heads",
+    "frontier_pairs",
+    "head_kind_for_parser",
+]
+
+# The task parser decides the head: labels are classified, entity lists tagged, free text cached.
+_HEAD_FOR_PARSER: dict[str, HeadKind] = {"label": "label", "entities": "entities", "text": "cache"}
+
+
+def head_kind_for_parser(parser: str) -> HeadKind:
+    return _HEAD_FOR_PARSER[parser]
+
+
+class TaskPairs(StrictModel):
+    """One task's distillation data: queries and the frontier's answers to them."""
+
+    kind: HeadKind = Field(description="Head to fit: label, entities or cache.")
+    texts: list[str] = Field(min_length=1, description="Client queries, as the tier receives them (raw input).")
+    answers: list[str] = Field(min_length=1, description="The frontier's answer to each query, verbatim.")
+
+
+class SpecialistTrainingConfig(StrictModel):
+    """How heads are fitted and where the Ray Train worker runs."""
+
+    encoder_source: str = Field(MINILM_SOURCE, description="The frozen encoder the heads sit on.")
+    Cs: list[float] = Field(
+        default_factory=lambda: [1.0, 10.0, 100.0],
+        min_length=1,
+        description="Inverse regularisation strengths tried; the best on a held-out slice of the pairs is kept.",
+    )
+    holdout: float = Field(0.1, gt=0, lt=1, description="Share of the pairs held out to pick C (then refit on all).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs the worker reserves; also its torch thread count.")
+    seed: int = Field(0, description="Seed of the held-out split.")
+
+
+def fit_heads(
+    pairs: dict[str, TaskPairs], config: SpecialistTrainingConfig, output_dir: Path
+) -> dict[str, dict[str, Any]]:
+    """Fit every task's head on one shared encoder and save each to ``output_dir/<task>``; returns metrics."""
+    from routenlp_ray.specialists.heads import SpecialistEncoder, make_head
+
+    encoder = SpecialistEncoder(config.encoder_source, num_threads=max(1, int(config.cpus_per_worker)))
+    summary: dict[str, dict[str, Any]] = {}
+    for task, data in sorted(pairs.items()):
+        if len(data.texts) != len(data.answers):
+            raise ValueError(f"task {task!r}: {len(data.texts)} texts but {len(data.answers)} answers")
+        started = time.perf_counter()
+        params = {} if data.kind == "cache" else {"Cs": config.Cs, "holdout": config.holdout, "seed": config.seed}
+        head = make_head(data.kind, encoder, **params).fit(data.texts, data.answers)
+        head.save(output_dir / task)
+        metrics: dict[str, float] = {"fit_seconds": time.perf_counter() - started}
+        if data.kind != "cache":
+            metrics.update({"C": head.C_, **{f"holdout_at_C={c:g}": v for c, v in head.holdout_scores_.items()}})
+        summary[task] = {
+            "kind": data.kind,
+            "n_examples": len(data.texts),
+            "data_fingerprint": data_fingerprint(data.texts, data.answers),
+            "metrics": metrics,
+        }
+    return summary
+
+
+def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    import ray.train
+
+    config = SpecialistTrainingConfig.model_validate(loop_config["config"])
+    pairs = {task: TaskPairs.model_validate(p) for task, p in loop_config["pairs"].items()}
+    with tempfile.TemporaryDirectory() as folder:
+        summary = fit_heads(pairs, config, Path(folder))
+        ray.train.report(
+            {"tasks": len(summary)},
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=f"heads_{time.time_ns()}",
+        )
+    return summary
+
+
+def distill_specialists(
+    pairs: dict[str, TaskPairs],
+    output_dir: str | Path,
+    version: str,
+    config: SpecialistTrainingConfig | None = None,
+    storage_path: str | Path = "var/ray_train",
+    run_name: str | None = None,
+) -> Path:
+    """Fit the heads in a Ray Train job and write the artifact ``output_dir`` (which must not exist yet).
+
+    Starts Ray (``ray.init()``) when it is not running yet; on a cluster, submit the command that
+    calls this with ``ray job submit`` and the worker lands wherever a CPU is free.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not pairs:
+        raise ValueError("distill_specialists needs pairs for at least one task, got none")
+    config = config or SpecialistTrainingConfig()
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "pairs": {task: p.model_dump(mode="json") for task, p in pairs.items()},
+        },
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": config.cpus_per_worker}),
+        run_config=RunConfig(
+            storage_path=str(Path(storage_path).expanduser().resolve()), name=run_name or f"specialists-{version}"
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None or result.return_value is None:
+        raise RouteNLPError(f"specialist distillation {version!r} ended without heads (run folder {result.path})")
+    summary: dict[str, dict[str, Any]] = result.return_value
+    with result.checkpoint.as_directory() as folder:
+        heads = {
+            task: (
+                Path(folder) / task,
+                HeadEntry(
+                    kind=info["kind"],
+                    files={},
+                    data_fingerprint=info["data_fingerprint"],
+                    n_examples=info["n_examples"],
+                    metrics=info["metrics"],
+                ),
+            )
+            for task, info in summary.items()
+        }
+        return write_artifact(output_dir, version, config.encoder_source, heads)
+
+
+async def frontier_pairs(
+    teacher: Any, task: Any, kind: HeadKind, texts: list[str], batch_size: int = 32, max_tokens: int = 256
+) -> tuple[TaskPairs, int]:
+    """Ask ``teacher`` (the frontier tier's engine) for its answer to each text of ``task``.
+
+    Returns the pairs and how many texts got no answer (a replay miss, an API error); those are
+    left out rather than guessed. ``task`` is the task's :class:`~routenlp_ray.config.tasks.TaskConfig`,
+    whose prompts are applied exactly as the router applies them when serving.
+    """
+    from routenlp_ray.engines.base import GenerationRequest
+
+    kept_texts, answers, missing = [], [], 0
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        requests = [
+            GenerationRequest(
+                request_id=f"distil-{start + i}",
+                messages=task.apply_to_messages([{"role": "user", "content": text}]),
+                max_tokens=max_tokens,
+                task=task.name,
+                raw_input=text,
+            )
+            for i, text in enumerate(chunk)
+        ]
+        for text, request in zip(chunk, requests):
+            try:
+                result = (await teacher.generate_batch([request]))[0]
+            except Exception:  # a teacher that cannot answer one query must not stop the others
+                missing += 1
+                continue
+            if result.text.strip():
+                kept_texts.append(text)
+                answers.append(result.text)
+            else:
+                missing += 1
+    return TaskPairs(kind=kind, texts=kept_texts, answers=answers), missing

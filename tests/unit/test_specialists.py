@@ -1,0 +1,141 @@
+"""Specialist heads and artifacts on the real packaged MiniLM (no Ray): fit, answer, save, load, refuse."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routenlp_ray import ArtifactError, NotFittedError
+from routenlp_ray.conformal import AnswerEvidence, max_nll, mean_nll
+from routenlp_ray.specialists import (
+    AnswerCache,
+    EntitySpecialist,
+    LabelSpecialist,
+    SpecialistEncoder,
+    align_entities,
+    verify_artifact,
+)
+from routenlp_ray.specialists.artifact import HeadEntry, MANIFEST, data_fingerprint, write_artifact
+from routenlp_ray.specialists.heads import _spans
+
+CARD = ["my card has not arrived yet", "when will my new card arrive", "still waiting for the card I ordered",
+        "the card you sent me never came", "how long does card delivery take", "is my card on its way"]
+REFUND = ["I want my money back for this purchase", "please refund the payment", "how do I get a refund",
+          "refund the charge on my account", "I was charged twice, give me a refund", "reverse this payment please"]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SpecialistEncoder:
+    return SpecialistEncoder(num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def label_head(encoder: SpecialistEncoder) -> LabelSpecialist:
+    texts = CARD + REFUND
+    answers = ["card_arrival"] * len(CARD) + ["request_refund"] * len(REFUND)
+    return LabelSpecialist(encoder, Cs=[10.0]).fit(texts, answers)
+
+
+def test_label_head_answers_with_the_frontiers_label_and_its_log_probability(label_head: LabelSpecialist) -> None:
+    assert label_head.classes_.tolist() == ["card_arrival", "request_refund"]
+    [answer] = label_head.answer(["where is the card I am waiting for?"])
+    assert answer.text == "card_arrival"
+    proba = label_head.predict_proba(["where is the card I am waiting for?"])[0]
+    assert proba.shape == (2,) and proba.sum() == pytest.approx(1.0)
+    assert answer.token_logprobs == [pytest.approx(math.log(proba.max()), abs=1e-5)]
+    assert len(answer.top_logprobs[0]) == 2
+    # The evidence means what it means for an LLM tier: mean NLL is -log p(chosen label).
+    assert mean_nll(AnswerEvidence(answer.text, answer.token_logprobs)) == pytest.approx(-math.log(proba.max()), abs=1e-5)
+
+
+def test_a_head_round_trips_through_save_and_load(label_head: LabelSpecialist, encoder, tmp_path: Path) -> None:
+    label_head.save(tmp_path / "head")
+    loaded = LabelSpecialist.load(tmp_path / "head", encoder)
+    texts = ["refund me", "card not here"]
+    np.testing.assert_allclose(loaded.predict_proba(texts), label_head.predict_proba(texts), rtol=1e-5)
+
+
+def test_an_unfitted_head_says_so(encoder: SpecialistEncoder) -> None:
+    with pytest.raises(NotFittedError, match="call fit or load"):
+        LabelSpecialist(encoder).predict(["x"])
+    with pytest.raises(ValueError, match="as many answers as texts"):
+        LabelSpecialist(encoder).fit(["a", "b"], ["x"])
+
+
+def test_entities_are_aligned_to_words_and_decoded_back() -> None:
+    words = "Loan between SILICON VALLEY BANK and Acme Inc . in California".split()
+    entities = [{"text": "SILICON VALLEY BANK", "type": "ORG"}, {"text": "California", "type": "LOC"},
+                {"text": "not in the text", "type": "PER"}]
+    tags = align_entities(words, entities)
+    assert tags[2:5] == ["B-ORG", "I-ORG", "I-ORG"] and tags[-1] == "B-LOC" and tags.count("O") == len(words) - 4
+    assert _spans(tags) == [(2, 5, "ORG"), (len(words) - 1, len(words), "LOC")]
+    assert _spans(["I-ORG", "I-ORG", "O", "B-PER", "I-LOC"]) == [(0, 2, "ORG"), (3, 4, "PER"), (4, 5, "LOC")]
+
+
+def test_entity_head_tags_words_and_reports_each_words_confidence(encoder: SpecialistEncoder) -> None:
+    texts = [f"The loan from {bank} to {company} was signed" for bank, company in
+             [("Chase", "Acme"), ("Citibank", "Globex"), ("Wells", "Initech"), ("Barclays", "Umbrella")]] * 3
+    answers = [json.dumps([{"text": t.split()[3], "type": "ORG"}, {"text": t.split()[5], "type": "ORG"}]) for t in texts]
+    head = EntitySpecialist(encoder, Cs=[10.0]).fit(texts, answers)
+    [answer] = head.answer(["The loan from Chase to Globex was signed"])
+    assert {e["text"] for e in json.loads(answer.text)} == {"Chase", "Globex"}
+    assert len(answer.token_logprobs) == 8  # one per word
+    assert max_nll(AnswerEvidence(answer.text, answer.token_logprobs)) >= mean_nll(
+        AnswerEvidence(answer.text, answer.token_logprobs)
+    )
+    assert head.answer([""])[0].text == "[]"
+
+
+def test_answer_cache_returns_the_nearest_queries_answer_and_its_similarity(encoder: SpecialistEncoder) -> None:
+    cache = AnswerCache(encoder).fit(["how do I reset my password", "cancel my order"], ["Go to settings.", "Sorry!"])
+    [answer] = cache.answer(["how can I reset my password?"])
+    assert answer.text == "Go to settings."
+    similarity = math.exp(answer.token_logprobs[0])
+    assert 0.8 < similarity <= 1.0
+    assert mean_nll(AnswerEvidence(answer.text, answer.token_logprobs)) == pytest.approx(-math.log(similarity))
+
+
+def test_answer_cache_past_the_exact_limit_uses_an_hnsw_index_with_the_same_answers(encoder) -> None:
+    texts = [f"question number {i} about {topic}" for i, topic in enumerate(["cards", "loans", "fees", "refunds"] * 5)]
+    answers = [f"answer {i}" for i in range(len(texts))]
+    exact = AnswerCache(encoder).fit(texts, answers)
+    indexed = AnswerCache(encoder, exact_search_max=5).fit(texts, answers)
+    assert exact.index_ is None and indexed.index_ is not None
+    queries = ["question number 3 about refunds", "something about loans, number 9"]
+    assert indexed.predict(queries) == exact.predict(queries)
+
+
+def _artifact(label_head: LabelSpecialist, tmp_path: Path) -> Path:
+    label_head.save(tmp_path / "heads" / "cs_intent")
+    entry = HeadEntry(kind="label", files={}, data_fingerprint=data_fingerprint(["a"], ["b"]), n_examples=12)
+    return write_artifact(tmp_path / "v1", "v1", label_head.encoder.model_source,
+                          {"cs_intent": (tmp_path / "heads" / "cs_intent", entry)})
+
+
+def test_an_artifact_is_checksummed_and_a_corrupt_file_is_refused_by_name(label_head, tmp_path: Path) -> None:
+    folder = _artifact(label_head, tmp_path)
+    assert verify_artifact(folder, ["cs_intent"]).version == "v1"
+    with pytest.raises(ArtifactError, match="already exists"):
+        _artifact(label_head, tmp_path)
+    with pytest.raises(ArtifactError, match=r"no head for tasks \['legal_risk'\]"):
+        verify_artifact(folder, ["cs_intent", "legal_risk"])
+    weights = folder / "cs_intent" / "head.npz"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match=r"cs_intent/head\.npz.*checksum"):
+        verify_artifact(folder, ["cs_intent"])
+
+
+def test_a_head_trained_on_another_encoder_is_refused(label_head, tmp_path: Path) -> None:
+    folder = _artifact(label_head, tmp_path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["encoder"]["fingerprint"] = "0" * 64
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="was trained on encoder"):
+        verify_artifact(folder)
+    (folder / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"manifest\.json.*invalid"):
+        verify_artifact(folder)
