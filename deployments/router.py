@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from routenlp_ray._exceptions import AllTiersFailedError, PayloadTooLargeError, RequestError
 from routenlp_ray.config.app import parse_config
 from routenlp_ray.conformal.thresholds import ThresholdTable
-from routenlp_ray.loop.releases import ReleaseWatcher
+from routenlp_ray.releases import ReleaseWatcher
 from routenlp_ray.serving.http import parse_body
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest, error_body
 from routenlp_ray.serving.service import RouterService

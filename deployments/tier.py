@@ -12,7 +12,7 @@ from ray import serve
 from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.engines.base import Engine, GenerationRequest, GenerationResult
 from routenlp_ray.engines.factory import make_engine
-from routenlp_ray.loop.releases import Release, ReleaseWatcher
+from routenlp_ray.releases import Release, ReleaseWatcher
 
 logger = logging.getLogger("routenlp.tier")
 
@@ -30,6 +30,8 @@ class TierDeployment:
         self.engine = engine_factory(self.tier)
         self._engine_factory = engine_factory
         self.release_version: str | None = None
+        # The last release this tier could not load, and why: shown by release_status.
+        self.refused_release: dict[str, str] | None = None
         self._swapping = threading.Lock()
         # Transformers tiers take a LoRA adapter and specialist tiers a new artifact in process;
         # vLLM tiers load theirs themselves.
@@ -86,9 +88,10 @@ class TierDeployment:
             engine_config = self.tier.engine.model_copy(update={field: wanted})
             try:
                 engine = self._engine_factory(self.tier.model_copy(update={"engine": engine_config}))
-            except Exception:
+            except Exception as exc:
                 logger.exception("tier %s: could not load release %s; keeping %s", self.tier.name, release.version,
                                  self.release_version)
+                self.refused_release = {"version": release.version, "error": f"{type(exc).__name__}: {exc}"}
                 self._watcher.mark_applied(release.version)  # do not retry a broken release in a loop
                 return
             self.engine, self.release_version = engine, release.version
@@ -98,7 +101,8 @@ class TierDeployment:
     def release_status(self) -> dict[str, Any]:
         self._follow_releases()
         artifact = getattr(getattr(self.engine, "config", None), self._artifact_field or "", None)
-        status = {"tier": self.tier.name, "release": self.release_version, "artifact": artifact}
+        status = {"tier": self.tier.name, "release": self.release_version, "artifact": artifact,
+                  "refused": self.refused_release}
         if self._artifact_field == "adapter_path":
             status["adapter_path"] = artifact
         return status

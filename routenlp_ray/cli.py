@@ -100,8 +100,8 @@ def _add_records_arguments(
 def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     from routenlp_ray.conformal.scores import UNCERTAINTY_SCORES
 
-    parser.add_argument("--score", choices=[*UNCERTAINTY_SCORES, "learned"], default="mean_nll",
-                        help="uncertainty score u(m_k, x)")
+    parser.add_argument("--score", choices=[*UNCERTAINTY_SCORES, "learned"], default=None,
+                        help="uncertainty score u(m_k, x) for every task (default: each task's score in the config)")
     parser.add_argument("--answer-scorer", default=None, help="learned answer scorer folder, for --score learned")
 
 
@@ -158,7 +158,10 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
 
 
 def _score_from_args(args: argparse.Namespace) -> Any:
-    """The uncertainty score named by ``--score`` (a learned one is loaded from ``--answer-scorer``)."""
+    """The uncertainty score named by ``--score`` (a learned one is loaded from ``--answer-scorer``).
+
+    None means each task's own score, as the config's ``cascade.uncertainty_per_task`` says.
+    """
     if args.score != "learned":
         return args.score
     if not args.answer_scorer:
@@ -172,11 +175,30 @@ def _tables_from_args(args: argparse.Namespace, config: Any, score: Any) -> list
     from routenlp_ray.conformal.scores import get_uncertainty_score
     from routenlp_ray.recording.tables import load_tables
 
+    if score is None:
+        from routenlp_ray.conformal.selection import TaskScores
+
+        scores = TaskScores(config.cascade)
+        return [
+            table
+            for task in benchmark_tasks(args, config)
+            for table in load_tables(config, [Path(r) for r in args.records], Path(args.data_dir), [task],
+                                     args.split, scores.for_task(task))
+        ]
     callable_score = get_uncertainty_score(score) if isinstance(score, str) else score
     return load_tables(
         config, [Path(r) for r in args.records], Path(args.data_dir), benchmark_tasks(args, config), args.split,
         callable_score,
     )
+
+
+def _per_task_score_name(config: Any) -> str:
+    """How a threshold table made with each task's own score names that score."""
+    cascade = config.cascade
+    if not cascade.uncertainty_per_task:
+        return cascade.uncertainty
+    per_task = ",".join(f"{task}={name}" for task, name in sorted(cascade.uncertainty_per_task.items()))
+    return f"{cascade.uncertainty} ({per_task})"
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -201,7 +223,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             tiers += [tier] * len(table.ids)
             task_names += [table.task] * len(table.ids)
     calibrator = ConformalCalibrator(
-        alpha=args.alpha, method=args.method, epsilon=args.epsilon, delta=args.delta, score=score
+        alpha=args.alpha, method=args.method, epsilon=args.epsilon, delta=args.delta,
+        score=score if score is not None else _per_task_score_name(config),
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -332,6 +355,37 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_specialist(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.specialist_bench import run_specialist_benchmark
+    from routenlp_ray.config import load_config
+
+    config = load_config(args.config).with_absolute_paths(os.getcwd())
+    report = run_specialist_benchmark(config, args.tier, args.data_dir, per_task=args.per_task,
+                                      batch_size=args.batch_size, rounds=args.rounds)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    single, batched = report["single_client_ms"], report["batched_answers_per_s"]
+    print(f"{report['queries']} queries over {report['tasks']}: one client p50 {single['p50']:.1f} ms, "
+          f"p99 {single['p99']:.1f} ms; batched {batched['mean']:.0f} ± {batched['sd']:.0f} answers/s; "
+          f"peak RSS {report['peak_rss_mb']:.0f} MB")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_bench_load(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.serving import run_load_benchmark
+
+    report = run_load_benchmark(args.config, args.data_dir, args.out, requests=args.requests,
+                                concurrency=args.concurrency)
+    latency = report["latency"] or {}
+    print(f"{report['requests']} requests from {report['concurrency']} clients: {report['requests_per_s']:.1f} req/s, "
+          f"p50 {latency.get('p50_ms', float('nan')):.0f} ms, p99 {latency.get('p99_ms', float('nan')):.0f} ms, "
+          f"{report['errors']} errors; answered by {report['answered_by']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_loop_run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -369,7 +423,7 @@ def datetime_run_id() -> str:
 
 def _release_store(args: argparse.Namespace) -> Any:
     from routenlp_ray.config import load_config
-    from routenlp_ray.loop.releases import ReleaseStore
+    from routenlp_ray.releases import ReleaseStore
 
     path = args.path or load_config(args.config).with_absolute_paths(os.getcwd()).releases.path
     if not path:
@@ -558,6 +612,24 @@ def build_parser() -> argparse.ArgumentParser:
     loop_bench.add_argument("--top-clusters", type=int, default=3)
     loop_bench.add_argument("--out", default="results/loop_iteration.json")
     loop_bench.set_defaults(func=_cmd_bench_loop)
+    specialist = benches.add_parser("specialist", help="latency, throughput and memory of a specialist tier's engine")
+    specialist.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    specialist.add_argument("--tier", default="specialist")
+    specialist.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    specialist.add_argument("--per-task", type=int, default=100, help="validation queries per task")
+    specialist.add_argument("--batch-size", type=int, default=64)
+    specialist.add_argument("--rounds", type=int, default=3)
+    specialist.add_argument("--out", default="results/bench_specialist.json")
+    specialist.set_defaults(func=_cmd_bench_specialist)
+
+    load = benches.add_parser("load", help="throughput and latency of the whole embedded default under many clients")
+    load.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    load.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    load.add_argument("--requests", type=int, default=400)
+    load.add_argument("--concurrency", type=int, default=16)
+    load.add_argument("--out", default="results/bench_load.json")
+    load.set_defaults(func=_cmd_bench_load)
+
     serving = benches.add_parser("serving", help="router ingress overhead and memory of the embedded default")
     serving.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
     serving.add_argument("--data-dir", default=DEFAULT_DATA_DIR)

@@ -12,6 +12,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTENLP_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def tier_named(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The tier ``name`` of a config dict (tests edit tiers by name, not by position)."""
+    return next(t for t in config["tiers"] if t["name"] == name)
+
+
 def small_config_dict(tmp_path: Path, replay_file: Path, **overrides: Any) -> dict[str, Any]:
     """A two-tier config: a cheap tier and a replay frontier over ``replay_file``."""
     config: dict[str, Any] = {

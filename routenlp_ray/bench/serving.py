@@ -35,8 +35,14 @@ def latency_summary(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-async def _load(url: str, bodies: list[dict[str, Any]], concurrency: int, timeout_s: float) -> tuple[list[float], int]:
-    """POST every body with ``concurrency`` clients in flight; returns latencies and the error count."""
+async def _load(
+    url: str, bodies: list[dict[str, Any]], concurrency: int, timeout_s: float,
+    answered_by: list[str] | None = None,
+) -> tuple[list[float], int]:
+    """POST every body with ``concurrency`` clients in flight; returns latencies and the error count.
+
+    With ``answered_by``, each successful response's answering tier is appended to it.
+    """
     import httpx
 
     latencies: list[float] = []
@@ -62,6 +68,8 @@ async def _load(url: str, bodies: list[dict[str, Any]], concurrency: int, timeou
                     ok = False
                 if ok:
                     latencies.append((time.perf_counter() - started) * 1000)
+                    if answered_by is not None:
+                        answered_by.append(response.json()["routing"]["answered_by"])
                 else:
                     errors += 1
 
@@ -216,6 +224,83 @@ def bench_embedded_memory(config: RouteNLPConfig, port: int, work_dir: Path, req
         "latency": latency_summary(latencies) if latencies else None,
         "note": "PSS counts shared pages once; the RSS sum counts them per process and overstates the total.",
     }
+
+
+def bench_embedded_load(
+    config: RouteNLPConfig, data_dir: Path, port: int, work_dir: Path, requests: int, concurrency: int,
+    tasks: tuple[str, ...] = ("cs_intent", "legal_risk"),
+) -> dict[str, Any]:
+    """Throughput and latency of the whole embedded default under ``concurrency`` clients.
+
+    Inputs are validation queries of ``tasks`` (which the replay frontier knows), so every
+    request has a real answer whichever tier ends up giving it.
+    """
+    from ray import serve
+
+    from deployments.builders import build_routenlp_app
+
+    data = config.model_dump(mode="json")
+    data["storage"] = {"log_uri": str(work_dir / "load-log"), "spool_dir": str(work_dir / "load-spool")}
+    data["monitoring"]["artifacts_dir"] = str(work_dir / "load-thresholds")
+    embedded = RouteNLPConfig.model_validate(data)
+    serve.run(build_routenlp_app(embedded), name="bench-load", route_prefix="/load")
+    rows = [json.loads(line) for task in tasks for line in (data_dir / task / "validation.jsonl").open()]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    bodies = [
+        {"model": f"routenlp/{row['task']}", "max_tokens": 16, "messages": [{"role": "user", "content": row["input"]}]}
+        for row in (rows * (1 + requests // len(rows)))[:requests]
+    ]
+    url = f"http://127.0.0.1:{port}/load/v1/chat/completions"
+    asyncio.run(_load(url, bodies[:32], 4, 120))  # warm-up, not counted
+    answered_by: list[str] = []
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(_load(url, bodies, concurrency, 120, answered_by))
+    wall_s = time.perf_counter() - started
+    serve.delete("bench-load")
+    tiers, counts = np.unique(answered_by, return_counts=True)
+    return {
+        "requests": len(bodies),
+        "concurrency": concurrency,
+        "tasks": list(tasks),
+        "errors": errors,
+        "wall_s": wall_s,
+        "requests_per_s": len(latencies) / wall_s,
+        "latency": latency_summary(latencies) if latencies else None,
+        "answered_by": {str(t): int(c) for t, c in zip(tiers, counts)},
+        "targets": {"requests_per_s": 50, "p99_ms": 1000},
+    }
+
+
+def run_load_benchmark(
+    config_path: str, data_dir: str, out: str, requests: int = 400, concurrency: int = 16,
+) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    from routenlp_ray.cli import free_port
+
+    config = load_config(config_path).with_absolute_paths(Path.cwd())
+    work_dir = Path(tempfile.mkdtemp(prefix="routenlp-bench-load-"))
+    port = free_port()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        load = bench_embedded_load(config, Path(data_dir), port, work_dir, requests, concurrency)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    report = {
+        "benchmark": "load",
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "machine": {"cpus": _cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": config_path,
+        **load,
+    }
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2))
+    return report
 
 
 def run_serving_benchmark(

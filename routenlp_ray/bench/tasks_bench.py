@@ -204,7 +204,10 @@ def run_tasks_benchmark(
 
     from routenlp_ray.routing.encoder import SentenceEncoder
 
-    tables = {t: build_table(config, Path(records_dir), Path(data_dir), t, split) for t in tasks}
+    from routenlp_ray.conformal.selection import TaskScores
+
+    scores = TaskScores(config.cascade)  # each task's uncertainty score, as the service computes it
+    tables = {t: build_table(config, Path(records_dir), Path(data_dir), t, split, scores.for_task(t)) for t in tasks}
     encoder = encoder or SentenceEncoder()
     tiers = tables[tasks[0]].tiers
     train = {t: tab.rows(~np.array([in_held_out_half(i) for i in tab.ids])) for t, tab in tables.items()}

@@ -28,7 +28,7 @@ from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.conformal.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.conformal.thresholds import load_thresholds
 from routenlp_ray.loop.distill import DistillConfig, DistillExample, train_lora_adapter
-from routenlp_ray.loop.releases import ReleaseStore
+from routenlp_ray.releases import ReleaseStore
 from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
 from routenlp_ray.telemetry.querylog import read_records
 

@@ -37,7 +37,7 @@ from routenlp_ray.engines.base import GenerationRequest
 from routenlp_ray.monitoring.audits import Audit, AuditedAnswer, AuditSampler, audit_from_outcome
 
 if TYPE_CHECKING:
-    from routenlp_ray.loop.releases import Release
+    from routenlp_ray.releases import Release
 from routenlp_ray.routing.policy import StartTierPolicy, load_policy
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics

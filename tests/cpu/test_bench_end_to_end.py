@@ -11,7 +11,7 @@ from routenlp_ray.cli import main
 from routenlp_ray.config import load_config
 from routenlp_ray.conformal import ThresholdTable
 from routenlp_ray.routing.learned_policy import RouterStartPolicy
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tier_named
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ TASKS = ["cs_intent", "legal_risk"]
 
 def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: Path) -> None:
     config = load_config(REPO_ROOT / "serve_config.local.yaml").model_dump(mode="json")
-    config["tiers"][1]["engine"]["records"] = [str(data_dir / t / "validation.jsonl") for t in TASKS]
+    tier_named(config, "frontier")["engine"]["records"] = [str(data_dir / t / "validation.jsonl") for t in TASKS]
     config_file = tmp_path / "routenlp.yaml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
     records, common = tmp_path / "records", ["--config", str(config_file), "--data-dir", str(data_dir)]
@@ -39,6 +39,9 @@ def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: P
     policies = report["per_task"]["cs_intent"]["policies"]
     assert {"frontier_only", "cheapest_only", "random", "routellm_binary", "cascade", "router", "router_cascade",
             "oracle"} <= set(policies)
+    calibrated = report["per_task"]["cs_intent"]["calibrated"]
+    assert set(calibrated) == {"cascade_coverage", "cascade_risk"}
+    assert set(calibrated["cascade_risk"]["thresholds"]) == {"specialist", "smollm2"}
     assert policies["frontier_only"]["retention"] == 1.0
     assert report["router_decision_latency"]["batched_decisions_per_s"] > 0
     assert out.with_suffix(".md").read_text().startswith("# Six-task routing benchmark")
@@ -49,13 +52,15 @@ def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: P
                  "--out", str(thresholds)]) == 0
     table = ThresholdTable.load(thresholds)
     assert table.version == "cal-ci" and set(table.thresholds["smollm2"]) == set(TASKS)
+    assert set(table.thresholds["specialist"]) == set(TASKS)
 
     artifacts = tmp_path / "artifacts"
     assert main(["train-router", *common, "--records", str(records), "--tasks", *TASKS, "--epochs", "5",
                  "--version", "router-ci", "--out", str(artifacts)]) == 0
     policy = RouterStartPolicy.load(artifacts / "router-ci")
     assert set(policy.targets) == set(TASKS)
-    assert policy.start_tier("cs_intent", "where is my new card?", ["smollm2", "frontier"]) in {"smollm2", "frontier"}
+    tiers = ["specialist", "smollm2", "frontier"]
+    assert policy.start_tier("cs_intent", "where is my new card?", tiers) in tiers
 
 
 def test_router_judgments_benchmark_runs(tmp_path: Path, data_dir: Path) -> None:

@@ -22,10 +22,10 @@ from routenlp_ray.cli import main
 from routenlp_ray.config import load_config, parse_config
 from routenlp_ray.conformal import ThresholdTable
 from routenlp_ray.loop.iteration import Iteration, LoopSettings
-from routenlp_ray.loop.releases import ReleaseStore
+from routenlp_ray.releases import ReleaseStore
 from routenlp_ray.tasks.data import load_examples, task_file
 from routenlp_ray.telemetry import read_records
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tier_named
 from tests.cpu.conftest import deploy_declaratively, wait_for
 
 pytestmark = pytest.mark.slow
@@ -40,8 +40,10 @@ def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir:
     tmp_path = tmp_path_factory.mktemp("loop")
     data = load_config(REPO_ROOT / "serve_config.local.yaml").model_dump(mode="json")
     data["storage"] = {"log_uri": str(tmp_path / "log"), "spool_dir": str(tmp_path / "spool")}
-    data["tiers"][1]["engine"]["records"] = [str(data_dir / t / "*.jsonl") for t in TASKS]
-    data["tiers"][0]["limits"]["default_max_tokens"] = 12
+    # The loop distils into the SmolLM2 student; the specialist tier has its own test.
+    data["tiers"] = [t for t in data["tiers"] if t["name"] != "specialist"]
+    tier_named(data, "frontier")["engine"]["records"] = [str(data_dir / t / "*.jsonl") for t in TASKS]
+    tier_named(data, "smollm2")["limits"]["default_max_tokens"] = 12
     # No calibrated thresholds yet: SmolLM2 escalates everything, so the log is full of failures.
     data["cascade"].update({"thresholds_path": None, "default_threshold": None})
     data["monitoring"]["enabled"] = False

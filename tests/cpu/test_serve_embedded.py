@@ -1,4 +1,4 @@
-"""The embedded default (SmolLM2 tier + replay frontier) on real Ray Serve, through the openai client."""
+"""The embedded default (specialist, SmolLM2 and replay frontier tiers) on real Ray Serve, through the openai client."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from openai import OpenAI
 
 from routenlp_ray.config import load_config
 from routenlp_ray.telemetry import read_dataset, read_records
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tier_named
 from tests.cpu.conftest import deploy_declaratively, prometheus_text
 
 pytestmark = pytest.mark.slow
@@ -26,8 +26,8 @@ def embedded_config(tmp_path: Path, data_dir: Path) -> Any:
     data = config.model_dump(mode="json")
     data["storage"] = {"log_uri": str(tmp_path / "log"), "spool_dir": str(tmp_path / "spool")}
     # A small slice of the shared data keeps the replay tier quick to load in CI.
-    data["tiers"][1]["engine"]["records"] = [str(data_dir / "cs_intent" / "validation.jsonl")]
-    data["tiers"][0]["limits"]["default_max_tokens"] = 8
+    tier_named(data, "frontier")["engine"]["records"] = [str(data_dir / "cs_intent" / "validation.jsonl")]
+    tier_named(data, "smollm2")["limits"]["default_max_tokens"] = 8
     data["cascade"]["thresholds_path"] = str(REPO_ROOT / data["cascade"]["thresholds_path"])
     return data
 
@@ -70,7 +70,8 @@ def test_chat_completion_runs_real_smollm2_and_returns_routing(client: OpenAI, a
         model="routenlp/chat", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=8
     )
     routing = response.model_extra["routing"]
-    first = routing["attempts"][0]
+    skipped, first = routing["attempts"][:2]
+    assert (skipped["tier"], skipped["status"], skipped["cost_usd"]) == ("specialist", "skipped", 0.0)
     assert first["tier"] == "smollm2" and first["completion_tokens"] >= 1
     assert first["uncertainty"] is not None and first["threshold"] == 1.0
     assert response.choices[0].message.content
@@ -78,14 +79,27 @@ def test_chat_completion_runs_real_smollm2_and_returns_routing(client: OpenAI, a
     assert routing["answered_by"] in {"smollm2", "frontier"}
     assert routing["frontier_cost_usd"] > 0
     logged = {r["id"]: r for r in read_records(app["log"], "queries")}
-    assert logged[response.id]["attempts"][0]["tier"] == "smollm2"
+    assert [a["tier"] for a in logged[response.id]["attempts"]][:2] == ["specialist", "smollm2"]
+
+
+def test_a_cs_intent_query_the_specialist_is_sure_of_is_answered_by_it(client: OpenAI, data_dir: Path) -> None:
+    # A query from the specialist's own training split: the shipped heads and thresholds accept it.
+    with (data_dir / "cs_intent" / "train.jsonl").open() as handle:
+        example = json.loads(handle.readline())
+    response = client.chat.completions.create(
+        model="routenlp/cs_intent", messages=[{"role": "user", "content": example["input"]}], max_tokens=8
+    )
+    routing = response.model_extra["routing"]
+    assert response.choices[0].message.content == example["reference"]
+    assert [(a["tier"], a["status"]) for a in routing["attempts"]] == [("specialist", "accepted")]
+    assert routing["saved_usd"] > 0.99 * routing["frontier_cost_usd"] > 0
 
 
 def test_threshold_pushed_through_user_config_forces_escalation_without_restart(
     client: OpenAI, app: dict[str, Any], data_dir: Path
 ) -> None:
     before = httpx.get(f"http://127.0.0.1:{app['port']}/healthz").json()
-    deploy(app["config"], user_config={"thresholds": {"smollm2": {"cs_intent": -1.0}}})
+    deploy(app["config"], user_config={"thresholds": {"specialist": {"cs_intent": -1.0}, "smollm2": {"cs_intent": -1.0}}})
     after = httpx.get(f"http://127.0.0.1:{app['port']}/healthz").json()
     assert after["pid"] == before["pid"] and after["started_at"] == before["started_at"]
     assert after["thresholds_version"] != before["thresholds_version"]
@@ -95,8 +109,10 @@ def test_threshold_pushed_through_user_config_forces_escalation_without_restart(
         model="routenlp/cs_intent", messages=[{"role": "user", "content": example["input"]}], max_tokens=8
     )
     routing = response.model_extra["routing"]
-    assert [(a["tier"], a["status"]) for a in routing["attempts"]] == [("smollm2", "escalated"), ("frontier", "accepted")]
-    assert routing["attempts"][0]["threshold"] == -1.0
+    assert [(a["tier"], a["status"]) for a in routing["attempts"]] == [
+        ("specialist", "escalated"), ("smollm2", "escalated"), ("frontier", "accepted")
+    ]
+    assert routing["attempts"][0]["threshold"] == routing["attempts"][1]["threshold"] == -1.0
     assert routing["answered_by"] == "frontier"
     assert response.choices[0].message.content == example["reference"]
     events = read_records(app["log"], "events")
@@ -172,12 +188,13 @@ def test_service_handed_a_router_artifact_starts_where_the_router_says(app: dict
     ]
     encoder = SentenceEncoder()
     X = encoder.encode(easy + hard)
-    y = np.array([[1.0, 1.0]] * len(easy) + [[0.0, 1.0]] * len(hard), dtype=np.float32)
-    router = DifficultyRouter(["smollm2", "frontier"], epochs=60).fit(X, ["chat"] * len(y), y)
+    tiers = ["specialist", "smollm2", "frontier"]
+    y = np.array([[0.0, 1.0, 1.0]] * len(easy) + [[0.0, 0.0, 1.0]] * len(hard), dtype=np.float32)
+    router = DifficultyRouter(tiers, epochs=60).fit(X, ["chat"] * len(y), y)
     policy = RouterStartPolicy(router, targets={"chat": 0.5}, encoder=encoder, version="router-test-1")
     artifact = policy.save(app["tmp"] / "router-artifact")
     questions = ["where is my new card?", "is the indemnification clause in this agreement enforceable?"]
-    expected = [policy.start_tier("chat", q, ["smollm2", "frontier"]) for q in questions]
+    expected = [policy.start_tier("chat", q, tiers) for q in questions]
     assert expected == ["smollm2", "frontier"]
 
     deploy(app["config"], user_config={"start_policy": "router", "router_path": str(artifact)})

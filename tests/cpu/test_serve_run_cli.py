@@ -52,8 +52,11 @@ def test_serve_run_of_the_embedded_default_answers_the_openai_client(tmp_path: P
         )
         assert response.choices[0].message.content
         routing = response.model_extra["routing"]
-        assert routing["attempts"][0]["tier"] == "smollm2"
-        assert routing["attempts"][0]["completion_tokens"] >= 1
+        # The specialist does not serve chat: skipped at no cost, and SmolLM2 answers first.
+        assert [a["status"] for a in routing["attempts"]][0] == "skipped"
+        assert routing["attempts"][0]["tier"] == "specialist" and routing["attempts"][0]["cost_usd"] == 0
+        assert routing["attempts"][1]["tier"] == "smollm2"
+        assert routing["attempts"][1]["completion_tokens"] >= 1
     finally:
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: serve run shuts the app down
         try:

@@ -1,7 +1,8 @@
 """Versioned releases of loop artifacts, published and rolled back atomically.
 
 A release is a folder ``<root>/<version>/`` holding ``manifest.json`` and its artifacts:
-LoRA adapters per tier, a threshold table, optionally a router. It is written under a
+per tier, a LoRA adapter (transformers tiers) or a specialist artifact (specialist tiers); a
+threshold table; optionally a router. It is written under a
 temporary name and renamed into place, so a half-written release is never visible.
 ``<root>/CURRENT`` names the live version and the one before it; it is replaced with
 ``os.replace``, so readers see the old pointer or the new one, never a mix. Running router
@@ -29,7 +30,10 @@ POINTER = "CURRENT"
 class ReleaseManifest(StrictModel):
     version: str
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
-    adapters: dict[str, str] = Field(default_factory=dict, description="tier -> adapter folder, relative to the release.")
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="tier -> its artifact folder (LoRA adapter or specialist artifact), relative to the release.",
+    )
     thresholds: str | None = Field(None, description="Threshold table file, relative to the release.")
     router: str | None = Field(None, description="Router artifact folder, relative to the release.")
     report: dict[str, Any] = Field(default_factory=dict, description="The iteration report's summary.")
