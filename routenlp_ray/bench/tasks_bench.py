@@ -292,8 +292,56 @@ def aggregate(per_task: dict[str, Any], volumes: dict[str, int], key: str = "pol
     return out
 
 
+STRUCTURED_TASKS = ("fin_ner", "cs_intent", "legal_clause", "legal_risk")
+GENERATION_TASKS = ("cs_response", "fin_summarization")
+
+
 def write_markdown(report: dict[str, Any], path: Path) -> None:
-    lines = ["# Six-task routing benchmark", "", f"Tiers, cheapest first: {', '.join(report['tiers_cheapest_first'])}.", ""]
+    tiers = report["tiers_cheapest_first"]
+    lines = ["# Six-task routing benchmark", "", f"Tiers, cheapest first: {', '.join(tiers)}. Split: {report['split']}.",
+             "Routers, thresholds and classifiers are fitted on one half of the records (by a hash of the id) and every",
+             "policy is read once on the other half.", ""]
+    if "calibrated" in next(iter(report["per_task"].values())):
+        risk, coverage = report["risk_rule"], report["coverage_rule"]
+        lines += [
+            "## The cascade as served: per-tier thresholds calibrated on the training half",
+            "",
+            f"`cascade_risk`: Learn-then-Test, accepted-error rate <= {risk['epsilon']} with probability "
+            f"{1 - risk['delta']:.2f}. `cascade_coverage`: the paper's split-conformal rule, alpha = {coverage['alpha']}.",
+            "Nothing here is chosen on the evaluation half.",
+            "",
+            "| task | policy | quality (frontier) | retention | cost reduction | share per tier | accepted-error rate per cheap tier |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for task, result in report["per_task"].items():
+            frontier_quality = result["frontier"]["quality"]
+            for name, point in result["calibrated"].items():
+                shares = ", ".join(f"{k} {v:.0%}" for k, v in point["shares"].items())
+                errors = ", ".join(
+                    f"{tier} {e['error_rate']:.1%} of {e['accepted']}" for tier, e in point["accepted_error"].items()
+                ) or "none accepted"
+                lines.append(
+                    f"| {task} | {name} | {point['quality']:.3f} ({frontier_quality:.3f}) | {point['retention']:.1%} "
+                    f"| {point['cost_reduction']:.1%} | {shares} | {errors} |"
+                )
+        lines += ["", "| policy | volume-weighted retention | cost reduction |", "|---|---|---|"]
+        for name, agg in report["aggregate_calibrated"].items():
+            lines.append(f"| {name} | {agg['retention']:.1%} | {agg['cost_reduction']:.1%} |")
+        if "targets" in report:
+            lines += ["", "### Targets (issue: specialist tiers), read on `cascade_risk`", ""]
+            lines += ["| target | measured | met |", "|---|---|---|"]
+            lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in report["targets"]]
+        lines += [
+            "",
+            "The replay frontier answers with the reference, so its generation quality (cs_response, "
+            "fin_summarization) is a ceiling that no real frontier reaches: retention there is against a perfect "
+            "answer, and the absolute metric is shown next to it.",
+            "",
+        ]
+    lines += ["## Swept policies: the cheapest point of each curve that keeps the quality target",
+              "",
+              "Each curve is swept over its knob and the reported point is chosen on the evaluation half itself, so these",
+              "rows are in-sample upper bounds for the policy, not what a deployment gets.", ""]
     lines += ["| task | policy | meets target | retention | cost reduction | share per tier |", "|---|---|---|---|---|---|"]
     for task, result in report["per_task"].items():
         for name, point in result["policies"].items():
@@ -302,13 +350,39 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 lines.append(f"| {task} | {name} | yes | {point['retention']:.1%} | {point['cost_reduction']:.1%} | {shares} |")
             else:
                 lines.append(f"| {task} | {name} | no | | | |")
-    lines += ["", "## Volume-weighted aggregate", "", "| policy | retention | cost reduction |", "|---|---|---|"]
+    lines += ["", "### Volume-weighted aggregate (swept, in-sample)", "", "| policy | retention | cost reduction |",
+              "|---|---|---|"]
     for name, agg in report["aggregate"].items():
         lines.append(f"| {name} | {agg['retention']:.1%} | {agg['cost_reduction']:.1%} |")
     latency = report["router_decision_latency"]
     lines += ["", f"Router decision latency: p50 {latency['single_p50_ms']:.2f} ms, p99 {latency['single_p99_ms']:.2f} ms "
               f"per query; {latency['batched_decisions_per_s']:.0f} decisions/s batched.", ""]
     path.write_text("\n".join(lines))
+
+
+def issue_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The specialist issue's targets, read on the risk-rule cascade (what the embedded default serves)."""
+    per_task = report["per_task"]
+    out: list[dict[str, Any]] = []
+    structured = [t for t in STRUCTURED_TASKS if t in per_task]
+    if structured:
+        volumes = {t: per_task[t]["examples"]["held_out"] for t in structured}
+        agg = aggregate({t: per_task[t] for t in structured}, volumes, key="calibrated")["cascade_risk"]
+        out.append({
+            "target": "structured tasks together: cost -60% at >= 97% retention",
+            "measured": f"{agg['cost_reduction']:.1%} at {agg['retention']:.1%}",
+            "met": agg["cost_reduction"] >= 0.60 and agg["retention"] >= 0.97,
+        })
+    for task, bar_cost in [(t, 0.40) for t in structured] + [("cs_response", 0.30)]:
+        if task not in per_task:
+            continue
+        point = per_task[task]["calibrated"]["cascade_risk"]
+        out.append({
+            "target": f"{task}: cost -{bar_cost:.0%} at >= 96% retention",
+            "measured": f"{point['cost_reduction']:.1%} at {point['retention']:.1%}",
+            "met": point["cost_reduction"] >= bar_cost and point["retention"] >= 0.96,
+        })
+    return out
 
 
 def plot_pareto(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
@@ -341,6 +415,8 @@ def plot_pareto(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) 
 
 def write_reports(report: dict[str, Any], out_json: Path) -> dict[str, Path]:
     out_json.parent.mkdir(parents=True, exist_ok=True)
+    if "calibrated" in next(iter(report["per_task"].values())):
+        report["targets"] = issue_targets(report)
     out_json.write_text(json.dumps(report, indent=2))
     markdown, png = out_json.with_suffix(".md"), out_json.with_suffix(".png")
     write_markdown(report, markdown)
