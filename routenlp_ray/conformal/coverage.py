@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
+from routenlp_ray.cascade import accepts_array
 from routenlp_ray.conformal.calibrator import ConformalCalibrator, Method
 from routenlp_ray.recording.tables import TaskTable
 
@@ -76,9 +77,9 @@ def cascade_outcome(table: TaskTable, thresholds: Sequence[float | None]) -> tup
         if delta is None:
             continue
         paid[undecided] += table.cost[undecided, tier]
-        accepts = undecided & ~np.isnan(table.uncertainty[:, tier]) & (table.uncertainty[:, tier] <= delta)
-        answered[accepts] = tier
-        undecided &= ~accepts
+        accepted = undecided & accepts_array(table.uncertainty[:, tier], delta)
+        answered[accepted] = tier
+        undecided &= ~accepted
     paid[undecided] += table.cost[undecided, k - 1]
     return answered, paid, table.quality[np.arange(n), answered]
 
@@ -186,7 +187,7 @@ def _violations(table: TaskTable, thresholds: Sequence[float | None]) -> tuple[i
         correct = table.correct[:, tier] > 0
         u = table.uncertainty[correct, tier]
         correct_total += int(correct.sum())
-        violations += int((np.isnan(u) | (u > delta)).sum())
+        violations += int((~accepts_array(u, delta)).sum())
     return correct_total, violations
 
 
