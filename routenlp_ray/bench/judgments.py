@@ -212,7 +212,7 @@ def run_judgments_benchmark(
     epochs: int = 120,
 ) -> dict[str, Any]:
     """Repeated random train/held-out splits of the prompts; mean and spread of every policy."""
-    from routenlp_ray.routing.encoder import SentenceEncoder
+    from routenlp_ray.models.encoder import SentenceEncoder
 
     data = load_judgments(Path(data_dir) / "router_judgments" / "train.jsonl", Portfolio.load(portfolio_path))
     X = (encoder or SentenceEncoder()).encode(data.inputs)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binom, binomtest
 
 from routenlp_ray._exceptions import NotFittedError
 from routenlp_ray.cascade import accepts
@@ -66,6 +66,14 @@ def risk_controlling_threshold(
             break
         chosen = float(candidate)
     return chosen
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson interval of a proportion such as a coverage estimate; (nan, nan) with no trials."""
+    if trials == 0:
+        return (math.nan, math.nan)
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 Method = Literal["coverage", "risk"]

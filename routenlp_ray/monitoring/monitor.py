@@ -22,8 +22,7 @@ import numpy as np
 
 from routenlp_ray.cascade import accepts
 from routenlp_ray.config.monitoring import MonitoringConfig
-from routenlp_ray.conformal.calibrator import ConformalCalibrator
-from routenlp_ray.conformal.coverage import wilson_interval
+from routenlp_ray.conformal.calibrator import ConformalCalibrator, wilson_interval
 from routenlp_ray.conformal.thresholds import ThresholdTable
 
 LabelSource = Literal["audit", "feedback"]

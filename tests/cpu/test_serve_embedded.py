@@ -178,7 +178,7 @@ def test_concurrent_requests_share_a_batch_on_the_smollm2_tier(app: dict[str, An
 def test_service_handed_a_router_artifact_starts_where_the_router_says(app: dict[str, Any]) -> None:
     import numpy as np
 
-    from routenlp_ray.routing.encoder import SentenceEncoder
+    from routenlp_ray.models.encoder import SentenceEncoder
     from routenlp_ray.routing.learned_policy import RouterStartPolicy
     from routenlp_ray.routing.router import DifficultyRouter
 

@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from routenlp_ray.cascade import accepts_array
-from routenlp_ray.conformal.calibrator import ConformalCalibrator, Method
+from routenlp_ray.conformal.calibrator import ConformalCalibrator, Method, wilson_interval
 from routenlp_ray.recording.tables import TaskTable
 
 DEFAULT_SIZES = (100, 250, 500, 1000)
@@ -54,13 +53,6 @@ class CoverageRow:
     cost_reduction: float
     quality_retention: float
     per_task: dict[str, dict[str, float | None]] = field(default_factory=dict)
-
-
-def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    if trials == 0:
-        return (math.nan, math.nan)
-    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def cascade_outcome(table: TaskTable, thresholds: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
