@@ -8,9 +8,7 @@ divided by 10; cost is USD per query from list prices and estimated token counts
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,13 +86,6 @@ def load_judgments(path: str | Path, portfolio: Portfolio) -> JudgmentData:
     q, c = np.asarray(quality), np.asarray(cost)
     order = np.argsort(c.mean(axis=0), kind="stable")
     return JudgmentData(ids, inputs, [names[i] for i in order], q[:, order], c[:, order])
-
-
-def held_out_mask(ids: Sequence[str], test_percent: int = 30) -> np.ndarray:
-    """Deterministic split by prompt id, salted so it is independent of the data set's own split."""
-    return np.array(
-        [int(hashlib.sha1(f"routenlp-router-split:{i}".encode()).hexdigest(), 16) % 100 < test_percent for i in ids]
-    )
 
 
 def preference_pairs(quality: np.ndarray, margin: float = 0.2) -> np.ndarray:
