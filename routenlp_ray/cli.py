@@ -65,6 +65,21 @@ def _cmd_log(args: argparse.Namespace) -> int:
 
 
 
+def replaying_data_dir(config: Any, data_dir: str) -> Any:
+    """The config with every replay tier also reading ``data_dir``'s files.
+
+    A replay tier stands in for the frontier by answering with recorded references; pointed at
+    another folder of the same layout (``--data-dir DIR --split test``), it must know that
+    folder's references too, or every query would miss.
+    """
+    pattern = str(Path(data_dir).expanduser().resolve() / "*" / "*.jsonl")
+    data = config.model_dump(mode="json")
+    for tier in data["tiers"]:
+        if tier["engine"]["type"] == "replay" and pattern not in tier["engine"]["records"]:
+            tier["engine"]["records"].append(pattern)
+    return type(config).model_validate(data)
+
+
 def benchmark_tasks(args: argparse.Namespace, config: Any) -> list[str]:
     """``--tasks`` if given, else the six benchmark tasks the config defines."""
     return args.tasks or [t.name for t in config.tasks if t.name in DEFAULT_RECORD_MAX_TOKENS]
@@ -106,7 +121,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     from routenlp_ray.recording import Recorder
     from routenlp_ray.tasks.data import load_examples, task_file
 
-    config = load_config(args.config).with_absolute_paths(os.getcwd())
+    config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
     max_tokens = dict(DEFAULT_RECORD_MAX_TOKENS)
     for item in args.max_tokens or []:
         task, _, value = item.partition("=")
@@ -135,7 +150,7 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
     from routenlp_ray.tasks.data import load_examples, task_file
     from routenlp_ray.tasks.registry import task_spec_from_config
 
-    config = load_config(args.config).with_absolute_paths(os.getcwd())
+    config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
     teacher = make_engine(config.frontier)
     tasks = args.tasks or (config.tier(args.tier).tasks if args.tier else None) or benchmark_tasks(args, config)
     pairs = {}

@@ -32,10 +32,10 @@ class SpecialistEngine:
         manifest = verify_artifact(root, tasks)
         self.version = manifest.version
         self.encoder = SpecialistEncoder(manifest.encoder.source, num_threads=config.num_threads)
-        self.heads = {task: load_head(root / task, self.encoder) for task in (tasks or sorted(manifest.tasks))}
-        for head in self.heads.values():
-            if hasattr(head, "exact_search_max"):
-                head.exact_search_max = config.exact_search_max
+        self.heads = {
+            task: load_head(root / task, self.encoder, exact_search_max=config.exact_search_max)
+            for task in (tasks or sorted(manifest.tasks))
+        }
         # One encoder, one forward at a time: concurrent batches would only fight over the cores.
         self._lock = threading.Lock()
 

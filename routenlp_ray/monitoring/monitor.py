@@ -141,12 +141,26 @@ class CoverageMonitor:
 
     # -- triggers -------------------------------------------------------------------------
     def due(self, now: float | None = None) -> str | None:
-        """Why a recalibration is due now ('coverage_drop:<tier>/<task>' or 'schedule'), else None."""
+        """Why a recalibration is due now, else None.
+
+        'coverage_drop:<tier>/<task>' under the coverage rule; under the risk rule, whose thresholds
+        promise an accepted-error rate rather than coverage, 'risk_breach:<tier>/<task>' when that
+        rate's Wilson interval lies wholly above epsilon; 'schedule' for either.
+        """
         now = time.time() if now is None else now
         floor = 1 - self.alpha - self.config.coverage_drop
         for tier, task in self.cells():
             cell = self.coverage(tier, task)
-            if cell.threshold is None or cell.correct < self.config.min_labelled:
+            if cell.threshold is None:
+                continue
+            if self.config.method == "risk":
+                if cell.accepted < self.config.min_labelled or cell.accepted_error_rate is None:
+                    continue
+                low, _ = wilson_interval(round(cell.accepted_error_rate * cell.accepted), cell.accepted)
+                if low > self.config.epsilon:
+                    return f"risk_breach:{tier}/{task}"
+                continue
+            if cell.correct < self.config.min_labelled:
                 continue
             if cell.coverage is not None and cell.coverage < floor:
                 return f"coverage_drop:{tier}/{task}"

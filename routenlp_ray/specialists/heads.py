@@ -3,13 +3,6 @@
 Each head learns one task from (query, frontier answer) pairs on top of the packaged MiniLM
 encoder, and answers with the evidence the cascade scores (:class:`HeadAnswer`):
 
-All heads share one frozen encoder (:class:`SpecialistEncoder`), so a query is encoded once
-whatever the task, and a head is a few hundred KB of weights, not an encoder copy. Fine-tuning
-the encoder itself (LoRA through transformers ``Trainer``) was measured and set aside: on a
-2-core CPU, one epoch over 2,000 cs_intent pairs took 50 s and reached 12% accuracy on a
-held-out slice of train, where the frozen encoder and a logistic-regression head reached
-90% from all 9,054 pairs in 27 s.
-
 - :class:`LabelSpecialist`: a multinomial logistic regression on the sentence vector. Its
   classes are the frontier's answers, verbatim.
   Evidence: the chosen class's log-probability, and the top-k class log-probabilities.
@@ -18,6 +11,13 @@ held-out slice of train, where the frozen encoder and a logistic-regression head
   log-probability of its predicted tag, so ``max_nll`` is the least sure word of the sentence.
 - :class:`AnswerCache`: the frontier's answer to the most similar past query. Evidence: the
   log of that cosine similarity, so ``mean_nll`` is ``-log(similarity)``, monotone in it.
+
+All heads share one frozen encoder (:class:`SpecialistEncoder`), so a query is encoded once
+whatever the task, and a head is a few hundred KB of weights, not an encoder copy. Fine-tuning
+the encoder itself (LoRA through transformers ``Trainer``) was measured and set aside: on a
+2-core CPU, one epoch over 2,000 cs_intent pairs took 50 s and reached 12% accuracy on a
+held-out slice of train, where the frozen encoder and a logistic-regression head reached
+90% from all 9,054 pairs in 27 s.
 """
 
 from __future__ import annotations
@@ -282,7 +282,6 @@ class EntitySpecialist(_LinearHead):
             features.append(self.encoder.word_features(words))
             tags.extend(align_entities(words, parse_entity_answer(answer)))
             groups.extend([number] * len(words))
-        self._texts_for_holdout = list(texts)
         self._fit_features(np.vstack(features), tags, np.asarray(groups))
         return self
 
@@ -444,9 +443,11 @@ def make_head(kind: str, encoder: SpecialistEncoder, **params: Any) -> Any:
     return HEADS[kind](encoder, **params)
 
 
-def load_head(folder: str | os.PathLike[str], encoder: SpecialistEncoder) -> Any:
+def load_head(folder: str | os.PathLike[str], encoder: SpecialistEncoder, exact_search_max: int = 50_000) -> Any:
     """Load whichever head ``folder/head.json`` declares, on the shared ``encoder``."""
     kind = read_head(Path(folder)).get("kind")
     if kind not in HEADS:
         raise ArtifactError(f"{str(Path(folder) / HEAD_FILE)!r} declares unknown head kind {kind!r}")
+    if kind == "cache":
+        return AnswerCache.load(folder, encoder, exact_search_max=exact_search_max)
     return HEADS[kind].load(folder, encoder)

@@ -44,8 +44,9 @@ def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir:
     data["tiers"] = [t for t in data["tiers"] if t["name"] != "specialist"]
     tier_named(data, "frontier")["engine"]["records"] = [str(data_dir / t / "*.jsonl") for t in TASKS]
     tier_named(data, "smollm2")["limits"]["default_max_tokens"] = 12
-    # No calibrated thresholds yet: SmolLM2 escalates everything, so the log is full of failures.
-    data["cascade"].update({"thresholds_path": None, "default_threshold": None})
+    # A threshold no answer can meet (a mean NLL is never negative): SmolLM2 is tried and escalates
+    # everything, so the log is full of failures. (A tier with no threshold at all would be skipped.)
+    data["cascade"].update({"thresholds_path": None, "default_threshold": -1.0})
     data["monitoring"]["enabled"] = False
     data["releases"] = {"path": str(tmp_path / "releases"), "poll_interval_s": 1.0}
     store = ReleaseStore(tmp_path / "releases")

@@ -46,6 +46,21 @@ def test_coverage_drop_triggers_and_recalibration_restores_it() -> None:
     assert monitor.coverage("cheap", "cs_intent").coverage >= 0.85 and monitor.due(now=600) is None
 
 
+def test_under_the_risk_rule_a_rising_accepted_error_rate_triggers_and_low_coverage_does_not() -> None:
+    table = ThresholdTable(version="v0", thresholds={"cheap": {"cs_intent": 0.5}})
+    config = MonitoringConfig(min_labelled=30, window=100, method="risk", epsilon=0.05)
+    monitor = CoverageMonitor(config, alpha=0.1, thresholds=table, now=0.0)
+    rng = np.random.default_rng(0)
+    for i in range(100):  # strict thresholds: half the right answers are turned away, none of the accepted is wrong
+        monitor.observe(labelled(float(rng.uniform(0, 1.0)), True, ts=1 + i))
+    assert monitor.coverage("cheap", "cs_intent").coverage < 0.85
+    assert monitor.due(now=200) is None  # low coverage is the price of the risk promise, not a breach
+    for i in range(100):  # the tier drifts: a third of what it is sure of is now wrong
+        monitor.observe(labelled(float(rng.uniform(0, 0.5)), i % 3 != 0, ts=200 + i))
+    assert monitor.coverage("cheap", "cs_intent").accepted_error_rate > 0.2
+    assert monitor.due(now=400) == "risk_breach:cheap/cs_intent"
+
+
 def test_schedule_trigger_and_window_of_recent_labels() -> None:
     config = MonitoringConfig(schedule_hours=1, recalibration_window=20)
     monitor = CoverageMonitor(config, alpha=0.1, thresholds=ThresholdTable(version="v0"), now=0.0)

@@ -139,3 +139,30 @@ def test_a_head_trained_on_another_encoder_is_refused(label_head, tmp_path: Path
     (folder / MANIFEST).write_text("{not json")
     with pytest.raises(ArtifactError, match=r"manifest\.json.*invalid"):
         verify_artifact(folder)
+
+
+async def test_the_shipped_artifact_answers_like_any_engine_and_refuses_other_tasks() -> None:
+    from routenlp_ray import EngineError
+    from routenlp_ray.config.tiers import SpecialistEngineConfig
+    from routenlp_ray.engines import GenerationRequest
+    from routenlp_ray.engines.specialist import SpecialistEngine
+    from tests.conftest import REPO_ROOT
+
+    config = SpecialistEngineConfig(path=str(REPO_ROOT / "artifacts/specialists/embedded-v1"), exact_search_max=10)
+    engine = SpecialistEngine(config, name="specialist", tasks=["cs_intent", "cs_response", "fin_ner"])
+    assert engine.heads["cs_response"].index_ is not None  # the config's exact_search_max reached the cache
+
+    def ask(task: str, text: str) -> GenerationRequest:
+        return GenerationRequest(request_id=task, messages=[{"role": "user", "content": text}], task=task, raw_input=text)
+
+    intent, reply, entities = await engine.generate_batch([
+        ask("cs_intent", "My card still has not arrived, where is it?"),
+        ask("cs_response", "how do I cancel my order?"),
+        ask("fin_ner", "The Borrower , Acme Corp , is located in Texas ."),
+    ])
+    assert intent.text == "card_arrival" and len(intent.token_logprobs) == 1 and len(intent.top_logprobs[0]) == 5
+    assert reply.text and reply.metadata["head"] == "cache"
+    assert isinstance(json.loads(entities.text), list) and len(entities.token_logprobs) == 11  # one per word
+    assert intent.model == f"specialist@{engine.version}" and intent.completion_tokens >= 1
+    with pytest.raises(EngineError, match=r"no specialist head for tasks \['legal_risk'\]"):
+        await engine.generate(ask("legal_risk", "We may change these terms at any time."))
