@@ -115,12 +115,3 @@ def build_monitor(config: RouteNLPConfig) -> Application:
         ray_actor_options=config.monitoring.resources.to_ray_actor_options(),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
     ).bind(config.model_dump(mode="json"))
-
-
-def build_direct_tier_app(config: RouteNLPConfig, tier_name: str) -> Application:
-    """One tier behind a bare ingress: the baseline the router's overhead is measured against."""
-    from deployments.direct import DirectTierIngress
-
-    tier = config.with_absolute_paths(os.getcwd()).tier(tier_name)
-    ingress = serve.deployment(serve.ingress()(DirectTierIngress), name="direct", max_ongoing_requests=256)
-    return ingress.bind(build_tier(tier))

@@ -14,17 +14,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from routenlp_ray._exceptions import AllTiersFailedError, PayloadTooLargeError, RequestError
+from routenlp_ray._exceptions import AllTiersFailedError, RequestError
 from routenlp_ray.config.app import parse_config
-from routenlp_ray.conformal.thresholds import ThresholdTable
-from routenlp_ray.releases import ReleaseWatcher
-from routenlp_ray.serving.http import parse_body
+from routenlp_ray.serving.live import LiveArtifacts
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest, error_body
 from routenlp_ray.serving.service import RouterService
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RayRouterMetrics
 from routenlp_ray.telemetry.querylog import QueryLog
 
-from deployments.tier_clients import HandleTierClient
+from deployments.tier_clients import HandleMonitorClient, HandleTierClient
 
 logger = logging.getLogger("routenlp.ingress")
 Body = TypeVar("Body", bound=BaseModel)
@@ -49,64 +47,17 @@ class RouterIngress:
                 tiers[name] = ServeLLMTierClient(handle, self.config.tier(name))
         self.query_log = QueryLog(self.config.storage, writer_label=_replica_label())
         metrics = RayRouterMetrics() if use_ray_metrics else NullRouterMetrics()
-        self._monitor = monitor_handle
-        sink = self._monitor.submit.remote if self._monitor is not None else None
-        self.service = RouterService(self.config, tiers, query_log=self.query_log, metrics=metrics, monitor_sink=sink)
+        monitor = HandleMonitorClient(monitor_handle) if monitor_handle is not None else None
+        sink = monitor_handle.submit.remote if monitor_handle is not None else None
+        # Thresholds, policy, scores and release: swapped by reconfigure, the release store and the monitor.
+        self.live = LiveArtifacts(self.config, query_log=self.query_log, monitor=monitor)
+        self.service = RouterService(
+            self.config, tiers, query_log=self.query_log, metrics=metrics, monitor_sink=sink, live=self.live
+        )
         self._started_at = time.time()
-        self._poller: asyncio.Task[None] | None = None
-        releases = self.config.releases
-        self._releases = ReleaseWatcher(releases.path, releases.poll_interval_s) if releases.path else None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.service.reconfigure(user_config)
-        if self._monitor is not None:
-            # Published thresholds become the monitor's baseline, so it does not push its old ones back.
-            self._monitor.adopt.remote(self.service.thresholds.model_dump(mode="json"))
-
-    # -- live thresholds: loop releases and the coverage monitor ------------------------------
-    def _ensure_poller(self) -> None:
-        wanted = self._monitor is not None or self._releases is not None
-        if wanted and (self._poller is None or self._poller.done()):
-            self._poller = asyncio.get_running_loop().create_task(self._follow())
-
-    async def _follow(self) -> None:
-        intervals = [self.config.monitoring.poll_interval_s] if self._monitor is not None else []
-        if self._releases is not None:
-            intervals.append(self._releases.poll_interval_s)
-        while True:
-            await self._follow_releases()
-            await self._poll_monitor()
-            await asyncio.sleep(min(intervals))
-
-    async def _follow_releases(self) -> None:
-        if self._releases is None:
-            return
-        release = self._releases.poll()
-        if release is None:
-            return
-        try:
-            self.service.apply_release(release)
-        except Exception:
-            logger.exception("could not apply release %s; keeping %s", release.version, self.service.release_version)
-        self._releases.mark_applied(release.version)
-        if self._monitor is not None:
-            try:
-                await self._monitor.adopt.remote(self.service.thresholds.model_dump(mode="json"))
-            except Exception as exc:
-                logger.warning("could not hand release thresholds to the coverage monitor: %s", exc)
-
-    async def _poll_monitor(self) -> None:
-        if self._monitor is None:
-            return
-        try:
-            table = await self._monitor.current.remote(self.service.thresholds.version)
-            if table is not None:
-                candidate = ThresholdTable.model_validate(table)
-                # Only move forward: a monitor that has not yet adopted a newer release must not revert it.
-                if candidate.created_at > self.service.thresholds.created_at:
-                    self.service.apply_thresholds(candidate, reason="coverage monitor")
-        except Exception as exc:  # the monitor being away must not affect serving
-            logger.warning("could not poll the coverage monitor: %s", exc)
+        self.live.reconfigure(user_config)
 
     def check_health(self) -> None:
         if self.query_log.closed:
@@ -141,14 +92,14 @@ class RouterIngress:
         @app.get("/v1/models")
         async def models(request: Request) -> Response:
             try:
-                self.service.authenticate(request.headers.get("authorization"))
+                self.service.gate.authenticate(request.headers.get("authorization"))
             except RequestError as exc:
                 return await self._reject("/v1/models", exc)
             return JSONResponse(self.service.models())
 
         @app.get("/healthz")
         async def healthz() -> Response:
-            self._ensure_poller()
+            self.live.ensure_following()
             return JSONResponse({**self.service.health(), "pid": os.getpid(), "started_at": self._started_at})
 
         return app
@@ -161,16 +112,12 @@ class RouterIngress:
         schema: type[Body],
         handler: Callable[[Body], Awaitable[dict[str, Any]]],
     ) -> Response:
-        server = self.config.server
-        self._ensure_poller()
+        server, gate = self.config.server, self.service.gate
+        self.live.ensure_following()
         try:
-            self.service.authenticate(request.headers.get("authorization"))
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > server.max_request_bytes:
-                raise PayloadTooLargeError(
-                    f"request body is {declared} bytes; the limit is {server.max_request_bytes} bytes"
-                )
-            body = parse_body(await request.body(), schema, server.max_request_bytes)
+            gate.authenticate(request.headers.get("authorization"))
+            gate.check_declared_length(request.headers.get("content-length"))
+            body = gate.parse(await request.body(), schema)
             result = await asyncio.wait_for(handler(body), timeout=server.request_timeout_s)
         except RequestError as exc:
             return await self._reject(endpoint, exc)

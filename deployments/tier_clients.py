@@ -1,4 +1,4 @@
-"""Adapters that let the cascade call tier deployments through their handles."""
+"""Adapters that let the router call tier deployments and the coverage monitor through their handles."""
 
 from __future__ import annotations
 
@@ -24,3 +24,19 @@ class HandleTierClient:
             if isinstance(cause, BaseException):
                 raise cause from None
             raise
+
+
+class HandleMonitorClient:
+    """The coverage monitor's ``DeploymentHandle`` as a ``serving.live.MonitorLink``.
+
+    ``.remote()`` sends the call at once, so ``adopt`` takes effect even where it is not awaited.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def adopt(self, table: dict[str, Any]) -> Any:
+        return self._handle.adopt.remote(table)
+
+    def current(self, known_version: str | None) -> Any:
+        return self._handle.current.remote(known_version)

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from routenlp_ray._exceptions import AllTiersFailedError, TierTimeoutError
 from routenlp_ray.config.tiers import Pricing
 from routenlp_ray.engines.base import GenerationRequest, GenerationResult
@@ -93,6 +95,18 @@ def accepts(uncertainty: float | None, threshold: float | None, is_last: bool) -
     if uncertainty is None or threshold is None:
         return False
     return uncertainty <= threshold
+
+
+def accepts_array(uncertainty: np.ndarray, threshold: float | None) -> np.ndarray:
+    """``accepts`` for a non-final tier over an array of uncertainties: a boolean array of the same shape.
+
+    NaN (an unscorable answer) is never accepted, and a ``None`` threshold accepts nothing.
+    """
+    u = np.asarray(uncertainty, dtype=float)
+    if threshold is None:
+        return np.zeros(u.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return ~np.isnan(u) & (u <= threshold)
 
 
 async def run_cascade(

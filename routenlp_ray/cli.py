@@ -6,23 +6,19 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from routenlp_ray._exceptions import ConfigError, RouteNLPError
 from routenlp_ray.recording.recorder import DEFAULT_RECORD_MAX_TOKENS
 
+if TYPE_CHECKING:
+    from routenlp_ray.bench.serving import ServingApps
+
 DEFAULT_LOCAL_CONFIG = "serve_config.local.yaml"
 DEFAULT_DATA_DIR = os.environ.get("ROUTENLP_DATA", "../shared/data")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -276,7 +272,7 @@ def _cmd_fit_scorer(args: argparse.Namespace) -> int:
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
     from routenlp_ray.config import load_config
-    from routenlp_ray.conformal.coverage import coverage_markdown, coverage_report, rows_as_dicts
+    from routenlp_ray.recording.coverage import coverage_markdown, coverage_report, rows_as_dicts
 
     config = load_config(args.config)
     score = _score_from_args(args)
@@ -346,6 +342,18 @@ def _cmd_bench_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving_apps() -> ServingApps:
+    """The Serve app builders of ``deployments/`` for the serving benchmarks.
+
+    The CLI is the top layer, the only library module that reaches up into ``deployments``;
+    it hands the builders down so that ``bench`` itself never imports them.
+    """
+    from deployments.builders import build_routenlp_app, build_tier
+    from routenlp_ray.bench.serving import ServingApps
+
+    return ServingApps(router=build_routenlp_app, tier=build_tier)
+
+
 def _cmd_bench_serving(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.serving import run_serving_benchmark
 
@@ -353,6 +361,7 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
         args.config,
         args.data_dir,
         args.out,
+        _serving_apps(),
         requests=args.requests,
         concurrency_levels=tuple(args.concurrency),
         rounds=args.rounds,
@@ -391,7 +400,7 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
 def _cmd_bench_load(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.serving import run_load_benchmark
 
-    report = run_load_benchmark(args.config, args.data_dir, args.out, requests=args.requests,
+    report = run_load_benchmark(args.config, args.data_dir, args.out, _serving_apps(), requests=args.requests,
                                 concurrency=args.concurrency)
     latency = report["latency"] or {}
     print(f"{report['requests']} requests from {report['concurrency']} clients: {report['requests_per_s']:.1f} req/s, "

@@ -1,12 +1,11 @@
-"""Cost accounting: what each attempt cost and what the frontier would have cost."""
+"""Cost accounting: what a query would have cost sent straight to the frontier (the saving's baseline).
+
+Each attempt's own cost is its tier's ``Pricing.cost_usd``, recorded by the cascade.
+"""
 
 from __future__ import annotations
 
 from routenlp_ray.config.tiers import Pricing
-
-
-def attempt_cost(pricing: Pricing, prompt_tokens: int, completion_tokens: int) -> float:
-    return pricing.cost_usd(prompt_tokens, completion_tokens)
 
 
 def frontier_cost(frontier: Pricing, prompt_tokens: int, completion_tokens: int) -> float:

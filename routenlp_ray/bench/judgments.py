@@ -8,9 +8,7 @@ divided by 10; cost is USD per query from list prices and estimated token counts
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,13 +86,6 @@ def load_judgments(path: str | Path, portfolio: Portfolio) -> JudgmentData:
     q, c = np.asarray(quality), np.asarray(cost)
     order = np.argsort(c.mean(axis=0), kind="stable")
     return JudgmentData(ids, inputs, [names[i] for i in order], q[:, order], c[:, order])
-
-
-def held_out_mask(ids: Sequence[str], test_percent: int = 30) -> np.ndarray:
-    """Deterministic split by prompt id, salted so it is independent of the data set's own split."""
-    return np.array(
-        [int(hashlib.sha1(f"routenlp-router-split:{i}".encode()).hexdigest(), 16) % 100 < test_percent for i in ids]
-    )
 
 
 def preference_pairs(quality: np.ndarray, margin: float = 0.2) -> np.ndarray:
@@ -212,7 +203,7 @@ def run_judgments_benchmark(
     epochs: int = 120,
 ) -> dict[str, Any]:
     """Repeated random train/held-out splits of the prompts; mean and spread of every policy."""
-    from routenlp_ray.routing.encoder import SentenceEncoder
+    from routenlp_ray.models.encoder import SentenceEncoder
 
     data = load_judgments(Path(data_dir) / "router_judgments" / "train.jsonl", Portfolio.load(portfolio_path))
     X = (encoder or SentenceEncoder()).encode(data.inputs)

@@ -3,6 +3,10 @@
 Both are measured on a local Ray started by the benchmark, with traffic only on loopback.
 The overhead runs alternate the router and the direct path in rounds, so machine noise
 lands on both sides of the ratio.
+
+The library does not import ``deployments``: the router and tier applications are built by
+the builders there, which the caller (the ``routenlp bench`` command) hands in as
+``ServingApps``. Only the benchmark's own bare ingress is built here (``bench/direct.py``).
 """
 
 from __future__ import annotations
@@ -14,14 +18,31 @@ import shutil
 import tempfile
 import threading
 import time
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from routenlp_ray._net import free_port
 from routenlp_ray.config.app import RouteNLPConfig, load_config
+from routenlp_ray.config.tiers import TierConfig
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+
+@dataclass(frozen=True)
+class ServingApps:
+    """The Serve application builders a serving benchmark deploys (``deployments.builders``)."""
+
+    # The whole RouteNLP application for a config: router ingress, tiers, monitor.
+    router: Callable[[RouteNLPConfig], "Application"]
+    # One tier's deployment, the direct baseline's only child.
+    tier: Callable[[TierConfig], "Application"]
 
 
 def latency_summary(samples_ms: list[float]) -> dict[str, float]:
@@ -107,17 +128,19 @@ def bench_ingress_overhead(
     requests: int,
     concurrency_levels: tuple[int, ...],
     rounds: int,
+    apps: ServingApps,
 ) -> dict[str, Any]:
     from ray import serve
 
-    from deployments.builders import build_direct_tier_app, build_routenlp_app
+    from routenlp_ray.bench.direct import build_direct_tier_app
 
     rows = _replay_rows(data_dir, 200)
     records = work_dir / "replay.jsonl"
     records.write_text("".join(json.dumps(r) + "\n" for r in rows))
     fast = _fast_tier_config(config, records, work_dir)
-    serve.run(build_routenlp_app(fast), name="bench-router", route_prefix="/router")
-    serve.run(build_direct_tier_app(fast, fast.tiers[0].name), name="bench-direct", route_prefix="/direct")
+    serve.run(apps.router(fast), name="bench-router", route_prefix="/router")
+    tier = fast.with_absolute_paths(os.getcwd()).tiers[0]
+    serve.run(build_direct_tier_app(apps.tier(tier)), name="bench-direct", route_prefix="/direct")
     bodies = [
         {"model": "routenlp/cs_intent", "task": "cs_intent", "max_tokens": 16,
          "messages": [{"role": "user", "content": rows[i % len(rows)]["input"]}]}
@@ -194,18 +217,18 @@ class _MemorySampler:
             self._stop.wait(self._interval)
 
 
-def bench_embedded_memory(config: RouteNLPConfig, port: int, work_dir: Path, requests: int) -> dict[str, Any]:
+def bench_embedded_memory(
+    config: RouteNLPConfig, port: int, work_dir: Path, requests: int, apps: ServingApps
+) -> dict[str, Any]:
     """Peak memory of Ray plus the embedded default (SmolLM2 tier, replay frontier, router) under load."""
     from ray import serve
-
-    from deployments.builders import build_routenlp_app
 
     data = config.model_dump(mode="json")
     data["storage"] = {"log_uri": str(work_dir / "mem-log"), "spool_dir": str(work_dir / "mem-spool")}
     embedded = RouteNLPConfig.model_validate(data)
     with _MemorySampler() as sampler:
         started = time.perf_counter()
-        serve.run(build_routenlp_app(embedded), name="bench-embedded", route_prefix="/embedded")
+        serve.run(apps.router(embedded), name="bench-embedded", route_prefix="/embedded")
         ready_s = time.perf_counter() - started
         bodies = [
             {"model": "routenlp/chat", "max_tokens": 16, "messages": [{"role": "user", "content": f"Tell me fact {i}."}]}
@@ -228,7 +251,7 @@ def bench_embedded_memory(config: RouteNLPConfig, port: int, work_dir: Path, req
 
 def bench_embedded_load(
     config: RouteNLPConfig, data_dir: Path, port: int, work_dir: Path, requests: int, concurrency: int,
-    tasks: tuple[str, ...] = ("cs_intent", "legal_risk"),
+    apps: ServingApps, tasks: tuple[str, ...] = ("cs_intent", "legal_risk"),
 ) -> dict[str, Any]:
     """Throughput and latency of the whole embedded default under ``concurrency`` clients.
 
@@ -237,13 +260,11 @@ def bench_embedded_load(
     """
     from ray import serve
 
-    from deployments.builders import build_routenlp_app
-
     data = config.model_dump(mode="json")
     data["storage"] = {"log_uri": str(work_dir / "load-log"), "spool_dir": str(work_dir / "load-spool")}
     data["monitoring"]["artifacts_dir"] = str(work_dir / "load-thresholds")
     embedded = RouteNLPConfig.model_validate(data)
-    serve.run(build_routenlp_app(embedded), name="bench-load", route_prefix="/load")
+    serve.run(apps.router(embedded), name="bench-load", route_prefix="/load")
     rows = [json.loads(line) for task in tasks for line in (data_dir / task / "validation.jsonl").open()]
     rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
     bodies = [
@@ -272,12 +293,10 @@ def bench_embedded_load(
 
 
 def run_load_benchmark(
-    config_path: str, data_dir: str, out: str, requests: int = 400, concurrency: int = 16,
+    config_path: str, data_dir: str, out: str, apps: ServingApps, requests: int = 400, concurrency: int = 16,
 ) -> dict[str, Any]:
     import ray
     from ray import serve
-
-    from routenlp_ray.cli import free_port
 
     config = load_config(config_path).with_absolute_paths(Path.cwd())
     work_dir = Path(tempfile.mkdtemp(prefix="routenlp-bench-load-"))
@@ -285,7 +304,7 @@ def run_load_benchmark(
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        load = bench_embedded_load(config, Path(data_dir), port, work_dir, requests, concurrency)
+        load = bench_embedded_load(config, Path(data_dir), port, work_dir, requests, concurrency, apps)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -307,6 +326,7 @@ def run_serving_benchmark(
     config_path: str,
     data_dir: str,
     out: str,
+    apps: ServingApps,
     requests: int = 300,
     concurrency_levels: tuple[int, ...] = (1, 32),
     rounds: int = 2,
@@ -315,8 +335,6 @@ def run_serving_benchmark(
 ) -> dict[str, Any]:
     import ray
     from ray import serve
-
-    from routenlp_ray.cli import free_port
 
     config = load_config(config_path)
     out_path = Path(out)
@@ -328,10 +346,10 @@ def run_serving_benchmark(
     try:
         progress(f"ingress overhead: {requests} requests x {rounds} rounds at concurrency {concurrency_levels}")
         overhead = bench_ingress_overhead(
-            config, Path(data_dir), work_dir, port, requests, concurrency_levels, rounds
+            config, Path(data_dir), work_dir, port, requests, concurrency_levels, rounds, apps
         )
         progress("memory of the embedded default under load")
-        memory = bench_embedded_memory(config, port, work_dir, memory_requests)
+        memory = bench_embedded_memory(config, port, work_dir, memory_requests, apps)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -351,6 +369,4 @@ def run_serving_benchmark(
 
 
 def _cpu_count() -> int:
-    import os
-
     return os.cpu_count() or 0

@@ -34,7 +34,7 @@ from routenlp_ray.bench.curves import (
     routed_point,
 )
 from routenlp_ray.config.app import RouteNLPConfig
-from routenlp_ray.conformal.coverage import calibrate_table, cascade_outcome
+from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.recording.tables import TaskTable, build_table, in_held_out_half
 from routenlp_ray.routing.learned_policy import start_indices
 from routenlp_ray.routing.router import DifficultyRouter
@@ -202,9 +202,8 @@ def run_tasks_benchmark(
 ) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
-    from routenlp_ray.routing.encoder import SentenceEncoder
-
     from routenlp_ray.conformal.selection import TaskScores
+    from routenlp_ray.models.encoder import SentenceEncoder
 
     scores = TaskScores(config.cascade)  # each task's uncertainty score, as the service computes it
     tables = {t: build_table(config, Path(records_dir), Path(data_dir), t, split, scores.for_task(t)) for t in tasks}

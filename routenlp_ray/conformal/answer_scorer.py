@@ -46,7 +46,7 @@ class LearnedAnswerScorer:
     @property
     def encoder(self) -> TextEncoder:
         if self._encoder is None:
-            from routenlp_ray.routing.encoder import SentenceEncoder
+            from routenlp_ray.models.encoder import SentenceEncoder
 
             self._encoder = SentenceEncoder(quantize=self.quantize)
         return self._encoder

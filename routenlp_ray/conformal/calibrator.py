@@ -28,9 +28,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binom, binomtest
 
 from routenlp_ray._exceptions import NotFittedError
+from routenlp_ray.cascade import accepts
 from routenlp_ray.conformal.scores import AnswerEvidence, get_uncertainty_score
 from routenlp_ray.conformal.thresholds import ThresholdTable
 
@@ -65,6 +66,14 @@ def risk_controlling_threshold(
             break
         chosen = float(candidate)
     return chosen
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson interval of a proportion such as a coverage estimate; (nan, nan) with no trials."""
+    if trials == 0:
+        return (math.nan, math.nan)
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 Method = Literal["coverage", "risk"]
@@ -166,11 +175,13 @@ class ConformalCalibrator:
     def predict(self, uncertainty: Sequence[float], tiers: Sequence[str], tasks: Sequence[str]) -> np.ndarray:
         """Boolean array: would each answer be accepted (u <= delta)?"""
         self._check()
-        out = np.zeros(len(uncertainty), dtype=bool)
-        for i, (u, tier, task) in enumerate(zip(uncertainty, tiers, tasks)):
-            threshold = self.thresholds_.get(tier, {}).get(task)
-            out[i] = threshold is not None and u is not None and not math.isnan(u) and u <= threshold
-        return out
+        return np.array(
+            [
+                accepts(u, self.thresholds_.get(tier, {}).get(task), is_last=False)
+                for u, tier, task in zip(uncertainty, tiers, tasks)
+            ],
+            dtype=bool,
+        )
 
     def to_table(self, version: str) -> ThresholdTable:
         self._check()

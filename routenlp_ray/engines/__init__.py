@@ -1,7 +1,11 @@
-"""Engines behind one protocol: transformers, vLLM via Ray Serve LLM, OpenAI-compatible HTTP, replay."""
+"""Engines behind one protocol: transformers, vLLM via Ray Serve LLM, OpenAI-compatible HTTP, replay.
+
+The package exports the protocol and its request and result types. ``make_engine`` lives in
+``routenlp_ray.engines.factory``: it knows every implementation (the specialist engine pulls
+in ``specialists``), so importing the protocol does not import them.
+"""
 
 from routenlp_ray.engines.base import Engine, GenerationRequest, GenerationResult
-from routenlp_ray.engines.factory import make_engine
-from routenlp_ray.engines.sources import resolve_model_source
+from routenlp_ray.models.sources import resolve_model_source
 
-__all__ = ["Engine", "GenerationRequest", "GenerationResult", "make_engine", "resolve_model_source"]
+__all__ = ["Engine", "GenerationRequest", "GenerationResult", "resolve_model_source"]

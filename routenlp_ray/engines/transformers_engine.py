@@ -11,7 +11,7 @@ from typing import Any
 from routenlp_ray._exceptions import EngineError
 from routenlp_ray.config.tiers import TransformersEngineConfig
 from routenlp_ray.engines.base import GenerationRequest, GenerationResult, truncate_at_stop
-from routenlp_ray.engines.sources import resolve_model_source
+from routenlp_ray.models.sources import resolve_model_source
 
 
 class TransformersEngine:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from routenlp_ray._exceptions import ArtifactError
 from routenlp_ray.config.tiers import TransformersEngineConfig
-from routenlp_ray.engines.sources import resolve_model_source
+from routenlp_ray.models.sources import resolve_model_source
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

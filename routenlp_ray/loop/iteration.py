@@ -25,11 +25,11 @@ from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.config.tiers import TierConfig
-from routenlp_ray.conformal.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.conformal.thresholds import load_thresholds
 from routenlp_ray.loop.distill import DistillConfig, DistillExample, train_lora_adapter
-from routenlp_ray.releases import ReleaseStore
+from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
+from routenlp_ray.releases import ReleaseStore
 from routenlp_ray.telemetry.querylog import read_records
 
 logger = logging.getLogger("routenlp.loop")
@@ -132,7 +132,7 @@ class Iteration:
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from routenlp_ray.routing.encoder import SentenceEncoder
+            from routenlp_ray.models.encoder import SentenceEncoder
 
             self._encoder = SentenceEncoder()
         return self._encoder

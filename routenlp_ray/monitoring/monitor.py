@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from routenlp_ray.cascade import accepts
 from routenlp_ray.config.monitoring import MonitoringConfig
-from routenlp_ray.conformal.calibrator import ConformalCalibrator
-from routenlp_ray.conformal.coverage import wilson_interval
+from routenlp_ray.conformal.calibrator import ConformalCalibrator, wilson_interval
 from routenlp_ray.conformal.thresholds import ThresholdTable
 
 LabelSource = Literal["audit", "feedback"]
@@ -119,8 +119,8 @@ class CoverageMonitor:
         delta = self.threshold(tier, task)
         fresh = [a for a in self._audits if a.tier == tier and a.task == task and a.ts >= self.live_since]
         correct = [a for a in fresh if a.correct][-self.config.window :]
-        covered = sum(_accepted(a.uncertainty, delta) for a in correct)
-        accepted = [a for a in fresh if _accepted(a.uncertainty, delta)][-self.config.window :]
+        covered = sum(accepts(a.uncertainty, delta, is_last=False) for a in correct)
+        accepted = [a for a in fresh if accepts(a.uncertainty, delta, is_last=False)][-self.config.window :]
         wrong = sum(not a.correct for a in accepted)
         low, high = wilson_interval(covered, len(correct)) if correct else (math.nan, math.nan)
         return CellCoverage(
@@ -204,7 +204,3 @@ class CoverageMonitor:
         """Thresholds set from outside (a publish or rollback): coverage starts over under them."""
         self.thresholds = table
         self.live_since = time.time() if now is None else now
-
-
-def _accepted(uncertainty: float | None, delta: float | None) -> bool:
-    return uncertainty is not None and delta is not None and not math.isnan(uncertainty) and uncertainty <= delta

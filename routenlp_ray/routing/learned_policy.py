@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from routenlp_ray._exceptions import ArtifactError
-from routenlp_ray.routing.encoder import MINILM_SOURCE, SentenceEncoder
+from routenlp_ray.models.encoder import MINILM_SOURCE, SentenceEncoder
 from routenlp_ray.routing.router import DifficultyRouter
 
 POLICY_META = "policy.json"

@@ -59,8 +59,8 @@ def train_router_policy(
     The target is the lowest-cost one that keeps the task's ``quality_target`` of frontier
     quality on the held-out half (``choose_targets``). The returned policy is ready to ``save``.
     """
+    from routenlp_ray.models.encoder import SentenceEncoder
     from routenlp_ray.recording.tables import build_table, in_held_out_half
-    from routenlp_ray.routing.encoder import SentenceEncoder
 
     encoder = encoder or SentenceEncoder()
     tables = [build_table(config, Path(records_dir), Path(data_dir), task, split) for task in tasks]

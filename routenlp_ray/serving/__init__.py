@@ -1,13 +1,22 @@
-"""The router's request logic and its OpenAI-compatible request schemas."""
+"""The router's request logic, its live artifacts and its OpenAI-compatible request schemas.
 
-from routenlp_ray.serving.http import parse_body
+``RouterService`` is the request path; ``LiveArtifacts`` owns what changes without a restart
+and hands each request one ``LiveSnapshot``; ``RequestGate`` holds auth and size limits.
+"""
+
+from routenlp_ray.serving.http import RequestGate, parse_body
+from routenlp_ray.serving.live import LiveArtifacts, LiveSnapshot, MonitorLink, RouterUserConfig
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest, error_body
-from routenlp_ray.serving.service import RouterService, RouterUserConfig
+from routenlp_ray.serving.service import RouterService
 
 __all__ = [
     "ChatCompletionRequest",
     "CompletionRequest",
     "FeedbackRequest",
+    "LiveArtifacts",
+    "LiveSnapshot",
+    "MonitorLink",
+    "RequestGate",
     "RouterService",
     "RouterUserConfig",
     "error_body",

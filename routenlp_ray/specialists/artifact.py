@@ -29,7 +29,7 @@ from pydantic import Field, ValidationError
 
 from routenlp_ray._exceptions import ArtifactError
 from routenlp_ray.config._base import StrictModel
-from routenlp_ray.engines.sources import resolve_model_source
+from routenlp_ray.models.sources import resolve_model_source
 
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.json"

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from routenlp_ray._exceptions import ArtifactError, MissingExtraError, NotFittedError
-from routenlp_ray.routing.encoder import SentenceEncoder
+from routenlp_ray.models.encoder import SentenceEncoder
 from routenlp_ray.specialists.artifact import HEAD_FILE, read_head
 
 __all__ = [

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from routenlp_ray._exceptions import RouteNLPError
 from routenlp_ray.config._base import StrictModel
-from routenlp_ray.routing.encoder import MINILM_SOURCE
+from routenlp_ray.models.encoder import MINILM_SOURCE
 from routenlp_ray.specialists.artifact import HeadEntry, HeadKind, data_fingerprint, write_artifact
 
 __all__ = [

@@ -1,23 +1,72 @@
-"""Prometheus metrics of the router, exported through Ray's metrics agent.
+"""Prometheus metrics of the router and the coverage monitor, exported through Ray's metrics agent.
 
 ``RayRouterMetrics`` must be created inside a Ray process (a Serve replica); library code
 and unit tests use ``NullRouterMetrics``.
+
+Telemetry knows no domain types: it reads what it records through the small protocols
+below, which ``cascade.CascadeOutcome`` and ``monitoring.monitor.CellCoverage`` satisfy.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
-
-from routenlp_ray.cascade import CascadeOutcome
-
-if TYPE_CHECKING:
-    from routenlp_ray.monitoring.monitor import CellCoverage
+from collections.abc import Sequence
+from typing import Protocol
 
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+# Attempt statuses that send the query on to a more capable tier.
+ESCALATION_STATUSES = ("escalated", "error", "timeout")
+
+
+class AttemptRecord(Protocol):
+    """What the metrics read of one tier attempt."""
+
+    @property
+    def tier(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def latency_ms(self) -> float: ...
+
+    @property
+    def cost_usd(self) -> float: ...
+
+
+class OutcomeRecord(Protocol):
+    """What the metrics read of one answered request."""
+
+    @property
+    def answered_by(self) -> str: ...
+
+    @property
+    def attempts(self) -> Sequence[AttemptRecord]: ...
+
+
+class CellRecord(Protocol):
+    """What the metrics read of one (tier, task) coverage estimate."""
+
+    @property
+    def tier(self) -> str: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def threshold(self) -> float | None: ...
+
+    @property
+    def correct(self) -> int: ...
+
+    @property
+    def coverage(self) -> float | None: ...
+
+    @property
+    def accepted_error_rate(self) -> float | None: ...
 
 
 class RouterMetrics(Protocol):
-    def record_outcome(self, task: str, outcome: CascadeOutcome, latency_ms: float, saved_usd: float) -> None: ...
+    def record_outcome(self, task: str, outcome: OutcomeRecord, latency_ms: float, saved_usd: float) -> None: ...
 
     def record_failure(self, task: str, reason: str) -> None: ...
 
@@ -25,7 +74,7 @@ class RouterMetrics(Protocol):
 
 
 class NullRouterMetrics:
-    def record_outcome(self, task: str, outcome: CascadeOutcome, latency_ms: float, saved_usd: float) -> None:
+    def record_outcome(self, task: str, outcome: OutcomeRecord, latency_ms: float, saved_usd: float) -> None:
         return None
 
     def record_failure(self, task: str, reason: str) -> None:
@@ -67,7 +116,7 @@ class RayRouterMetrics:
             tag_keys=("tier",),
         )
 
-    def record_outcome(self, task: str, outcome: CascadeOutcome, latency_ms: float, saved_usd: float) -> None:
+    def record_outcome(self, task: str, outcome: OutcomeRecord, latency_ms: float, saved_usd: float) -> None:
         self.requests.inc(1, tags={"task": task, "tier": outcome.answered_by})
         for attempt in outcome.attempts:
             self.tier_calls.inc(1, tags={"task": task, "tier": attempt.tier, "status": attempt.status})
@@ -76,7 +125,7 @@ class RayRouterMetrics:
             self.tier_latency.observe(attempt.latency_ms, tags={"tier": attempt.tier})
             if attempt.cost_usd:
                 self.cost.inc(attempt.cost_usd, tags={"task": task, "tier": attempt.tier})
-            if attempt.status in ("escalated", "error", "timeout"):
+            if attempt.status in ESCALATION_STATUSES:
                 self.escalations.inc(1, tags={"task": task, "tier": attempt.tier, "reason": attempt.status})
         if saved_usd > 0:
             self.saved.inc(saved_usd, tags={"task": task})
@@ -90,13 +139,13 @@ class RayRouterMetrics:
 
 
 class MonitorMetrics(Protocol):
-    def record_cell(self, cell: "CellCoverage") -> None: ...
+    def record_cell(self, cell: CellRecord) -> None: ...
 
     def record_recalibration(self, reason: str) -> None: ...
 
 
 class NullMonitorMetrics:
-    def record_cell(self, cell: "CellCoverage") -> None:
+    def record_cell(self, cell: CellRecord) -> None:
         return None
 
     def record_recalibration(self, reason: str) -> None:
@@ -122,7 +171,7 @@ class RayMonitorMetrics:
             "routenlp_recalibrations", description="Threshold recalibrations by trigger.", tag_keys=("reason",)
         )
 
-    def record_cell(self, cell: "CellCoverage") -> None:
+    def record_cell(self, cell: CellRecord) -> None:
         tags = {"tier": cell.tier, "task": cell.task}
         self.labelled.set(cell.correct, tags=tags)
         if cell.coverage is not None:

@@ -60,7 +60,17 @@ def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: P
     policy = RouterStartPolicy.load(artifacts / "router-ci")
     assert set(policy.targets) == set(TASKS)
     tiers = ["specialist", "smollm2", "frontier"]
-    assert policy.start_tier("cs_intent", "where is my new card?", tiers) in tiers
+    # The router was trained on exactly these tiers, so start_tier's fall-back to the cheapest
+    # live tier cannot hide a wrong pick below.
+    assert policy.router.tiers == tiers
+    text = "where is my new card?"
+    # start_tier picks what the trained router and the task's chosen target pick (decide_batch has no fall-back).
+    assert policy.start_tier("cs_intent", text, tiers) == policy.decide_batch([text], ["cs_intent"])[0]
+    # The target decides: one no probability clears starts at the frontier, one every tier clears at the cheapest.
+    policy.targets["cs_intent"] = 1.01
+    assert policy.start_tier("cs_intent", text, tiers) == "frontier"
+    policy.targets["cs_intent"] = 0.0
+    assert policy.start_tier("cs_intent", text, tiers) == "specialist"
 
 
 def test_router_judgments_benchmark_runs(tmp_path: Path, data_dir: Path) -> None:

@@ -100,7 +100,16 @@ def test_iteration_publishes_a_release_the_service_picks_up_and_rollback_restore
     assert all(report["training"][v]["steps"] == 3 for v in ("targeted", "untargeted"))
     for variant in ("base", "targeted", "untargeted"):
         assert set(report["evaluation"][variant]["per_task"]) == set(TASKS)
-    assert "targeted_over_untargeted" in report["cost_improvement"]
+    # The cost improvements are each student's cost reduction over the current model's, and their ratio.
+    base = report["evaluation"]["base"]["cost_reduction"]
+    gain = {v: report["evaluation"][v]["cost_reduction"] - base for v in ("targeted", "untargeted")}
+    improvement = report["cost_improvement"]
+    assert improvement["targeted"] == pytest.approx(gain["targeted"])
+    assert improvement["untargeted"] == pytest.approx(gain["untargeted"])
+    if gain["untargeted"] > 0:
+        assert improvement["targeted_over_untargeted"] == pytest.approx(gain["targeted"] / gain["untargeted"])
+    else:
+        assert improvement["targeted_over_untargeted"] is None
     assert (app["tmp"] / "runs" / "ci-1" / "clusters.md").exists()
     assert "| base |" in (app["tmp"] / "runs" / "ci-1" / "report.md").read_text()
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 import asyncio
 import math
 
+import numpy as np
 import pytest
 
 from routenlp_ray import AllTiersFailedError, EngineError
-from routenlp_ray.cascade import SKIP_NO_THRESHOLD, SKIP_UNSERVED, CascadeTier, accepts, run_cascade
+from routenlp_ray.cascade import SKIP_NO_THRESHOLD, SKIP_UNSERVED, CascadeTier, accepts, accepts_array, run_cascade
 from routenlp_ray.config import Pricing
 from routenlp_ray.conformal import AnswerEvidence, mean_nll
 from routenlp_ray.engines import GenerationRequest, GenerationResult
@@ -49,6 +50,27 @@ def score(result: GenerationResult) -> float | None:
 )
 def test_acceptance_rule(uncertainty, threshold, is_last, expected) -> None:
     assert accepts(uncertainty, threshold, is_last) is expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_rule_agrees_with_accepts(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(0, 2, size=200)
+    u[rng.random(200) < 0.2] = np.nan
+    u[:3] = [np.inf, 0.0, np.nan]
+    for threshold in [None, 0.0, float(rng.uniform(0, 2)), float(u[5]), np.inf]:
+        got = accepts_array(u, threshold)
+        assert got.dtype == bool and got.shape == u.shape
+        # NaN is how arrays spell an unscorable answer, which ``accepts`` receives as None.
+        expected = [bool(accepts(None if np.isnan(x) else float(x), threshold, is_last=False)) for x in u]
+        assert got.tolist() == expected
+        assert got.tolist() == [bool(accepts(float(x), threshold, is_last=False)) for x in u]
+
+
+def test_vectorised_rule_keeps_the_shape() -> None:
+    u = np.array([[0.1, np.nan], [2.0, 0.5]])
+    assert accepts_array(u, 0.5).tolist() == [[True, False], [False, True]]
+    assert accepts_array(u, None).tolist() == [[False, False], [False, False]]
 
 
 async def test_confident_cheap_answer_is_accepted() -> None:

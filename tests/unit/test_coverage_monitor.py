@@ -126,9 +126,9 @@ async def test_router_audits_reach_the_monitor_which_recalibrates_and_the_router
     await router.drain()
     # Every escalated-but-right answer was a coverage violation: the drop fired a recalibration.
     assert monitor.recalibrations == 1
-    new = monitor.current(router.thresholds.version)
+    new = monitor.current(router.live.thresholds.version)
     assert new is not None and new["thresholds"]["cheap"]["cs_intent"] == pytest.approx(0.2)
-    assert router.apply_thresholds(ThresholdTable.model_validate(new), reason="coverage monitor")
+    assert router.live.apply_thresholds(ThresholdTable.model_validate(new), reason="coverage monitor")
     assert (await router.chat(body))["routing"]["answered_by"] == "cheap"
     await router.drain()  # the accepted answer is audited with a shadow call to the frontier
     assert frontier.calls == 13

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routenlp_ray.conformal.coverage import cascade_outcome, coverage_markdown, coverage_report, wilson_interval
+from routenlp_ray.conformal.calibrator import wilson_interval
+from routenlp_ray.recording.coverage import cascade_outcome, coverage_markdown, coverage_report
 from routenlp_ray.recording.tables import TaskTable, concat_tables
 
 

@@ -12,7 +12,7 @@ from routenlp_ray.engines import GenerationRequest
 from routenlp_ray.engines.base import truncate_at_stop
 from routenlp_ray.engines.openai_http import OpenAICompatibleEngine
 from routenlp_ray.engines.replay import ReplayEngine
-from routenlp_ray.engines.sources import resolve_model_source
+from routenlp_ray.models.sources import resolve_model_source
 
 
 def chat(text: str, task: str | None = None, raw: str | None = None) -> GenerationRequest:

@@ -284,7 +284,7 @@ def test_mine_ties_it_together(log_uri: str, config) -> None:
 
 @pytest.mark.slow
 def test_real_encoder_separates_two_topics() -> None:
-    from routenlp_ray.routing.encoder import SentenceEncoder
+    from routenlp_ray.models.encoder import SentenceEncoder
 
     cards = [
         "my debit card has not arrived", "where is my new credit card", "card payment declined at the shop",

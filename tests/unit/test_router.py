@@ -123,7 +123,7 @@ def test_policy_round_trip_picks_tiers(tmp_path: Path) -> None:
 
 
 def test_encoder_keeps_input_order_when_batching_by_length() -> None:
-    from routenlp_ray.routing.encoder import SentenceEncoder
+    from routenlp_ray.models.encoder import SentenceEncoder
 
     texts = ["a much longer sentence about a lost bank card and a refund", "hi", "where is my card?"]
     exact = SentenceEncoder(quantize=False)

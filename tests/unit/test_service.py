@@ -127,11 +127,11 @@ def test_api_keys(tmp_path: Path, replay_file: Path, monkeypatch: pytest.MonkeyP
     service, _ = make_service(
         tmp_path, replay_file, ScriptedTier("", None), ScriptedTier("", None), server={"api_keys": ["cfg-key"]}
     )
-    service.authenticate("Bearer cfg-key")
-    service.authenticate("Bearer env-key")
+    service.gate.authenticate("Bearer cfg-key")
+    service.gate.authenticate("Bearer env-key")
     for header, message in [(None, "missing API key"), ("Bearer nope", "invalid API key"), ("cfg-key", "invalid")]:
         with pytest.raises(AuthenticationError, match=message):
-            service.authenticate(header)
+            service.gate.authenticate(header)
 
 
 async def test_input_over_the_limit_is_refused(tmp_path: Path, replay_file: Path) -> None:
@@ -177,15 +177,15 @@ async def test_reconfigure_swaps_thresholds_and_logs_the_change(tmp_path: Path, 
     service, config = make_service(tmp_path, replay_file, cheap, frontier)
     assert (await service.chat(chat_body()))["routing"]["answered_by"] == "frontier"
     artifact = ThresholdTable(version="cal-001", thresholds={"cheap": {"cs_intent": 1.0}}).save(tmp_path / "t.json")
-    assert service.reconfigure({"thresholds_path": str(artifact)}) == {
+    assert service.live.reconfigure({"thresholds_path": str(artifact)}) == {
         "thresholds_version": "cal-001", "policy_version": "cheapest"
     }
     routing = (await service.chat(chat_body()))["routing"]
     assert routing["answered_by"] == "cheap" and routing["thresholds_version"] == "cal-001"
     # A broken artifact is refused and the running version stays.
     with pytest.raises(ArtifactError):
-        service.reconfigure({"thresholds_path": str(tmp_path / "missing.json")})
-    assert service.thresholds.version == "cal-001"
+        service.live.reconfigure({"thresholds_path": str(tmp_path / "missing.json")})
+    assert service.live.thresholds.version == "cal-001"
     [event] = read_records(config.storage.log_uri, "events")
     assert event["before"]["thresholds_version"] == "none" and event["after"]["thresholds_version"] == "cal-001"
 

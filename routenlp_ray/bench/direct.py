@@ -1,14 +1,22 @@
-"""A bare ingress that calls one tier directly: the baseline of the ingress-overhead benchmark."""
+"""A bare ingress that calls one tier directly: the baseline of the ingress-overhead benchmark.
+
+It is benchmark-only, so it lives here rather than among the production deployments in
+``deployments/``. ``DirectTierIngress`` is a plain class; ``build_direct_tier_app`` applies
+the Serve decorators, as the builders in ``deployments/builders.py`` do for the router.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from routenlp_ray.engines.base import GenerationRequest
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 
 class DirectTierIngress:
@@ -33,3 +41,11 @@ class DirectTierIngress:
             return JSONResponse({"choices": [{"message": {"role": "assistant", "content": result.text}}]})
 
         return app
+
+
+def build_direct_tier_app(tier_app: "Application") -> "Application":
+    """One tier application (built by ``deployments.builders.build_tier``) behind the bare ingress."""
+    from ray import serve
+
+    ingress = serve.deployment(serve.ingress()(DirectTierIngress), name="direct", max_ongoing_requests=256)
+    return ingress.bind(tier_app)
