@@ -229,6 +229,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     task_names: list[str] = []
     for table in _tables_from_args(args, config, score):
         for k, tier in enumerate(table.tiers[:-1]):  # the last tier always accepts
+            if not table.served[k]:
+                continue  # skipped for this task when serving: nothing to calibrate
             uncertainty += table.uncertainty[:, k].tolist()
             correct += (table.correct[:, k] > 0).tolist()
             tiers += [tier] * len(table.ids)

@@ -52,20 +52,36 @@ def conformal_threshold(correct_uncertainties: Sequence[float], alpha: float) ->
 def risk_controlling_threshold(
     uncertainty: Sequence[float], correct: Sequence[bool], epsilon: float, delta: float
 ) -> float | None:
-    """Learn-then-Test: the loosest threshold whose accepted-error rate is certified <= epsilon."""
+    """Learn-then-Test: the loosest threshold whose accepted-error rate is certified <= epsilon.
+
+    Fixed-sequence testing from strict to loose, stopping at the first threshold whose
+    hypothesis "risk > epsilon" cannot be rejected at level ``delta``. The sequence starts at
+    the first threshold that accepts at least ``min_accepted_for_risk(epsilon, delta)``
+    answers: below that, even zero errors cannot reject, and starting there would stop the
+    sequence before it could certify anything. Where the sequence starts depends on the
+    uncertainties alone, never on the labels, so the family-wise error stays at ``delta``.
+    """
     u = np.asarray(uncertainty, dtype=float)
     ok = np.asarray(correct, dtype=bool)
     keep = ~np.isnan(u)
     u, ok = u[keep], ok[keep]
+    smallest = min_accepted_for_risk(epsilon, delta)
     chosen: float | None = None
     for candidate in np.unique(u):  # strict to loose
         accepted = u <= candidate
         n, errors = int(accepted.sum()), int((~ok[accepted]).sum())
+        if n < smallest:
+            continue
         # p-value of H0 "risk > epsilon": P(Binomial(n, epsilon) <= errors).
         if binom.cdf(errors, n, epsilon) > delta:
             break
         chosen = float(candidate)
     return chosen
+
+
+def min_accepted_for_risk(epsilon: float, delta: float) -> int:
+    """The fewest accepted answers for which zero errors certify risk <= epsilon at level delta."""
+    return math.ceil(math.log(delta) / math.log(1 - epsilon))
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:

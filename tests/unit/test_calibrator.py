@@ -71,3 +71,19 @@ def test_calibrator_per_tier_and_task_with_warnings() -> None:
 def test_predict_before_conformalize_is_an_error() -> None:
     with pytest.raises(NotFittedError, match="call conformalize before predict"):
         ConformalCalibrator().predict([0.1], ["t"], ["x"])
+
+
+def test_risk_rule_certifies_a_sure_head_whose_strictest_answers_are_too_few_to_test_alone() -> None:
+    from routenlp_ray.conformal.calibrator import min_accepted_for_risk, risk_controlling_threshold
+
+    rng = np.random.default_rng(0)
+    u = np.sort(rng.uniform(0, 1, 300))
+    correct = np.ones(300, dtype=bool)
+    correct[150:] = rng.random(150) < 0.5  # sure answers all right, unsure ones a coin flip
+    assert min_accepted_for_risk(0.05, 0.1) == 45  # 0.95**45 < 0.1 <= 0.95**44
+    threshold = risk_controlling_threshold(u, correct, epsilon=0.05, delta=0.1)
+    assert threshold is not None and u[120] <= threshold < u[200]
+    accepted = u <= threshold
+    assert (~correct[accepted]).mean() <= 0.05
+    # With fewer answers than the minimum, nothing can be certified.
+    assert risk_controlling_threshold(u[:40], correct[:40], epsilon=0.05, delta=0.1) is None
