@@ -13,7 +13,7 @@ def test_embedded_default_config_loads() -> None:
     config = load_config(REPO_ROOT / "serve_config.local.yaml")
     assert [t.name for t in config.tiers] == ["specialist", "smollm2", "frontier"]
     assert [t.engine.type for t in config.tiers[:2]] == ["specialist", "transformers"]
-    assert "chat" not in config.tiers[0].tasks and config.tiers[1].tasks is None
+    assert "chat" not in config.tiers[0].tasks and config.tiers[1].tasks == ["chat", "cs_response", "fin_summarization"]
     assert config.frontier.engine.type == "replay"
     assert config.server.default_task == "chat"
 
