@@ -386,6 +386,10 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
     from routenlp_ray.config import load_config
 
     config = load_config(args.config).with_absolute_paths(os.getcwd())
+    if args.threads:
+        data = config.model_dump(mode="json")
+        next(t for t in data["tiers"] if t["name"] == args.tier)["engine"]["num_threads"] = args.threads
+        config = type(config).model_validate(data)
     report = run_specialist_benchmark(config, args.tier, args.data_dir, per_task=args.per_task,
                                       batch_size=args.batch_size, rounds=args.rounds)
     out = Path(args.out)
@@ -645,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     specialist.add_argument("--per-task", type=int, default=100, help="validation queries per task")
     specialist.add_argument("--batch-size", type=int, default=64)
     specialist.add_argument("--rounds", type=int, default=3)
+    specialist.add_argument("--threads", type=int, default=None, help="override the tier's torch threads")
     specialist.add_argument("--out", default="results/bench_specialist.json")
     specialist.set_defaults(func=_cmd_bench_specialist)
 

@@ -47,5 +47,9 @@ def build_direct_tier_app(tier_app: "Application") -> "Application":
     """One tier application (built by ``deployments.builders.build_tier``) behind the bare ingress."""
     from ray import serve
 
-    ingress = serve.deployment(serve.ingress()(DirectTierIngress), name="direct", max_ongoing_requests=256)
+    # The same logical CPUs as a router replica, so both paths schedule on a 2-core machine.
+    ingress = serve.deployment(
+        serve.ingress()(DirectTierIngress), name="direct", max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": 0.5},
+    )
     return ingress.bind(tier_app)

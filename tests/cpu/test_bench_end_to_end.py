@@ -51,7 +51,8 @@ def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: P
     assert main(["calibrate", *common, "--records", str(records), "--tasks", *TASKS, "--version", "cal-ci",
                  "--out", str(thresholds)]) == 0
     table = ThresholdTable.load(thresholds)
-    assert table.version == "cal-ci" and set(table.thresholds["smollm2"]) == set(TASKS)
+    # SmolLM2 does not serve these tasks in the embedded default, so it gets no entry for them.
+    assert table.version == "cal-ci" and "smollm2" not in table.thresholds
     assert set(table.thresholds["specialist"]) == set(TASKS)
 
     artifacts = tmp_path / "artifacts"
