@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import shutil
 import tempfile
 import threading
 import time
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -295,26 +296,36 @@ def bench_embedded_load(
 def run_load_benchmark(
     config_path: str, data_dir: str, out: str, apps: ServingApps, requests: int = 400, concurrency: int = 16,
 ) -> dict[str, Any]:
+    config = load_config(config_path).with_absolute_paths(Path.cwd())
+    with _local_serve("routenlp-bench-load-") as (port, work_dir):
+        load = bench_embedded_load(config, Path(data_dir), port, work_dir, requests, concurrency, apps)
+    return _write_report(out, {"benchmark": "load", "config": config_path, **load})
+
+
+@contextmanager
+def _local_serve(prefix: str) -> Iterator[tuple[int, Path]]:
+    """A local Ray and Serve on a free loopback port, and scratch space outside the repo; both go at exit."""
     import ray
     from ray import serve
 
-    config = load_config(config_path).with_absolute_paths(Path.cwd())
-    work_dir = Path(tempfile.mkdtemp(prefix="routenlp-bench-load-"))
+    work_dir = Path(tempfile.mkdtemp(prefix=prefix))
     port = free_port()
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        load = bench_embedded_load(config, Path(data_dir), port, work_dir, requests, concurrency, apps)
+        yield port, work_dir
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _write_report(out: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Stamp a benchmark report with the time and machine, and write it as JSON."""
     report = {
-        "benchmark": "load",
         "created_at": datetime.now(timezone.utc).isoformat(),
         "machine": {"cpus": _cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "config": config_path,
-        **load,
+        **body,
     }
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,39 +344,22 @@ def run_serving_benchmark(
     memory_requests: int = 24,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    import ray
-    from ray import serve
-
     config = load_config(config_path)
-    out_path = Path(out)
     # Scratch space (a replay slice of the shared data, throwaway query logs): never in the repo.
-    work_dir = Path(tempfile.mkdtemp(prefix="routenlp-bench-serving-"))
-    port = free_port()
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
+    with _local_serve("routenlp-bench-serving-") as (port, work_dir):
         progress(f"ingress overhead: {requests} requests x {rounds} rounds at concurrency {concurrency_levels}")
         overhead = bench_ingress_overhead(
             config, Path(data_dir), work_dir, port, requests, concurrency_levels, rounds, apps
         )
         progress("memory of the embedded default under load")
         memory = bench_embedded_memory(config, port, work_dir, memory_requests, apps)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(work_dir, ignore_errors=True)
-    report = {
+    return _write_report(out, {
         "benchmark": "serving",
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "machine": {"cpus": _cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "config": config_path,
         "ingress_overhead": overhead,
         "targets": {"added_p50_ms": 10, "added_p99_ms": 30, "peak_memory_mb": 4096},
         "memory": memory,
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2))
-    return report
+    })
 
 
 def _cpu_count() -> int:
