@@ -44,6 +44,8 @@ def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir:
     data["tiers"] = [t for t in data["tiers"] if t["name"] != "specialist"]
     tier_named(data, "frontier")["engine"]["records"] = [str(data_dir / t / "*.jsonl") for t in TASKS]
     tier_named(data, "smollm2")["limits"]["default_max_tokens"] = 12
+    # The embedded default keeps SmolLM2 off the structured tasks; here it is the student for them.
+    tier_named(data, "smollm2")["tasks"] = None
     # A threshold no answer can meet (a mean NLL is never negative): SmolLM2 is tried and escalates
     # everything, so the log is full of failures. (A tier with no threshold at all would be skipped.)
     data["cascade"].update({"thresholds_path": None, "default_threshold": -1.0})
