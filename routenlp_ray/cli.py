@@ -137,8 +137,6 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_distill_specialists(args: argparse.Namespace) -> int:
     """Ask the frontier tier for its answers on a data split, and distil them into specialist heads."""
-    import asyncio
-
     from routenlp_ray.config import load_config
     from routenlp_ray.engines.factory import make_engine
     from routenlp_ray.specialists.training import (
@@ -158,7 +156,9 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
         task = config.task(name)
         kind = head_kind_for_parser(task_spec_from_config(task).parser)
         examples = load_examples(task_file(args.data_dir, name, args.split), limit=args.limit, seed=args.seed)
-        pairs[name], missing = asyncio.run(frontier_pairs(teacher, task, kind, [e.input for e in examples]))
+        pairs[name], missing = frontier_pairs(teacher, task, kind, [e.input for e in examples])
+        if kind == "cache" and args.cache_rows_from_data:
+            pairs[name] = _pairs_referencing_rows(args, name, pairs[name])
         print(f"{name}: {len(pairs[name].texts)} pairs from {config.frontier.name!r} ({missing} without an answer), "
               f"{kind} head", flush=True)
     training = SpecialistTrainingConfig(cpus_per_worker=args.cpus, seed=args.seed)
@@ -166,6 +166,26 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
                               storage_path=args.storage)
     print(f"wrote specialist artifact {out}")
     return 0
+
+
+def _pairs_referencing_rows(args: argparse.Namespace, task: str, pairs: Any) -> Any:
+    """The pairs in their data file's order, pointing at it, after checking they are exactly its rows."""
+    from routenlp_ray.engines.replay import answer_text
+    from routenlp_ray.tasks.data import load_examples, task_file
+
+    rows = [(r.input, answer_text(r.reference)) for r in load_examples(task_file(args.data_dir, task, args.split))]
+    if args.limit is not None or sorted(t for t, _ in rows) != sorted(pairs.texts):
+        raise ConfigError(
+            f"--cache-rows-from-data: the frontier did not answer exactly the queries of {task}/{args.split} "
+            "(or --limit is set); drop the flag to store the cache's own copy"
+        )
+    # The file's references stand in for the frontier's answers; say where the two differ (the
+    # replay frontier gives whitespace-equal queries one answer).
+    answered = dict(zip(pairs.texts, pairs.answers))
+    differ = sum(answered[t] != a for t, a in rows)
+    print(f"{task}: caching the file's {len(rows)} rows; {differ} references differ from the frontier's answer")
+    source = {"path": f"{task}/{args.split}.jsonl", "input_field": "input", "answer_field": "reference"}
+    return pairs.model_copy(update={"texts": [t for t, _ in rows], "answers": [a for _, a in rows], "source": source})
 
 
 def _score_from_args(args: argparse.Namespace) -> Any:
@@ -556,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--out", required=True, help="new artifact folder, e.g. artifacts/specialists/v1")
     distill.add_argument("--version", default=None, help="artifact version (default: the folder name)")
     distill.add_argument("--storage", default="var/ray_train", help="Ray Train storage path")
+    distill.add_argument("--cache-rows-from-data", action="store_true",
+                         help="answer caches reference the data file their pairs are (no copy in the artifact)")
     distill.set_defaults(func=_cmd_distill_specialists)
 
     calibrate = commands.add_parser("calibrate", help="split-conformal thresholds per (tier, task) from records")

@@ -33,6 +33,7 @@ from routenlp_ray.bench.curves import (
     oracle_points,
     routed_point,
 )
+from routenlp_ray.cascade import accepts
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.recording.tables import TaskTable, build_table, in_held_out_half
@@ -52,8 +53,7 @@ def cascade_choice(table: TaskTable, start: np.ndarray, delta: float) -> tuple[n
     for i in range(n):
         for tier in range(int(start[i]), k):
             spent[i] += table.cost[i, tier]
-            u = table.uncertainty[i, tier]
-            if tier == k - 1 or (not np.isnan(u) and u <= delta):
+            if accepts(float(table.uncertainty[i, tier]), delta, is_last=tier == k - 1):
                 answer[i] = tier
                 break
     return answer, spent

@@ -112,6 +112,7 @@ class RouteNLPConfig(StrictModel):
                 engine["adapter_path"] = absolute(engine["adapter_path"])
             if engine["type"] == "specialist":
                 engine["path"] = absolute(engine["path"])
+                engine["data_dir"] = absolute(engine["data_dir"])
             if engine["type"] == "replay":
                 engine["records"] = [absolute(pattern) for pattern in engine["records"]]
         for task in data["tasks"]:

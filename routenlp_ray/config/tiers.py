@@ -163,6 +163,9 @@ class SpecialistEngineConfig(StrictModel):
     exact_search_max: int = Field(
         50_000, ge=1, description="Largest answer cache searched exactly; a larger one gets an HNSW index (usearch)."
     )
+    data_dir: str | None = Field(
+        None, description="Folder that answer caches built by reference (`--cache-rows-from-data`) read their rows from."
+    )
 
 
 EngineConfig = Annotated[

@@ -100,3 +100,38 @@ def lookup_text(request: GenerationRequest) -> str:
             if message.get("role") == "user":
                 return message.get("content", "")
     return request.prompt or ""
+
+
+class PromptingTask(Protocol):
+    """What building a request needs of a task (``config.tasks.TaskConfig`` is one)."""
+
+    name: str
+
+    def apply_to_messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]: ...
+
+
+def task_request(task: PromptingTask, request_id: str, text: str, max_tokens: int) -> GenerationRequest:
+    """The request a tier gets for ``text`` sent to ``task``: its prompts applied as the router applies them."""
+    return GenerationRequest(
+        request_id=request_id,
+        messages=task.apply_to_messages([{"role": "user", "content": text}]),
+        max_tokens=max_tokens,
+        task=task.name,
+        raw_input=text,
+    )
+
+
+def generate_isolating_failures(
+    engine: Engine, requests: list[GenerationRequest]
+) -> list[GenerationResult | BaseException]:
+    """One batch call; if it fails, one call per request so one bad input cannot sink the rest."""
+    try:
+        return list(asyncio.run(engine.generate_batch(requests)))
+    except Exception:
+        outputs: list[GenerationResult | BaseException] = []
+        for request in requests:
+            try:
+                outputs.append(asyncio.run(engine.generate(request)))
+            except Exception as exc:
+                outputs.append(exc)
+        return outputs

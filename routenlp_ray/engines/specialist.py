@@ -33,7 +33,8 @@ class SpecialistEngine:
         self.version = manifest.version
         self.encoder = SpecialistEncoder(manifest.encoder.source, num_threads=config.num_threads)
         self.heads = {
-            task: load_head(root / task, self.encoder, exact_search_max=config.exact_search_max)
+            task: load_head(root / task, self.encoder, exact_search_max=config.exact_search_max,
+                            data_dir=config.data_dir)
             for task in (tasks or sorted(manifest.tasks))
         }
         # One encoder, one forward at a time: concurrent batches would only fight over the cores.

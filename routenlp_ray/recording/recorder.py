@@ -8,7 +8,6 @@ its records were made is refused instead of being silently mixed.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -21,7 +20,13 @@ from routenlp_ray._exceptions import ConfigError, RouteNLPError
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.config.tiers import TierConfig
-from routenlp_ray.engines.base import Engine, GenerationRequest, GenerationResult
+from routenlp_ray.engines.base import (
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    generate_isolating_failures,
+    task_request,
+)
 
 RECORD_FORMAT_VERSION = 1
 
@@ -144,7 +149,7 @@ class Recorder:
             for start in range(0, len(pending), self.batch_size):
                 chunk = pending[start : start + self.batch_size]
                 requests = [self._request(task, example, max_tokens) for example in chunk]
-                outputs = _generate_isolating_failures(engine, requests)
+                outputs = generate_isolating_failures(engine, requests)
                 for example, output in zip(chunk, outputs):
                     handle.write(json.dumps(self._row(tier, task, split, example, output, stamp), allow_nan=False) + "\n")
                 handle.flush()
@@ -176,13 +181,7 @@ class Recorder:
 
     @staticmethod
     def _request(task: TaskConfig, example: RecordableExample, max_tokens: int) -> GenerationRequest:
-        return GenerationRequest(
-            request_id=example.id,
-            messages=task.apply_to_messages([{"role": "user", "content": example.input}]),
-            max_tokens=max_tokens,
-            task=task.name,
-            raw_input=example.input,
-        )
+        return task_request(task, example.id, example.input, max_tokens)
 
     @staticmethod
     def _row(
@@ -218,22 +217,6 @@ class Recorder:
             "usage_estimated": output.usage_estimated,
             "error": None,
         }
-
-
-def _generate_isolating_failures(
-    engine: Engine, requests: list[GenerationRequest]
-) -> list[GenerationResult | BaseException]:
-    """One batch call; if it fails, one call per request so one bad input cannot sink the rest."""
-    try:
-        return list(asyncio.run(engine.generate_batch(requests)))
-    except Exception:
-        outputs: list[GenerationResult | BaseException] = []
-        for request in requests:
-            try:
-                outputs.append(asyncio.run(engine.generate(request)))
-            except Exception as exc:
-                outputs.append(exc)
-        return outputs
 
 
 def _progress_bar(total: int, label: str, enabled: bool) -> Any:

@@ -34,7 +34,7 @@ import numpy as np
 
 from routenlp_ray._exceptions import ArtifactError, MissingExtraError, NotFittedError
 from routenlp_ray.models.encoder import SentenceEncoder
-from routenlp_ray.specialists.artifact import HEAD_FILE, read_head
+from routenlp_ray.specialists.artifact import HEAD_FILE, data_fingerprint, read_head
 
 __all__ = [
     "HEADS",
@@ -69,12 +69,13 @@ class SpecialistEncoder(SentenceEncoder):
     sub-token's contextual state, next to the previous word's, for the entity tagger.
     """
 
-    def word_features(self, words: Sequence[str]) -> np.ndarray:
+    def word_features(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(features of shape (words, 2 * dim), a mask of the words that fit in ``max_length``)."""
         torch = self._torch
         dim = self.dim
         features = np.zeros((len(words), 2 * dim), dtype=np.float32)
         if not words:
-            return features
+            return features, np.zeros(0, dtype=bool)
         encoded = self.tokenizer(
             list(words), is_split_into_words=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -85,9 +86,7 @@ class SpecialistEncoder(SentenceEncoder):
             if word is not None and not seen[word]:
                 features[word, :dim], seen[word] = states[position], True
         features[1:, dim:] = features[:-1, :dim]
-        # Words cut off by max_length have no state: mark them so the head can refuse to be sure.
-        self.last_truncated_ = int((~seen).sum())
-        return features
+        return features, seen
 
 
 class _LinearHead:
@@ -279,7 +278,7 @@ class EntitySpecialist(_LinearHead):
         features, tags, groups = [], [], []
         for number, (text, answer) in enumerate(zip(texts, answers)):
             words = text.split()
-            features.append(self.encoder.word_features(words))
+            features.append(self.encoder.word_features(words)[0])
             tags.extend(align_entities(words, parse_entity_answer(answer)))
             groups.extend([number] * len(words))
         self._fit_features(np.vstack(features), tags, np.asarray(groups))
@@ -292,11 +291,10 @@ class EntitySpecialist(_LinearHead):
 
     def word_proba(self, words: Sequence[str]) -> np.ndarray:
         """Tag probabilities per word, shape (len(words), len(classes_)); truncated words get uniform rows."""
-        features = self.encoder.word_features(words)
+        features, fits = self.encoder.word_features(words)
         probs = self._proba(features)
-        cut = getattr(self.encoder, "last_truncated_", 0)
-        if cut:
-            probs[len(words) - cut :] = 1.0 / probs.shape[1]
+        # A word cut off by max_length has no state: the head cannot be sure of it.
+        probs[~fits] = 1.0 / probs.shape[1]
         return probs
 
     def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
@@ -351,6 +349,7 @@ class AnswerCache:
     def fit(self, texts: Sequence[str], answers: Sequence[str]) -> "AnswerCache":
         _check_pairs(texts, answers)
         self.vectors_ = self.encoder.encode(list(texts)).astype(np.float32)
+        self.texts_ = list(texts)
         self.answers_ = list(answers)
         self._build_index()
         return self
@@ -400,26 +399,46 @@ class AnswerCache:
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [a.text for a in self.answer(texts, top_k=1)]
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
+    def save(self, folder: str | os.PathLike[str], source: dict[str, str] | None = None) -> Path:
+        """Write the cache; with ``source``, only a reference to the JSONL rows it was built from.
+
+        ``source`` is ``{"path": <file relative to a data folder>, "input_field": ..., "answer_field": ...}``.
+        A cache over rows that already live elsewhere (a data set, the query log's export) then
+        carries no copy of them: ``load`` reads the rows from ``data_dir``, checks they are the
+        ones it was built from, and encodes the queries again.
+        """
         self._check_fitted()
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
-        # float16 halves the artifact; cosine rankings move by about 1e-3 at most.
-        np.save(target / "vectors.npy", self.vectors_.astype(np.float16))
-        with (target / "answers.jsonl").open("w") as handle:
-            for answer in self.answers_:
-                handle.write(json.dumps(answer, ensure_ascii=False) + "\n")
-        settings = {"kind": self.kind, "encoder_source": self.encoder.model_source, "entries": len(self.answers_)}
+        settings: dict[str, Any] = {"kind": self.kind, "encoder_source": self.encoder.model_source,
+                                    "entries": len(self.answers_)}
+        if source is not None:
+            settings["source"] = {**source, "fingerprint": self.fingerprint_}
+        else:
+            # float16 halves the artifact; cosine rankings move by about 1e-3 at most.
+            np.save(target / "vectors.npy", self.vectors_.astype(np.float16))
+            with (target / "answers.jsonl").open("w") as handle:
+                for answer in self.answers_:
+                    handle.write(json.dumps(answer, ensure_ascii=False) + "\n")
         (target / HEAD_FILE).write_text(json.dumps(settings, indent=2))
         return target
 
+    @property
+    def fingerprint_(self) -> str:
+        return data_fingerprint(self.texts_, self.answers_)
+
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], encoder: SpecialistEncoder, exact_search_max: int = 50_000) -> "AnswerCache":
+    def load(
+        cls, folder: str | os.PathLike[str], encoder: SpecialistEncoder, exact_search_max: int = 50_000,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> "AnswerCache":
         source = Path(folder)
         head = read_head(source)
         if head.get("kind") != cls.kind:
             raise ArtifactError(f"{str(source / HEAD_FILE)!r} holds a {head.get('kind')!r} head, not a cache")
         self = cls(encoder, exact_search_max=exact_search_max)
+        if "source" in head:
+            return self._load_from_rows(head["source"], source / HEAD_FILE, data_dir)
         try:
             self.vectors_ = np.load(source / "vectors.npy").astype(np.float32)
             self.answers_ = [json.loads(line) for line in (source / "answers.jsonl").read_text().splitlines()]
@@ -433,6 +452,23 @@ class AnswerCache:
         self._build_index()
         return self
 
+    def _load_from_rows(self, ref: dict[str, str], head_file: Path, data_dir: str | os.PathLike[str] | None) -> "AnswerCache":
+        from routenlp_ray._jsonl import iter_jsonl
+        from routenlp_ray.engines.replay import answer_text
+
+        if data_dir is None:
+            raise ArtifactError(f"answer cache {str(head_file)!r} reads its rows from {ref['path']!r}: set the "
+                                "specialist engine's data_dir")
+        rows_file = Path(data_dir) / ref["path"]
+        if not rows_file.is_file():
+            raise ArtifactError(f"answer cache {str(head_file)!r}: its rows {str(rows_file)!r} do not exist")
+        rows = [row for _, row in iter_jsonl(rows_file)]
+        texts = [str(row[ref["input_field"]]) for row in rows]
+        answers = [answer_text(row[ref["answer_field"]]) for row in rows]
+        if data_fingerprint(texts, answers) != ref["fingerprint"]:
+            raise ArtifactError(f"answer cache {str(head_file)!r}: {str(rows_file)!r} is not the data it was built from")
+        return self.fit(texts, answers)
+
 
 HEADS: dict[str, Any] = {"label": LabelSpecialist, "entities": EntitySpecialist, "cache": AnswerCache}
 
@@ -443,11 +479,14 @@ def make_head(kind: str, encoder: SpecialistEncoder, **params: Any) -> Any:
     return HEADS[kind](encoder, **params)
 
 
-def load_head(folder: str | os.PathLike[str], encoder: SpecialistEncoder, exact_search_max: int = 50_000) -> Any:
+def load_head(
+    folder: str | os.PathLike[str], encoder: SpecialistEncoder, exact_search_max: int = 50_000,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> Any:
     """Load whichever head ``folder/head.json`` declares, on the shared ``encoder``."""
     kind = read_head(Path(folder)).get("kind")
     if kind not in HEADS:
         raise ArtifactError(f"{str(Path(folder) / HEAD_FILE)!r} declares unknown head kind {kind!r}")
     if kind == "cache":
-        return AnswerCache.load(folder, encoder, exact_search_max=exact_search_max)
+        return AnswerCache.load(folder, encoder, exact_search_max=exact_search_max, data_dir=data_dir)
     return HEADS[kind].load(folder, encoder)

@@ -44,6 +44,13 @@ class TaskPairs(StrictModel):
     kind: HeadKind = Field(description="Head to fit: label, entities or cache.")
     texts: list[str] = Field(min_length=1, description="Client queries, as the tier receives them (raw input).")
     answers: list[str] = Field(min_length=1, description="The frontier's answer to each query, verbatim.")
+    source: dict[str, str] | None = Field(
+        None,
+        description=(
+            "Cache heads only: the JSONL rows (path relative to a data folder, input and answer fields) that hold "
+            "exactly these pairs; the artifact then references them instead of copying them."
+        ),
+    )
 
 
 class SpecialistTrainingConfig(StrictModel):
@@ -74,7 +81,10 @@ def fit_heads(
         started = time.perf_counter()
         params = {} if data.kind == "cache" else {"Cs": config.Cs, "holdout": config.holdout, "seed": config.seed}
         head = make_head(data.kind, encoder, **params).fit(data.texts, data.answers)
-        head.save(output_dir / task)
+        if data.source is not None and data.kind == "cache":
+            head.save(output_dir / task, source=data.source)
+        else:
+            head.save(output_dir / task)
         metrics: dict[str, float] = {"fit_seconds": time.perf_counter() - started}
         if data.kind != "cache":
             metrics.update({"C": head.C_, **{f"holdout_at_C={c:g}": v for c, v in head.holdout_scores_.items()}})
@@ -153,39 +163,25 @@ def distill_specialists(
         return write_artifact(output_dir, version, config.encoder_source, heads)
 
 
-async def frontier_pairs(
+def frontier_pairs(
     teacher: Any, task: Any, kind: HeadKind, texts: list[str], batch_size: int = 32, max_tokens: int = 256
 ) -> tuple[TaskPairs, int]:
     """Ask ``teacher`` (the frontier tier's engine) for its answer to each text of ``task``.
 
-    Returns the pairs and how many texts got no answer (a replay miss, an API error); those are
-    left out rather than guessed. ``task`` is the task's :class:`~routenlp_ray.config.tasks.TaskConfig`,
-    whose prompts are applied exactly as the router applies them when serving.
+    Requests are built and batched exactly as ``routenlp record`` builds them. Returns the pairs
+    and how many texts got no answer (a replay miss, an API error); those are left out rather
+    than guessed. ``task`` is the task's :class:`~routenlp_ray.config.tasks.TaskConfig`.
     """
-    from routenlp_ray.engines.base import GenerationRequest
+    from routenlp_ray.engines.base import generate_isolating_failures, task_request
 
     kept_texts, answers, missing = [], [], 0
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        requests = [
-            GenerationRequest(
-                request_id=f"distil-{start + i}",
-                messages=task.apply_to_messages([{"role": "user", "content": text}]),
-                max_tokens=max_tokens,
-                task=task.name,
-                raw_input=text,
-            )
-            for i, text in enumerate(chunk)
-        ]
-        for text, request in zip(chunk, requests):
-            try:
-                result = (await teacher.generate_batch([request]))[0]
-            except Exception:  # a teacher that cannot answer one query must not stop the others
+        requests = [task_request(task, f"distil-{start + i}", text, max_tokens) for i, text in enumerate(chunk)]
+        for text, output in zip(chunk, generate_isolating_failures(teacher, requests)):
+            if isinstance(output, BaseException) or not output.text.strip():
                 missing += 1
                 continue
-            if result.text.strip():
-                kept_texts.append(text)
-                answers.append(result.text)
-            else:
-                missing += 1
+            kept_texts.append(text)
+            answers.append(output.text)
     return TaskPairs(kind=kind, texts=kept_texts, answers=answers), missing

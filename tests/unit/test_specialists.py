@@ -148,7 +148,13 @@ async def test_the_shipped_artifact_answers_like_any_engine_and_refuses_other_ta
     from routenlp_ray.engines.specialist import SpecialistEngine
     from tests.conftest import REPO_ROOT
 
-    config = SpecialistEngineConfig(path=str(REPO_ROOT / "artifacts/specialists/embedded-v1"), exact_search_max=10)
+    from tests.conftest import DATA_DIR
+
+    if not (DATA_DIR / "cs_response" / "train.jsonl").is_file():
+        pytest.skip(f"the shipped cs_response cache reads its rows from {DATA_DIR} (set ROUTENLP_DATA)")
+    config = SpecialistEngineConfig(
+        path=str(REPO_ROOT / "artifacts/specialists/embedded-v2"), exact_search_max=10, data_dir=str(DATA_DIR)
+    )
     engine = SpecialistEngine(config, name="specialist", tasks=["cs_intent", "cs_response", "fin_ner"])
     assert engine.heads["cs_response"].index_ is not None  # the config's exact_search_max reached the cache
 
@@ -166,3 +172,23 @@ async def test_the_shipped_artifact_answers_like_any_engine_and_refuses_other_ta
     assert intent.model == f"specialist@{engine.version}" and intent.completion_tokens >= 1
     with pytest.raises(EngineError, match=r"no specialist head for tasks \['legal_risk'\]"):
         await engine.generate(ask("legal_risk", "We may change these terms at any time."))
+
+
+def test_a_cache_built_by_reference_reads_its_rows_and_refuses_other_data(encoder, tmp_path: Path) -> None:
+    rows = [{"input": "how do I reset my password", "reference": "Go to settings."},
+            {"input": "cancel my order", "reference": "Sorry to see you go."}]
+    data = tmp_path / "data" / "cs_response"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = AnswerCache(encoder).fit([r["input"] for r in rows], [r["reference"] for r in rows])
+    source = {"path": "cs_response/train.jsonl", "input_field": "input", "answer_field": "reference"}
+    cache.save(tmp_path / "head", source=source)
+    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == ["head.json"]  # no copy of the rows
+
+    loaded = AnswerCache.load(tmp_path / "head", encoder, data_dir=tmp_path / "data")
+    assert loaded.predict(["how can I reset my password?"]) == ["Go to settings."]
+    with pytest.raises(ArtifactError, match="set the specialist engine's data_dir"):
+        AnswerCache.load(tmp_path / "head", encoder)
+    (data / "train.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(ArtifactError, match="is not the data it was built from"):
+        AnswerCache.load(tmp_path / "head", encoder, data_dir=tmp_path / "data")
