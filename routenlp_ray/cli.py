@@ -119,7 +119,7 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_record(args: argparse.Namespace) -> int:
     from routenlp_ray.config import load_config
     from routenlp_ray.recording import Recorder
-    from routenlp_ray.tasks.data import load_examples, task_file
+    from routenlp_ray.tasks.data import load_examples
 
     config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
     max_tokens = dict(DEFAULT_RECORD_MAX_TOKENS)
@@ -129,7 +129,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     recorder = Recorder(config, args.out, batch_size=args.batch_size, max_tokens=max_tokens)
     tasks = benchmark_tasks(args, config)
     for task in tasks:
-        examples = load_examples(task_file(args.data_dir, task, args.split), limit=args.limit, seed=args.seed)
+        examples = load_examples(config.task(task).data_file(args.data_dir, args.split), limit=args.limit, seed=args.seed)
         added = recorder.record(task, args.split, examples, tiers=args.tiers)
         print(f"{task}/{args.split}: {len(examples)} examples, new records per tier: {added}", flush=True)
     return 0
@@ -145,8 +145,7 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
         frontier_pairs,
         head_kind_for_parser,
     )
-    from routenlp_ray.tasks.data import load_examples, task_file
-    from routenlp_ray.tasks.registry import task_spec_from_config
+    from routenlp_ray.tasks.data import load_examples
 
     config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
     teacher = make_engine(config.frontier)
@@ -154,8 +153,8 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
     pairs = {}
     for name in tasks:
         task = config.task(name)
-        kind = head_kind_for_parser(task_spec_from_config(task).parser)
-        examples = load_examples(task_file(args.data_dir, name, args.split), limit=args.limit, seed=args.seed)
+        kind = head_kind_for_parser(task.parser)
+        examples = load_examples(task.data_file(args.data_dir, args.split), limit=args.limit, seed=args.seed)
         pairs[name], missing = frontier_pairs(teacher, task, kind, [e.input for e in examples])
         if kind == "cache" and args.cache_rows_from_data:
             pairs[name] = _pairs_referencing_rows(args, name, pairs[name])

@@ -19,13 +19,13 @@ import numpy as np
 
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.engines.base import GenerationRequest
-from routenlp_ray.tasks.data import load_examples, task_file
+from routenlp_ray.tasks.data import load_examples
 
 
 def _requests(config: RouteNLPConfig, tier: str, data_dir: Path, per_task: int, seed: int) -> list[GenerationRequest]:
     requests = []
     for task in config.tier(tier).tasks or []:
-        for example in load_examples(task_file(data_dir, task, "validation"), limit=per_task, seed=seed):
+        for example in load_examples(config.task(task).data_file(data_dir, "validation"), limit=per_task, seed=seed):
             requests.append(
                 GenerationRequest(request_id=example.id, prompt=example.input, task=task, raw_input=example.input)
             )

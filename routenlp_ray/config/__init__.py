@@ -4,7 +4,6 @@ from routenlp_ray.config.app import RouteNLPConfig, expand_env, load_config, par
 from routenlp_ray.config.cascade import CascadeConfig
 from routenlp_ray.config.server import ServerConfig
 from routenlp_ray.config.storage import StorageConfig
-from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.config.tiers import (
     AutoscalingConfig,
     EngineConfig,
@@ -30,7 +29,6 @@ __all__ = [
     "RouteNLPConfig",
     "ServerConfig",
     "StorageConfig",
-    "TaskConfig",
     "TierConfig",
     "TransformersEngineConfig",
     "VLLMEngineConfig",

@@ -17,8 +17,8 @@ from routenlp_ray.config.monitoring import MonitoringConfig
 from routenlp_ray.config.releases import ReleasesConfig
 from routenlp_ray.config.server import ServerConfig
 from routenlp_ray.config.storage import StorageConfig
-from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.config.tiers import TierConfig
+from routenlp_ray.tasks.spec import TaskSpec
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -28,7 +28,9 @@ class RouteNLPConfig(StrictModel):
 
     name: str = Field("routenlp", description="Application name.")
     tiers: list[TierConfig] = Field(min_length=1, description="Model tiers, cheapest first; the last is the frontier.")
-    tasks: list[TaskConfig] = Field(min_length=1, description="Tasks the service answers.")
+    tasks: list[TaskSpec] = Field(
+        min_length=1, description="Tasks the service answers; a built-in name needs only the fields it changes."
+    )
     cascade: CascadeConfig = Field(default_factory=CascadeConfig, description="Cascade settings.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Query-log settings.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server settings.")
@@ -80,7 +82,7 @@ class RouteNLPConfig(StrictModel):
                 return tier
         raise KeyError(name)
 
-    def task(self, name: str) -> TaskConfig:
+    def task(self, name: str) -> TaskSpec:
         for task in self.tasks:
             if task.name == name:
                 return task
@@ -115,8 +117,6 @@ class RouteNLPConfig(StrictModel):
                 engine["data_dir"] = absolute(engine["data_dir"])
             if engine["type"] == "replay":
                 engine["records"] = [absolute(pattern) for pattern in engine["records"]]
-        for task in data["tasks"]:
-            task["data_path"] = absolute(task["data_path"])
         for key in ("thresholds_path", "router_path", "answer_scorer_path"):
             data["cascade"][key] = absolute(data["cascade"][key])
         data["monitoring"]["artifacts_dir"] = absolute(data["monitoring"]["artifacts_dir"])

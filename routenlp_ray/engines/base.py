@@ -103,7 +103,7 @@ def lookup_text(request: GenerationRequest) -> str:
 
 
 class PromptingTask(Protocol):
-    """What building a request needs of a task (``config.tasks.TaskConfig`` is one)."""
+    """What building a request needs of a task (``tasks.TaskSpec`` is one)."""
 
     name: str
 

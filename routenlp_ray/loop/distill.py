@@ -27,9 +27,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from routenlp_ray._exceptions import ConfigError, RouteNLPError
 from routenlp_ray.config._base import StrictModel
-from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.config.tiers import TransformersEngineConfig
 from routenlp_ray.loop.adapters import adapter_files, load_base_model, load_tokenizer, render_prompt
+from routenlp_ray.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -108,7 +108,7 @@ class DistillExample(StrictModel):
         return value
 
     @classmethod
-    def for_task(cls, task: TaskConfig, text: str, answer: str) -> DistillExample:
+    def for_task(cls, task: TaskSpec, text: str, answer: str) -> DistillExample:
         """The example the engine would see for ``text`` sent to ``task`` (system prompt and template applied)."""
         return cls(messages=task.apply_to_messages([{"role": "user", "content": text}]), answer=answer)
 

@@ -233,14 +233,14 @@ class Iteration:
     def _record(self, variant: str, adapter: str | None, tasks: list[str]) -> list[TaskTable]:
         from routenlp_ray.recording import Recorder
         from routenlp_ray.recording.recorder import DEFAULT_RECORD_MAX_TOKENS
-        from routenlp_ray.tasks.data import load_examples, task_file
+        from routenlp_ray.tasks.data import load_examples
 
         config = self._variant_config(adapter)
         folder = self.run_dir / "records" / variant
         recorder = Recorder(config, folder, max_tokens=DEFAULT_RECORD_MAX_TOKENS)
         for task in tasks:
             examples = load_examples(
-                task_file(self.data_dir, task, self.settings.eval_split),
+                config.task(task).data_file(self.data_dir, self.settings.eval_split),
                 limit=self.settings.eval_per_task, seed=self.settings.seed,
             )
             recorder.record(task, self.settings.eval_split, examples, progress=False)
@@ -459,10 +459,8 @@ def _frontier_caller(config: RouteNLPConfig) -> Callable[[str, str], Awaitable[s
 
 
 def _has_split(data_dir: Path, task: Any, split: str) -> bool:
-    from routenlp_ray.tasks.data import task_file
-
     try:
-        return task_file(data_dir, task.name, split).exists()
+        return task.data_file(data_dir, split).exists()
     except ConfigError:  # no such folder or split
         return False
 

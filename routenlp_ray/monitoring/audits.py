@@ -18,7 +18,6 @@ from routenlp_ray.cascade import CascadeOutcome
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.monitoring.monitor import LabelledAnswer
 from routenlp_ray.tasks.parsers import EntityParse
-from routenlp_ray.tasks.registry import task_spec_from_config
 from routenlp_ray.tasks.spec import TaskSpec
 
 
@@ -79,17 +78,16 @@ class AuditLabeller:
     """Scores audited answers with the task's own metric and bar, the reference standing in for gold."""
 
     def __init__(self, config: RouteNLPConfig) -> None:
-        self._tasks = {t.name: t for t in config.tasks}
-        self._specs: dict[str, TaskSpec] = {}
+        self._tasks: dict[str, TaskSpec] = {t.name: t for t in config.tasks}
 
     def can_label(self, task: str) -> bool:
-        config = self._tasks.get(task)
-        return config is not None and config.metric != "none"
+        spec = self._tasks.get(task)
+        return spec is not None and spec.has_metric
 
     def label(self, audit: Audit) -> list[LabelledAnswer]:
         if audit.reference is None or not self.can_label(audit.task):
             return []
-        spec = self._spec(audit.task)
+        spec = self._tasks[audit.task]
         reference = _reference(spec, audit.reference)
         if reference is None:
             return []  # the reference itself is unusable (e.g. no label in it): nothing to judge against
@@ -106,11 +104,6 @@ class AuditLabeller:
             )
             for a, score in zip(audit.answers, scores)
         ]
-
-    def _spec(self, task: str) -> TaskSpec:
-        if task not in self._specs:
-            self._specs[task] = task_spec_from_config(self._tasks[task])
-        return self._specs[task]
 
 
 def _reference(spec: TaskSpec, text: str) -> Any:

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 from routenlp_ray._exceptions import ConfigError, RouteNLPError
 from routenlp_ray.config.app import RouteNLPConfig
-from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.engines.base import (
     Engine,
@@ -27,6 +26,7 @@ from routenlp_ray.engines.base import (
     generate_isolating_failures,
     task_request,
 )
+from routenlp_ray.tasks.spec import TaskSpec
 
 RECORD_FORMAT_VERSION = 1
 
@@ -55,7 +55,7 @@ def record_path(root: Path, task: str, split: str, tier: str) -> Path:
     return root / task / split / f"{tier}.jsonl"
 
 
-def fingerprint(tier: TierConfig, task: TaskConfig, max_tokens: int) -> str:
+def fingerprint(tier: TierConfig, task: TaskSpec, max_tokens: int) -> str:
     """What makes a tier's answers on a task what they are; records from another fingerprint are stale."""
     payload = {
         "format": RECORD_FORMAT_VERSION,
@@ -133,7 +133,7 @@ class Recorder:
         return added
 
     def _record_tier(
-        self, tier: TierConfig, task: TaskConfig, split: str, examples: Sequence[RecordableExample], progress: bool
+        self, tier: TierConfig, task: TaskSpec, split: str, examples: Sequence[RecordableExample], progress: bool
     ) -> int:
         max_tokens = self.max_tokens_for(task.name)
         stamp = fingerprint(tier, task, max_tokens)
@@ -180,13 +180,13 @@ class Recorder:
         return ids
 
     @staticmethod
-    def _request(task: TaskConfig, example: RecordableExample, max_tokens: int) -> GenerationRequest:
+    def _request(task: TaskSpec, example: RecordableExample, max_tokens: int) -> GenerationRequest:
         return task_request(task, example.id, example.input, max_tokens)
 
     @staticmethod
     def _row(
         tier: TierConfig,
-        task: TaskConfig,
+        task: TaskSpec,
         split: str,
         example: RecordableExample,
         output: GenerationResult | BaseException,

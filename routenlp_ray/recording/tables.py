@@ -11,8 +11,7 @@ import numpy as np
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.conformal.scores import AnswerEvidence, UncertaintyScore, mean_nll
 from routenlp_ray.recording.recorder import load_records, record_path
-from routenlp_ray.tasks.data import load_examples, task_file
-from routenlp_ray.tasks.registry import task_spec_from_config
+from routenlp_ray.tasks.data import load_examples
 
 
 @dataclass
@@ -58,11 +57,11 @@ def build_table(
     split: str,
     score: UncertaintyScore = mean_nll,
 ) -> TaskTable:
-    spec = task_spec_from_config(config.task(task))
+    spec = config.task(task)
     tiers = [t.name for t in config.tiers]
     serving = serving_tiers(config, task)
     records = load_records(records_dir, task, split, serving)
-    examples = {e.id: e for e in load_examples(task_file(data_dir, task, split))}
+    examples = {e.id: e for e in load_examples(spec.data_file(data_dir, split))}
     ids = sorted(set.intersection(*(set(records[t]) for t in serving)) & set(examples))
     if not ids:
         raise ValueError(f"no example of {task!r}/{split} is recorded for every tier {serving} under {records_dir}")

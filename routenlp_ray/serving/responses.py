@@ -7,16 +7,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from routenlp_ray.cascade import CascadeOutcome
-from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.costs import frontier_cost
 from routenlp_ray.engines.base import GenerationRequest
+from routenlp_ray.tasks.spec import TaskSpec
 
 MODEL_PREFIX = "routenlp"
 
 
 def routing_object(
-    task: TaskConfig,
+    task: TaskSpec,
     start_tier: str,
     outcome: CascadeOutcome,
     frontier: TierConfig,
@@ -50,7 +50,7 @@ def routing_object(
 def envelope(
     response_id: str,
     obj: str,
-    task: TaskConfig,
+    task: TaskSpec,
     choice: dict[str, Any],
     outcome: CascadeOutcome,
     routing: dict[str, Any],
@@ -74,7 +74,7 @@ def envelope(
 
 def query_record(
     request: GenerationRequest,
-    task: TaskConfig,
+    task: TaskSpec,
     endpoint: str,
     raw_input: str,
     start_tier: str,

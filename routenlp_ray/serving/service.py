@@ -18,7 +18,6 @@ from typing import Any
 from routenlp_ray._exceptions import AllTiersFailedError, RequestError, UnknownTaskError
 from routenlp_ray.cascade import CascadeOutcome, CascadeTier, TierCall, run_cascade
 from routenlp_ray.config.app import RouteNLPConfig
-from routenlp_ray.config.tasks import TaskConfig
 from routenlp_ray.conformal.scores import AnswerEvidence
 from routenlp_ray.engines.base import GenerationRequest
 from routenlp_ray.monitoring.audits import AuditSampler
@@ -27,6 +26,7 @@ from routenlp_ray.serving.http import RequestGate
 from routenlp_ray.serving.live import LiveArtifacts
 from routenlp_ray.serving.responses import MODEL_PREFIX, envelope, feedback_label, now_iso, query_record, routing_object
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
+from routenlp_ray.tasks.spec import TaskSpec
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
 from routenlp_ray.telemetry.querylog import QueryLog
 
@@ -71,7 +71,7 @@ class RouterService:
         sampler = AuditSampler(config.monitoring.audit_rate, seed=config.monitoring.seed)
         self.feed = MonitorFeed(monitor_sink if config.monitoring.enabled else None, self._tiers, sampler)
 
-    def resolve_task(self, model: str, task: str | None = None) -> TaskConfig:
+    def resolve_task(self, model: str, task: str | None = None) -> TaskSpec:
         """``task`` wins; else ``model`` names it as ``routenlp/<task>`` or ``<task>``."""
         name = task
         if name is None:
@@ -177,7 +177,7 @@ class RouterService:
         self,
         request_id: str,
         body: ChatCompletionRequest | CompletionRequest,
-        task: TaskConfig,
+        task: TaskSpec,
         raw_input: str,
         messages: list[dict[str, str]] | None = None,
         prompt: str | None = None,
@@ -193,7 +193,7 @@ class RouterService:
         )
 
     async def _route(
-        self, request: GenerationRequest, task: TaskConfig, raw_input: str, endpoint: str
+        self, request: GenerationRequest, task: TaskSpec, raw_input: str, endpoint: str
     ) -> tuple[CascadeOutcome, dict[str, Any]]:
         started = time.perf_counter()
         live = self.live.snapshot()  # one request, one consistent set of versions

@@ -170,7 +170,7 @@ def frontier_pairs(
 
     Requests are built and batched exactly as ``routenlp record`` builds them. Returns the pairs
     and how many texts got no answer (a replay miss, an API error); those are left out rather
-    than guessed. ``task`` is the task's :class:`~routenlp_ray.config.tasks.TaskConfig`.
+    than guessed. ``task`` is the task's :class:`~routenlp_ray.tasks.TaskSpec`.
     """
     from routenlp_ray.engines.base import generate_isolating_failures, task_request
 

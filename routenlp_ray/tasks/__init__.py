@@ -1,7 +1,7 @@
 """Task layer: prompts, output parsers, quality metrics and data loading for the benchmark tasks.
 
-``get_task_spec("fin_ner")`` gives a built-in task; ``task_spec_from_config(TaskConfig(...))``
-builds one declared in config. A spec renders prompts, parses model text, scores one answer
+``TaskSpec`` is the one task type: a serve config's ``tasks[]`` entry is one, and
+``get_task_spec("fin_ner")`` (or ``TaskSpec(name="fin_ner")``) gives a built-in task. A spec renders prompts, parses model text, scores one answer
 (``score`` / ``is_correct``) and evaluates a corpus (``evaluate``).
 """
 
@@ -25,7 +25,7 @@ from routenlp_ray.tasks.parsers import (
     parse_label,
     parse_text,
 )
-from routenlp_ray.tasks.registry import BUILTIN_TASKS, get_task_spec, task_spec_from_config
+from routenlp_ray.tasks.registry import BUILTIN_TASKS, get_task_spec
 from routenlp_ray.tasks.spec import TaskSpec
 
 __all__ = [
@@ -56,5 +56,4 @@ __all__ = [
     "rouge_l",
     "rouge_l_corpus",
     "task_file",
-    "task_spec_from_config",
 ]

