@@ -139,10 +139,10 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
     """Ask the frontier tier for its answers on a data split, and distil them into specialist heads."""
     from routenlp_ray.config import load_config
     from routenlp_ray.engines.factory import make_engine
+    from routenlp_ray.loop.teacher import frontier_pairs
     from routenlp_ray.specialists.training import (
         SpecialistTrainingConfig,
         distill_specialists,
-        frontier_pairs,
         head_kind_for_parser,
     )
     from routenlp_ray.tasks.data import load_examples
@@ -169,8 +169,7 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
 
 def _pairs_referencing_rows(args: argparse.Namespace, task: str, pairs: Any) -> Any:
     """The pairs in their data file's order, pointing at it, after checking they are exactly its rows."""
-    from routenlp_ray.engines.replay import answer_text
-    from routenlp_ray.tasks.data import load_examples, task_file
+    from routenlp_ray.tasks.data import answer_text, load_examples, task_file
 
     rows = [(r.input, answer_text(r.reference)) for r in load_examples(task_file(args.data_dir, task, args.split))]
     if args.limit is not None or sorted(t for t, _ in rows) != sorted(pairs.texts):

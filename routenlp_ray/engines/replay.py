@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import glob
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from routenlp_ray._exceptions import ConfigError, ReplayMissError
 from routenlp_ray._jsonl import iter_jsonl
@@ -20,6 +18,7 @@ from routenlp_ray.engines.base import (
     lookup_text,
     request_text,
 )
+from routenlp_ray.tasks.data import answer_text
 
 
 @dataclass(frozen=True)
@@ -30,11 +29,6 @@ class Recorded:
 
 def normalise(text: str) -> str:
     return " ".join(text.split())
-
-
-def answer_text(value: Any) -> str:
-    """Recorded answers may be structured (entity lists); serve them as compact JSON."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 class ReplayEngine(ConcurrentBatchMixin):

@@ -454,7 +454,7 @@ class AnswerCache:
 
     def _load_from_rows(self, ref: dict[str, str], head_file: Path, data_dir: str | os.PathLike[str] | None) -> "AnswerCache":
         from routenlp_ray._jsonl import iter_jsonl
-        from routenlp_ray.engines.replay import answer_text
+        from routenlp_ray.tasks.data import answer_text
 
         if data_dir is None:
             raise ArtifactError(f"answer cache {str(head_file)!r} reads its rows from {ref['path']!r}: set the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ class Example:
     input: str
     reference: Any
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def answer_text(value: Any) -> str:
+    """A reference or recorded answer as text: structured ones (entity lists) as compact JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def task_file(data_dir: str | Path, task: str, split: str) -> Path:

@@ -7,7 +7,6 @@ built-in's values for every field it leaves unset, so a config names only what i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.tasks import metrics
 from routenlp_ray.tasks.builtins import BUILTIN_DEFAULTS
+from routenlp_ray.tasks.data import answer_text
 from routenlp_ray.tasks.parsers import (
     Entity,
     EntityParse,
@@ -280,4 +280,4 @@ class TaskSpec(BaseModel):
     @staticmethod
     def _reference_text(reference: Any) -> str:
         # Structured references are compared as the JSON the replay tier would answer with.
-        return reference if isinstance(reference, str) else json.dumps(reference, ensure_ascii=False)
+        return answer_text(reference)
