@@ -253,9 +253,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             correct += (table.correct[:, k] > 0).tolist()
             tiers += [tier] * len(table.ids)
             task_names += [table.task] * len(table.ids)
+    # The quality rule's budget is each task's own 1 - quality_target unless --epsilon fixes one.
+    budgets = {t.name: 1 - t.quality_target for t in config.tasks} if args.epsilon is None else None
     calibrator = ConformalCalibrator(
-        alpha=args.alpha, method=args.method, epsilon=args.epsilon, delta=args.delta,
-        score=score if score is not None else _per_task_score_name(config),
+        alpha=args.alpha, method=args.method, epsilon=args.epsilon if args.epsilon is not None else 0.1,
+        delta=args.delta, score=score if score is not None else _per_task_score_name(config),
+        epsilon_per_task=budgets if args.method == "quality" else None,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -581,11 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = commands.add_parser("calibrate", help="split-conformal thresholds per (tier, task) from records")
     _add_records_arguments(calibrate, several=True)
     _add_score_arguments(calibrate)
-    calibrate.add_argument("--method", choices=["coverage", "risk"], default="coverage",
-                           help="coverage: the paper's rule; risk: Learn-then-Test on accepted-error rate")
+    calibrate.add_argument("--method", choices=["coverage", "risk", "quality"], default="coverage",
+                           help="coverage: the paper's rule; risk: Learn-then-Test on the accepted-error rate; "
+                                "quality: risk control on the share of queries answered wrong by the tier")
     calibrate.add_argument("--alpha", type=float, default=0.1)
-    calibrate.add_argument("--epsilon", type=float, default=0.1, help="risk: accepted-error bound")
-    calibrate.add_argument("--delta", type=float, default=0.1, help="risk: allowed failure probability")
+    calibrate.add_argument("--epsilon", type=float, default=None,
+                           help="risk: accepted-error bound (default 0.1); quality: the budget of every task "
+                                "(default: each task's 1 - quality_target)")
+    calibrate.add_argument("--delta", type=float, default=0.1, help="risk, quality: allowed failure probability")
     calibrate.add_argument("--version", default=None)
     calibrate.add_argument("--out", default="var/artifacts/thresholds/current.json")
     calibrate.set_defaults(func=_cmd_calibrate)

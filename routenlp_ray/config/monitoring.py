@@ -29,9 +29,11 @@ class MonitoringConfig(StrictModel):
     min_labelled: int = Field(
         30, ge=5, description="Correct labelled answers a (tier, task) needs before its coverage can trigger."
     )
-    method: Literal["coverage", "risk"] = Field("coverage", description="Calibration rule used to recalibrate.")
+    method: Literal["coverage", "risk", "quality"] = Field(
+        "coverage", description="Calibration rule used to recalibrate (the quality rule's budgets are 1 - quality_target)."
+    )
     epsilon: float = Field(0.1, gt=0, lt=1, description="Risk method: accepted-error bound.")
-    delta: float = Field(0.1, gt=0, lt=1, description="Risk method: allowed failure probability.")
+    delta: float = Field(0.1, gt=0, lt=1, description="Risk and quality methods: allowed failure probability.")
     check_interval_s: float = Field(10.0, gt=0, description="How often the monitor checks its triggers.")
     poll_interval_s: float = Field(2.0, gt=0, description="How often router replicas ask for new thresholds.")
     artifacts_dir: str = Field(

@@ -14,6 +14,16 @@ Two rules:
   binomial test of H0 "error rate among accepted > epsilon" (the Clopper-Pearson bound),
   stopping at the first that fails (fixed-sequence testing, so no multiplicity correction).
   This is the guarantee users usually want: the cheap tier's accepted answers are right.
+- ``method="quality"`` (risk control on the quality a task loses). Picks the largest delta
+  whose share of *all* calibration queries on which the tier's answer is accepted and wrong is
+  at most the task's budget ``epsilon`` (by default ``1 - quality_target``), with probability
+  at least ``1 - delta_conf``. That share is what accepting cheap answers costs the task's
+  quality against an always-right last tier. The loss is monotone in the threshold, so the
+  same fixed-sequence binomial test applies with no multiplicity correction; the test runs on
+  every query rather than on the accepted ones, which makes it far more powerful than
+  ``risk`` at the same budget. With ``m`` cheap tiers calibrated for a task, each gets
+  ``epsilon / m`` at level ``delta_conf / m`` (a union bound), so the task's total loss stays
+  within its budget.
 
 With too few examples (correct ones for coverage, accepted ones for risk) a tier gets no
 threshold for that task, so it never accepts it, and a warning says why.
@@ -24,7 +34,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -79,6 +89,37 @@ def risk_controlling_threshold(
     return chosen
 
 
+def quality_controlling_threshold(
+    uncertainty: Sequence[float],
+    correct: Sequence[bool],
+    epsilon: float,
+    delta: float,
+    max_accepted_error: float = 0.5,
+) -> float | None:
+    """The loosest threshold whose accepted-and-wrong share of all queries is certified <= epsilon.
+
+    An answer with no uncertainty (NaN) is never accepted but still counts among the queries.
+    The budget allows accepting a few wrong answers, but a tier that is wrong on more than
+    ``max_accepted_error`` of what it would accept earns nothing by it: the threshold then falls
+    back to the loosest certified one that is right on most of what it accepts (None if none
+    is). A stricter threshold than the certified one only lowers the loss, so the guarantee holds.
+    """
+    u = np.asarray(uncertainty, dtype=float)
+    ok = np.asarray(correct, dtype=bool)
+    n = u.size
+    finite = ~np.isnan(u)
+    chosen: float | None = None
+    for candidate in np.unique(u[finite]):  # strict to loose; the loss only grows
+        accepted = finite & (u <= candidate)
+        errors = int((accepted & ~ok).sum())
+        # p-value of H0 "loss > epsilon": P(Binomial(n, epsilon) <= errors).
+        if binom.cdf(errors, n, epsilon) > delta:
+            break
+        if errors <= max_accepted_error * int(accepted.sum()):
+            chosen = float(candidate)
+    return chosen
+
+
 def min_accepted_for_risk(epsilon: float, delta: float) -> int:
     """The fewest accepted answers for which zero errors certify risk <= epsilon at level delta."""
     return math.ceil(math.log(delta) / math.log(1 - epsilon))
@@ -92,7 +133,8 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     return float(ci.low), float(ci.high)
 
 
-Method = Literal["coverage", "risk"]
+Method = Literal["coverage", "risk", "quality"]
+METHODS: tuple[str, ...] = ("coverage", "risk", "quality")
 
 
 class ConformalCalibrator:
@@ -112,16 +154,21 @@ class ConformalCalibrator:
         epsilon: float = 0.1,
         delta: float = 0.1,
         score: "str | LearnedAnswerScorer" = "mean_nll",
+        epsilon_per_task: Mapping[str, float] | None = None,
     ) -> None:
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        if method not in ("coverage", "risk"):
-            raise ValueError(f"method must be 'coverage' or 'risk', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        for task, value in (epsilon_per_task or {}).items():
+            if not 0 < value < 1:
+                raise ValueError(f"epsilon_per_task[{task!r}] must be in (0, 1), got {value}")
         self.alpha = alpha
         self.method = method
         self.epsilon = epsilon
         self.delta = delta
         self.score = score
+        self.epsilon_per_task = epsilon_per_task
 
     @property
     def score_name(self) -> str:
@@ -155,20 +202,29 @@ class ConformalCalibrator:
             raise ValueError("uncertainty, correct, tiers and tasks must have the same length")
         self.thresholds_: dict[str, dict[str, float | None]] = {}
         self.counts_: dict[str, dict[str, dict[str, int]]] = {}
+        # The quality rule splits each task's budget over the tiers calibrated for it.
+        tiers_per_task = {t: len(set(tier_arr[task_arr == t].tolist())) for t in set(task_arr.tolist())}
         for tier in sorted(set(tier_arr.tolist())):
             for task in sorted(set(task_arr[tier_arr == tier].tolist())):
                 rows = (tier_arr == tier) & (task_arr == task)
-                threshold = self._threshold(u[rows], ok[rows])
+                threshold = self._threshold(u[rows], ok[rows], task, tiers_per_task[task])
                 self.thresholds_.setdefault(tier, {})[task] = threshold
                 self.counts_.setdefault(tier, {})[task] = {"n": int(rows.sum()), "n_correct": int(ok[rows].sum())}
                 if threshold is None:
                     warnings.warn(self._why_none(tier, task, int(rows.sum()), int(ok[rows].sum())), stacklevel=2)
         return self
 
-    def _threshold(self, u: np.ndarray, ok: np.ndarray) -> float | None:
+    def task_epsilon(self, task: str) -> float:
+        """The error budget of ``task``: its own under ``epsilon_per_task``, else ``epsilon``."""
+        return (self.epsilon_per_task or {}).get(task, self.epsilon)
+
+    def _threshold(self, u: np.ndarray, ok: np.ndarray, task: str, tiers_for_task: int) -> float | None:
         if self.method == "coverage":
             return conformal_threshold(u[ok].tolist(), self.alpha)
-        return risk_controlling_threshold(u.tolist(), ok.tolist(), self.epsilon, self.delta)
+        if self.method == "quality":
+            share = 1 / tiers_for_task
+            return quality_controlling_threshold(u, ok, self.task_epsilon(task) * share, self.delta * share)
+        return risk_controlling_threshold(u.tolist(), ok.tolist(), self.task_epsilon(task), self.delta)
 
     def _why_none(self, tier: str, task: str, n: int, n_correct: int) -> str:
         if n == 0:
@@ -179,8 +235,14 @@ class ConformalCalibrator:
                 f"tier {tier!r} task {task!r}: {n_correct} correct calibration answers out of {n}; alpha={self.alpha} "
                 f"needs at least {needed}, so the tier will not accept this task"
             )
+        if self.method == "quality":
+            return (
+                f"tier {tier!r} task {task!r}: no threshold keeps the accepted-and-wrong share <= its part of "
+                f"{self.task_epsilon(task):.3g} with confidence {1 - self.delta} on {n} answers ({n_correct} correct); "
+                "the tier will not accept this task"
+            )
         return (
-            f"tier {tier!r} task {task!r}: no threshold keeps the accepted-error rate <= {self.epsilon} with "
+            f"tier {tier!r} task {task!r}: no threshold keeps the accepted-error rate <= {self.task_epsilon(task)} with "
             f"confidence {1 - self.delta} on {n} answers ({n_correct} correct); the tier will not accept this task"
         )
 

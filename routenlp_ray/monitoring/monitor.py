@@ -15,6 +15,7 @@ import math
 import time
 import warnings
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -56,6 +57,10 @@ class CellCoverage:
     # Among audited answers the current thresholds accept, the share that were wrong.
     accepted: int
     accepted_error_rate: float | None
+    # Among all audited answers, the share the current thresholds accept although wrong: the
+    # quality the tier costs the task (what the quality rule bounds).
+    audited: int = 0
+    quality_loss: float | None = None
 
 
 @dataclass
@@ -89,9 +94,12 @@ class CoverageMonitor:
         thresholds: ThresholdTable,
         default_threshold: float | None = None,
         now: float | None = None,
+        quality_budgets: Mapping[str, float] | None = None,
     ) -> None:
         self.config = config
         self.alpha = alpha
+        # Under the quality rule each task's budget of wrong accepted answers (1 - quality_target).
+        self.quality_budgets = dict(quality_budgets or {})
         self.default_threshold = default_threshold
         self.thresholds = thresholds
         self.live_since = time.time() if now is None else now
@@ -122,6 +130,8 @@ class CoverageMonitor:
         covered = sum(accepts(a.uncertainty, delta, is_last=False) for a in correct)
         accepted = [a for a in fresh if accepts(a.uncertainty, delta, is_last=False)][-self.config.window :]
         wrong = sum(not a.correct for a in accepted)
+        audited = fresh[-self.config.window :]
+        lost = sum(not a.correct and accepts(a.uncertainty, delta, is_last=False) for a in audited)
         low, high = wilson_interval(covered, len(correct)) if correct else (math.nan, math.nan)
         return CellCoverage(
             tier=tier,
@@ -134,6 +144,8 @@ class CoverageMonitor:
             ci_high=None if math.isnan(high) else high,
             accepted=len(accepted),
             accepted_error_rate=wrong / len(accepted) if accepted else None,
+            audited=len(audited),
+            quality_loss=lost / len(audited) if audited else None,
         )
 
     def report(self) -> list[dict[str, Any]]:
@@ -145,13 +157,22 @@ class CoverageMonitor:
 
         'coverage_drop:<tier>/<task>' under the coverage rule; under the risk rule, whose thresholds
         promise an accepted-error rate rather than coverage, 'risk_breach:<tier>/<task>' when that
-        rate's Wilson interval lies wholly above epsilon; 'schedule' for either.
+        rate's Wilson interval lies wholly above epsilon; under the quality rule 'quality_breach:<tier>/<task>'
+        when the share of audited queries the tier answered wrong and was accepted on lies wholly
+        above the task's budget; 'schedule' for any.
         """
         now = time.time() if now is None else now
         floor = 1 - self.alpha - self.config.coverage_drop
         for tier, task in self.cells():
             cell = self.coverage(tier, task)
             if cell.threshold is None:
+                continue
+            if self.config.method == "quality":
+                if cell.audited < self.config.min_labelled or cell.quality_loss is None:
+                    continue
+                low, _ = wilson_interval(round(cell.quality_loss * cell.audited), cell.audited)
+                if low > self.quality_budgets.get(task, self.config.epsilon):
+                    return f"quality_breach:{tier}/{task}"
                 continue
             if self.config.method == "risk":
                 if cell.accepted < self.config.min_labelled or cell.accepted_error_rate is None:
@@ -175,6 +196,7 @@ class CoverageMonitor:
         calibrator = ConformalCalibrator(
             alpha=self.alpha, method=self.config.method, epsilon=self.config.epsilon, delta=self.config.delta,
             score=self.thresholds.score or "mean_nll",
+            epsilon_per_task=self.quality_budgets or None,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a tier left with no threshold shows up in the changes

@@ -37,7 +37,8 @@ class MonitorService:
         self.config = config
         self.settings = config.monitoring
         self.monitor = CoverageMonitor(
-            self.settings, config.cascade.alpha, thresholds, default_threshold=config.cascade.default_threshold
+            self.settings, config.cascade.alpha, thresholds, default_threshold=config.cascade.default_threshold,
+            quality_budgets={t.name: 1 - t.quality_target for t in config.tasks},
         )
         self.labeller = AuditLabeller(config)
         self.query_log = query_log

@@ -151,17 +151,20 @@ def calibrate_table(
 ) -> list[float | None]:
     """Thresholds for each tier of one task; the last tier is unconditional (None).
 
-    With ``method="risk"``, ``alpha`` is the accepted-error bound epsilon, certified at level ``delta``.
+    With ``method="risk"``, ``alpha`` is the accepted-error bound epsilon, certified at level ``delta``;
+    with ``method="quality"`` it is the task's budget of accepted-and-wrong answers. Only tiers
+    that serve the task are calibrated: the others are skipped when serving, and never accept.
     """
     calibrator = ConformalCalibrator(alpha=alpha, method=method, epsilon=alpha, delta=delta)
     k = len(table.tiers)
+    served = [i for i in range(k - 1) if table.served[i]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # too-few-correct cells are counted in no_threshold_share
         calibrator.conformalize(
-            table.uncertainty[:, : k - 1].T.ravel(),
-            (table.correct[:, : k - 1] > 0).T.ravel(),
-            np.repeat(table.tiers[: k - 1], len(table.ids)),
-            [table.task] * (len(table.ids) * (k - 1)),
+            table.uncertainty[:, served].T.ravel(),
+            (table.correct[:, served] > 0).T.ravel(),
+            np.repeat([table.tiers[i] for i in served], len(table.ids)),
+            [table.task] * (len(table.ids) * len(served)),
         )
     return [calibrator.thresholds_.get(tier, {}).get(table.task) for tier in table.tiers[: k - 1]] + [None]
 

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from routenlp_ray import NotFittedError
-from routenlp_ray.conformal.calibrator import ConformalCalibrator, conformal_threshold, risk_controlling_threshold
+from routenlp_ray.conformal.calibrator import (
+    ConformalCalibrator,
+    conformal_threshold,
+    quality_controlling_threshold,
+    risk_controlling_threshold,
+)
 
 
 def test_paper_rule_on_a_hand_computed_example() -> None:
@@ -87,3 +92,69 @@ def test_risk_rule_certifies_a_sure_head_whose_strictest_answers_are_too_few_to_
     assert (~correct[accepted]).mean() <= 0.05
     # With fewer answers than the minimum, nothing can be certified.
     assert risk_controlling_threshold(u[:40], correct[:40], epsilon=0.05, delta=0.1) is None
+
+
+def test_quality_control_holds_in_at_least_1_minus_delta_of_trials() -> None:
+    rng = np.random.default_rng(2)
+    epsilon, delta, n = 0.04, 0.1, 500
+
+    def true_loss(threshold: float) -> float:
+        # u ~ U(0, 1); P(wrong | u) = u**2. Loss = P(u <= t and wrong) = t**3 / 3.
+        return min(threshold, 1.0) ** 3 / 3
+
+    violations = 0
+    trials = 300
+    for _ in range(trials):
+        u = rng.random(n)
+        wrong = rng.random(n) < u**2
+        threshold = quality_controlling_threshold(u, ~wrong, epsilon, delta)
+        if threshold is not None and true_loss(threshold) > epsilon:
+            violations += 1
+    assert violations / trials <= delta + 3 * math.sqrt(delta * (1 - delta) / trials)
+
+
+def test_quality_rule_accepts_far_more_than_the_risk_rule_at_the_same_error_budget() -> None:
+    # A 90%-right tier whose errors sit among its less sure answers: the task may lose 4% of its
+    # queries to wrong accepted answers, which allows accepting most of them.
+    rng = np.random.default_rng(0)
+    u = rng.random(1000)
+    correct = rng.random(1000) >= 0.2 * u**2 * 3 / 2  # P(wrong | u) = 0.3 u^2, 10% wrong overall
+    quality = quality_controlling_threshold(u, correct, epsilon=0.04, delta=0.1)
+    risk = risk_controlling_threshold(u, correct, epsilon=0.04, delta=0.1)
+    assert quality is not None and risk is not None
+    assert (u <= quality).mean() > (u <= risk).mean() + 0.2
+    assert ((u <= quality) & ~correct).mean() <= 0.04
+
+
+def test_quality_rule_counts_unscorable_answers_as_queries_and_never_accepts_them() -> None:
+    u = np.array([0.1] * 90 + [np.nan] * 10)
+    correct = np.array([True] * 90 + [False] * 10)
+    assert quality_controlling_threshold(u, correct, epsilon=0.04, delta=0.1) == 0.1
+
+
+def test_quality_rule_splits_each_task_budget_over_its_cheap_tiers() -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    u = rng.random(n)
+    correct = rng.random(n) >= 0.2 * u
+    one = ConformalCalibrator(method="quality", epsilon_per_task={"t": 0.05}).conformalize(u, correct, ["a"] * n, ["t"] * n)
+    both = ConformalCalibrator(method="quality", epsilon_per_task={"t": 0.05}).conformalize(
+        np.concatenate([u, u]), np.concatenate([correct, correct]), ["a"] * n + ["b"] * n, ["t"] * (2 * n)
+    )
+    alone = one.thresholds_["a"]["t"]
+    shared = both.thresholds_["a"]["t"]
+    assert alone == quality_controlling_threshold(u, correct, 0.05, 0.1)
+    assert shared == quality_controlling_threshold(u, correct, 0.025, 0.05) and shared < alone
+    with pytest.raises(ValueError, match="epsilon_per_task\\['t'\\] must be in \\(0, 1\\), got 1.5"):
+        ConformalCalibrator(method="quality", epsilon_per_task={"t": 1.5})
+
+
+def test_quality_rule_gives_no_threshold_to_a_tier_wrong_on_most_of_what_it_would_accept() -> None:
+    u = np.linspace(0, 1, 200)
+    never_right = np.zeros(200, dtype=bool)
+    # Accepting its surest 1% would stay within a 4% budget, but every one of them is wrong.
+    assert quality_controlling_threshold(u, never_right, epsilon=0.04, delta=0.1) is None
+    mostly_right = np.ones(200, dtype=bool)
+    mostly_right[:3] = False  # its three surest answers are wrong, the rest right
+    threshold = quality_controlling_threshold(u, mostly_right, epsilon=0.04, delta=0.1)
+    assert threshold is not None and threshold >= u[5]

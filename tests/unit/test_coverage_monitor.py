@@ -61,6 +61,23 @@ def test_under_the_risk_rule_a_rising_accepted_error_rate_triggers_and_low_cover
     assert monitor.due(now=400) == "risk_breach:cheap/cs_intent"
 
 
+def test_under_the_quality_rule_wrong_accepted_answers_beyond_the_task_budget_trigger() -> None:
+    table = ThresholdTable(version="v0", thresholds={"cheap": {"cs_intent": 0.5}})
+    config = MonitoringConfig(min_labelled=30, window=200, method="quality")
+    monitor = CoverageMonitor(config, alpha=0.1, thresholds=table, now=0.0, quality_budgets={"cs_intent": 0.04})
+    rng = np.random.default_rng(0)
+    for i in range(200):  # wrong answers only among the rejected ones: nothing lost
+        u = float(rng.uniform(0, 1.0))
+        monitor.observe(labelled(u, u <= 0.5 or i % 2 == 0, ts=1 + i))
+    assert monitor.coverage("cheap", "cs_intent").quality_loss == 0.0
+    assert monitor.due(now=300) is None
+    for i in range(200):  # drift: a fifth of all queries are now accepted and wrong
+        u = float(rng.uniform(0, 1.0))
+        monitor.observe(labelled(u, not (u <= 0.5 and i % 5 < 2), ts=300 + i))
+    assert monitor.coverage("cheap", "cs_intent").quality_loss > 0.1
+    assert monitor.due(now=600) == "quality_breach:cheap/cs_intent"
+
+
 def test_schedule_trigger_and_window_of_recent_labels() -> None:
     config = MonitoringConfig(schedule_hours=1, recalibration_window=20)
     monitor = CoverageMonitor(config, alpha=0.1, thresholds=ThresholdTable(version="v0"), now=0.0)
