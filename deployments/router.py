@@ -154,7 +154,7 @@ class RouterIngress:
         if exc.status_code == 404:
             error = RequestError(f"Invalid URL ({method} {path}): no such endpoint")
         elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("allow", "")
+            allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
             error = RequestError(f"Method not allowed ({method} {path}); this endpoint accepts {allowed or 'other methods'}")
         else:
             error = RequestError(f"{exc.detail} ({method} {path})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 from collections.abc import AsyncIterable
 from pathlib import Path
@@ -28,7 +29,7 @@ def parse_body(raw: bytes, schema: type[Model], max_bytes: int) -> Model:
     if not raw.strip():
         raise RequestError("request body is empty; expected a JSON object")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -56,12 +57,19 @@ def check_json_values(data: Any) -> None:
             raise RequestError(f"'{path or 'body'}' nests JSON deeper than {MAX_JSON_DEPTH} levels", param=path or None)
         if isinstance(value, str):
             _check_utf8(value, path)
+        elif isinstance(value, float) and not math.isfinite(value):
+            # 1e999 parses as infinity, which the query log (strict JSON) could not write.
+            raise RequestError(f"'{path or 'body'}' is not a finite number", param=path or None)
         elif isinstance(value, dict):
             for key, item in value.items():
                 _check_utf8(key, path or "body")
                 stack.append((item, f"{path}.{key}" if path else key, depth + 1))
         elif isinstance(value, list):
             stack.extend((item, f"{path}.{i}", depth + 1) for i, item in enumerate(value))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise RequestError(f"request body is not valid JSON: {name} is not a JSON number")
 
 
 def _check_utf8(text: str, path: str) -> None:
