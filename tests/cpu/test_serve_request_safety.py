@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 FILE_KEY = "sk-file-7d1e9c2a4b6f8e0d3c5a7b9e1f2d4c6a"
 ENV_KEY = "sk-env-0a2c4e6f8b1d3f5a7c9e2b4d6f8a1c3e"
-PREFIX = "/secrets"
+PREFIX = "/safety"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def env_key() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def app(env_key: str, serve_instance: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp_path = tmp_path_factory.mktemp("secrets")
+    tmp_path = tmp_path_factory.mktemp("safety")
     replay = tmp_path / "replay.jsonl"
     # Every input the hostile generator sends, under every task, so a valid request is a 200 (a miss is a 503).
     replay.write_text("".join(
@@ -59,7 +59,7 @@ def app(env_key: str, serve_instance: int, tmp_path_factory: pytest.TempPathFact
         "server": {"api_keys_file": str(tmp_path / "keys"), "default_task": "chat", "resources": small},
     }
     deploy_declaratively(
-        [{"name": "secrets", "route_prefix": PREFIX, "import_path": "deployments.builders:build_app", "args": args}]
+        [{"name": "safety", "route_prefix": PREFIX, "import_path": "deployments.builders:build_app", "args": args}]
     )
     yield {"base": f"http://127.0.0.1:{serve_instance}{PREFIX}", "log": str(tmp_path / "log")}
 
@@ -137,3 +137,48 @@ def test_no_key_appears_under_rays_session_folder_or_in_the_serve_config(app: di
         for file in Path(app["log"], stream).glob("*.jsonl"):
             text = file.read_text()
             assert FILE_KEY not in text and ENV_KEY not in text, file
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "message"),
+    [
+        (b'{"model": "routenlp/chat", "messages": ' + b"[" * 100_000, 400, "nests JSON deeper than"),
+        (b'{"model": "routenlp/chat", "messages": [{"role": "user", "content": "hi \\ud800"}]}', 400,
+         "'messages.0.content' holds an unpaired UTF-16 surrogate"),
+        (b'{"model": "routenlp/chat", "max_tokens": true, "messages": [{"role": "user", "content": "hello"}]}', 400,
+         "'max_tokens': Input should be a valid integer"),
+    ],
+)
+def test_the_issues_bad_bodies_are_logged_4xx_through_serve(
+    app: dict[str, Any], raw: bytes, status: int, message: str
+) -> None:
+    from routenlp_ray.telemetry import read_records
+
+    headers = {"authorization": f"Bearer {FILE_KEY}", "content-type": "application/json"}
+    response = httpx.post(f"{app['base']}/v1/chat/completions", content=raw, headers=headers, timeout=60)
+    assert response.status_code == status and message in response.json()["error"]["message"]
+    wait_for(lambda: any(message in e.get("error", "") for e in read_records(app["log"], "events")), timeout_s=30)
+
+
+def test_a_chunked_body_through_serve_is_refused_after_about_the_limit(app: dict[str, Any]) -> None:
+    sent = 0
+
+    def thirty_megabytes() -> Iterator[bytes]:
+        nonlocal sent
+        for _ in range(30 * 16):
+            sent += 65_536
+            yield b" " * 65_536
+
+    headers = {"authorization": f"Bearer {FILE_KEY}", "content-type": "application/json"}
+    try:
+        response = httpx.post(f"{app['base']}/v1/chat/completions", content=thirty_megabytes(), headers=headers,
+                              timeout=120)
+    except httpx.HTTPError:
+        pytest.fail(f"the connection broke after {sent} bytes instead of answering 413")
+    assert response.status_code == 413
+    # The router says how much it had read when it refused: the limit, not the 30 MB sent.
+    message = response.json()["error"]["message"]
+    refused_after = int(message.split("refused after ")[1].split(")")[0])
+    # Serve's proxy hands the body over in its own chunk sizes (about 1.12 MB read when last run).
+    # It still accepts all that the client sends: only the router's own reading is bounded here.
+    assert 1_000_000 < refused_after < 2_000_000, message
