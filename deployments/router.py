@@ -155,7 +155,8 @@ class RouterIngress:
             error = RequestError(f"Invalid URL ({method} {path}): no such endpoint")
         elif exc.status_code == 405:
             allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
-            error = RequestError(f"Method not allowed ({method} {path}); this endpoint accepts {allowed or 'other methods'}")
+            accepts = allowed or "other methods"
+            error = RequestError(f"Method not allowed ({method} {path}); this endpoint accepts {accepts}")
         else:
             error = RequestError(f"{exc.detail} ({method} {path})")
         error.status_code = exc.status_code
@@ -164,7 +165,9 @@ class RouterIngress:
             response.headers[name] = value
         return response
 
-    async def _server_error(self, endpoint: str, status: int, code: str, detail: str, public: str | None = None) -> Response:
+    async def _server_error(
+        self, endpoint: str, status: int, code: str, detail: str, public: str | None = None
+    ) -> Response:
         """A 5xx: logged to the events stream with its detail; the client gets ``public`` or the event id."""
         event_id = None
         try:

@@ -94,7 +94,8 @@ async def read_body(chunks: AsyncIterable[bytes], max_bytes: int) -> bytes:
         received += chunk
         if len(received) > max_bytes:
             raise PayloadTooLargeError(
-                f"request body is over {max_bytes} bytes (refused after {len(received)}); the limit is {max_bytes} bytes"
+                f"request body is over {max_bytes} bytes (refused after {len(received)}); "
+                f"the limit is {max_bytes} bytes"
             )
     return bytes(received)
 

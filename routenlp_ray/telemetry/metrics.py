@@ -110,7 +110,9 @@ class RayRouterMetrics:
             tag_keys=("task", "tier"),
         )
         self.fallback_cost = Counter(
-            "routenlp_fallback_cost_usd", description="USD spent on requests answered by a fallback.", tag_keys=("task",)
+            "routenlp_fallback_cost_usd",
+            description="USD spent on requests answered by a fallback.",
+            tag_keys=("task",),
         )
         self.failures = Counter("routenlp_failed_requests", description="Requests no tier answered.", tag_keys=("task", "reason"))
         self.rejections = Counter("routenlp_rejected_requests", description="Requests refused with a 4xx.", tag_keys=("reason",))

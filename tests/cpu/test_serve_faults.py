@@ -81,7 +81,8 @@ def app(serve_instance: int, slow_server: str, tmp_path_factory: pytest.TempPath
         "tasks": [{"name": "chat", "metric": "none"}],
         "cascade": {"default_threshold": 100.0},
         "storage": {"log_uri": str(tmp_path / "log"), "spool_dir": str(tmp_path / "spool")},
-        "server": {"api_keys_file": str(tmp_path / "keys"), "max_request_bytes": 4096, "max_input_chars": 200, "default_task": "chat",
+        "server": {"api_keys_file": str(tmp_path / "keys"), "max_request_bytes": 4096, "max_input_chars": 200,
+                   "default_task": "chat",
                    "resources": small},
     }
     deploy_declaratively(

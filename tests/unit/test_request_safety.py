@@ -109,7 +109,8 @@ async def test_a_lone_surrogate_is_a_400_at_parse_time_naming_the_field(tmp_path
 
 # -- 5. Ray internals in routing ----------------------------------------------------------------
 async def test_tier_errors_reach_the_client_without_ray_internals(tmp_path: Path, replay_file: Path) -> None:
-    tiers = {"cheap": FakeTierHandle("card_arrival", [-0.1]), "frontier": FailingTierHandle(ActorDiedError(RAY_INTERNALS))}
+    tiers = {"cheap": FakeTierHandle("card_arrival", [-0.1]),
+             "frontier": FailingTierHandle(ActorDiedError(RAY_INTERNALS))}
     ingress, client = build(tmp_path, replay_file, tiers, cascade={"default_threshold": 0.0})
     async with client:
         response = await client.post("/v1/chat/completions", json=CHAT)
@@ -145,7 +146,9 @@ async def test_the_replay_tier_does_not_answer_across_tasks(tmp_path: Path) -> N
     engine = replay_engine(tmp_path, [{"task": "legal_risk", "input": sentence, "reference": "fair"}])
     with pytest.raises(ReplayMissError):
         await engine.generate(GenerationRequest(request_id="r", raw_input=sentence, task="cs_intent", prompt=sentence))
-    same_task = await engine.generate(GenerationRequest(request_id="r", raw_input=sentence, task="legal_risk", prompt=sentence))
+    same_task = await engine.generate(
+        GenerationRequest(request_id="r", raw_input=sentence, task="legal_risk", prompt=sentence)
+    )
     assert same_task.text == "fair"
 
 
@@ -161,7 +164,9 @@ async def test_the_replay_tier_honours_max_tokens(tmp_path: Path) -> None:
     full = await engine.generate(GenerationRequest(request_id="r", raw_input="filing", task="fin_summarization",
                                                    prompt="filing", max_tokens=4096))
     assert full.finish_reason == "stop" and full.text == long
-    tokens = await engine.generate(GenerationRequest(request_id="r", raw_input="hi", task="chat", prompt="hi", max_tokens=2))
+    tokens = await engine.generate(
+        GenerationRequest(request_id="r", raw_input="hi", task="chat", prompt="hi", max_tokens=2)
+    )
     assert tokens.token_logprobs == [-0.1, -0.1] and tokens.completion_tokens == 2 and tokens.finish_reason == "length"
 
 
@@ -189,7 +194,8 @@ async def test_a_fallback_saves_nothing_and_is_reported_as_missing_the_bar(tmp_p
     async with client:
         routing = (await client.post("/v1/chat/completions", json=CHAT)).json()["routing"]
     assert routing["fallback"] is True and routing["met_quality_bar"] is False
-    assert routing["saved_usd"] == 0.0 and routing["cost_usd"] > 0 and routing["frontier_cost_usd"] > routing["cost_usd"]
+    assert routing["saved_usd"] == 0.0 and routing["cost_usd"] > 0
+    assert routing["frontier_cost_usd"] > routing["cost_usd"]
     [(outcome, saved)] = spy.outcomes
     assert outcome.fallback and saved == 0.0
     ingress.query_log.close()
@@ -206,7 +212,9 @@ def test_inline_keys_are_refused_at_load_without_echoing_them(tmp_path: Path, re
     assert KEY not in str(err.value)
 
 
-def test_keys_travel_as_env_or_file_names_only(tmp_path: Path, replay_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_travel_as_env_or_file_names_only(
+    tmp_path: Path, replay_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "keys").write_text(f"{KEY}\n")
     monkeypatch.setenv("ROUTENLP_API_KEYS", "env-key")
     config = parse_config(small_config_dict(tmp_path, replay_file, server={"api_keys_file": str(tmp_path / "keys")}))
@@ -312,7 +320,8 @@ async def test_feedback_on_an_unknown_or_already_rated_response_is_refused(tmp_p
         unknown = await client.post("/v1/feedback", json={"response_id": "chatcmpl-nope", "accepted": True})
         assert (assert_openai_error(unknown, 404, param="response_id", in_message="unknown response_id")["code"]
                 == "response_not_found")
-        assert (await client.post("/v1/feedback", json={"response_id": response_id, "accepted": True})).status_code == 200
+        first = await client.post("/v1/feedback", json={"response_id": response_id, "accepted": True})
+        assert first.status_code == 200
         again = await client.post("/v1/feedback", json={"response_id": response_id, "accepted": False})
         assert assert_openai_error(again, 409, in_message="recorded already")["code"] == "duplicate_feedback"
         # Another source (an audit label) on the same response is new information.
@@ -376,7 +385,8 @@ def test_the_default_input_limit_admits_every_fin_summarization_input() -> None:
     [
         ("POST", "/v1/responses", 404, "Invalid URL (POST /v1/responses)"),
         ("GET", "/nope", 404, "Invalid URL (GET /nope)"),
-        ("GET", "/v1/chat/completions", 405, "Method not allowed (GET /v1/chat/completions); this endpoint accepts POST"),
+        ("GET", "/v1/chat/completions", 405,
+         "Method not allowed (GET /v1/chat/completions); this endpoint accepts POST"),
         ("DELETE", "/v1/models", 405, "Method not allowed (DELETE /v1/models)"),
     ],
 )
