@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from routenlp_ray._exceptions import AllTiersFailedError, RequestError
 from routenlp_ray.config.app import parse_config
@@ -26,6 +29,8 @@ from deployments.tier_clients import HandleMonitorClient, HandleTierClient
 
 logger = logging.getLogger("routenlp.ingress")
 Body = TypeVar("Body", bound=BaseModel)
+# Liveness answers without a key (a load balancer's probe carries none), and says only "ok" then.
+OPEN_PATHS = frozenset({"/healthz"})
 
 class RouterIngress:
     """Holds one handle per tier and answers the OpenAI-compatible API."""
@@ -91,17 +96,22 @@ class RouterIngress:
 
         @app.get("/v1/models")
         async def models(request: Request) -> Response:
-            try:
-                self.service.gate.authenticate(request.headers.get("authorization"))
-            except RequestError as exc:
-                return await self._reject("/v1/models", exc)
             return JSONResponse(self.service.models())
 
         @app.get("/healthz")
-        async def healthz() -> Response:
+        async def healthz(request: Request) -> Response:
             self.live.ensure_following()
+            if not self.service.gate.is_authorized(request.headers.get("authorization")):
+                return JSONResponse({"status": "ok"})  # versions and pid are for key holders
             return JSONResponse({**self.service.health(), "pid": os.getpid(), "started_at": self._started_at})
 
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+            return await self._http_error(request, exc)
+
+        # Outermost but for Starlette's own error middleware: the key is checked for every route,
+        # /docs and /openapi.json and routes added later included, and no exception leaves as plain text.
+        app.add_middleware(_GateAndGuard, ingress=self)
         return app
 
     # -- plumbing -------------------------------------------------------------------------
@@ -115,17 +125,16 @@ class RouterIngress:
         server, gate = self.config.server, self.service.gate
         self.live.ensure_following()
         try:
-            gate.authenticate(request.headers.get("authorization"))
             gate.check_declared_length(request.headers.get("content-length"))
-            body = gate.parse(await request.body(), schema)
+            body = gate.parse(await gate.read(request.stream()), schema)
             result = await asyncio.wait_for(handler(body), timeout=server.request_timeout_s)
         except RequestError as exc:
             return await self._reject(endpoint, exc)
         except AllTiersFailedError as exc:
-            return JSONResponse(error_body(str(exc), "service_unavailable", code="all_tiers_failed"), status_code=503)
+            return await self._server_error(endpoint, 503, "all_tiers_failed", str(exc), public=str(exc))
         except asyncio.TimeoutError:
             message = f"no tier answered within the request timeout of {server.request_timeout_s}s"
-            return JSONResponse(error_body(message, "timeout", code="request_timeout"), status_code=504)
+            return await self._server_error(endpoint, 504, "request_timeout", message, public=message)
         if getattr(body, "stream", False):
             return StreamingResponse(_as_sse(result), media_type="text/event-stream")
         return JSONResponse(result)
@@ -136,8 +145,81 @@ class RouterIngress:
         except Exception:  # a logging failure must not turn a 4xx into a 500
             logger.exception("could not log a rejected request")
         return JSONResponse(
-            error_body(exc.message, exc.error_type, param=exc.param, code=exc.error_type), status_code=exc.status_code
+            error_body(exc.message, exc.error_type, param=exc.param, code=exc.code), status_code=exc.status_code
         )
+
+    async def _http_error(self, request: Request, exc: StarletteHTTPException) -> Response:
+        """Routing errors (unknown path, wrong method) in the OpenAI error shape, naming method and path."""
+        method, path = request.method, request.url.path
+        if exc.status_code == 404:
+            error = RequestError(f"Invalid URL ({method} {path}): no such endpoint")
+        elif exc.status_code == 405:
+            allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+            accepts = allowed or "other methods"
+            error = RequestError(f"Method not allowed ({method} {path}); this endpoint accepts {accepts}")
+        else:
+            error = RequestError(f"{exc.detail} ({method} {path})")
+        error.status_code = exc.status_code
+        response = await self._reject(path, error)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    async def _server_error(
+        self, endpoint: str, status: int, code: str, detail: str, public: str | None = None
+    ) -> Response:
+        """A 5xx: logged to the events stream with its detail; the client gets ``public`` or the event id."""
+        event_id = None
+        try:
+            event_id = await self.service.log_server_error(endpoint, status, code, detail)
+        except Exception:  # a logging failure must not hide the original error
+            logger.exception("could not log a server error")
+        message = public or f"internal error while serving {endpoint}; it is logged as event {event_id}"
+        return JSONResponse(error_body(message, "server_error", code=code), status_code=status)
+
+
+class _GateAndGuard:
+    """ASGI middleware: the API key for every path but liveness, and a logged JSON 500 for any escaped error."""
+
+    def __init__(self, app: ASGIApp, ingress: RouterIngress) -> None:
+        self.app = app
+        self.ingress = ingress
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        endpoint = f"{scope['method']} {path}"
+        if path not in OPEN_PATHS:
+            try:
+                self.ingress.service.gate.authenticate(Headers(scope=scope).get("authorization"))
+            except RequestError as exc:
+                response = await self.ingress._reject(path, exc)
+                await response(scope, receive, send)
+                return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            logger.exception("unhandled error on %s", endpoint)
+            if started:
+                raise  # the status line is out already; nothing better can be sent
+            detail = f"{type(exc).__name__}: {exc}"
+            response = await self.ingress._server_error(endpoint, 500, "internal_error", detail)
+            await response(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path as the app's routes see it: without the Serve route prefix (``root_path``)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
 
 
 async def _as_sse(result: dict[str, Any]) -> AsyncIterator[str]:

@@ -9,6 +9,7 @@ from routenlp_ray._exceptions import (
     ArtifactError,
     AuthenticationError,
     ConfigError,
+    DuplicateFeedbackError,
     EngineError,
     MissingExtraError,
     NotFittedError,
@@ -17,6 +18,7 @@ from routenlp_ray._exceptions import (
     RequestError,
     RouteNLPError,
     TierTimeoutError,
+    UnknownResponseError,
     UnknownTaskError,
 )
 from routenlp_ray.config import RouteNLPConfig, load_config, parse_config
@@ -28,6 +30,7 @@ __all__ = [
     "ArtifactError",
     "AuthenticationError",
     "ConfigError",
+    "DuplicateFeedbackError",
     "EngineError",
     "MissingExtraError",
     "NotFittedError",
@@ -37,6 +40,7 @@ __all__ = [
     "RouteNLPConfig",
     "RouteNLPError",
     "TierTimeoutError",
+    "UnknownResponseError",
     "UnknownTaskError",
     "__version__",
     "load_config",

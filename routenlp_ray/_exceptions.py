@@ -7,6 +7,8 @@
     ├── RequestError             a client request is malformed; carries an HTTP status
     │   ├── AuthenticationError  missing or wrong API key (401)
     │   ├── UnknownTaskError     the task named by `model` / `task` is not configured (404)
+    │   ├── UnknownResponseError feedback names a response this service never served (404)
+    │   ├── DuplicateFeedbackError feedback from this source on this response was recorded already (409)
     │   └── PayloadTooLargeError the request body or input is over the configured limit (413)
     ├── EngineError              a tier's engine failed to produce an answer
     │   ├── TierTimeoutError     the tier did not answer within its timeout
@@ -29,10 +31,15 @@ class ConfigError(RouteNLPError, ValueError):
 
 
 class RequestError(RouteNLPError):
-    """A client request cannot be served as sent. ``status_code`` is the HTTP status."""
+    """A client request cannot be served as sent. ``status_code`` is the HTTP status.
+
+    ``error_type`` and ``code`` are the OpenAI error body's ``type`` and ``code``, so clients that
+    branch on them (``model_not_found``, ``invalid_api_key``) behave as they do against OpenAI.
+    """
 
     status_code: int = 400
     error_type: str = "invalid_request_error"
+    code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -43,16 +50,27 @@ class RequestError(RouteNLPError):
 class AuthenticationError(RequestError):
     status_code = 401
     error_type = "authentication_error"
+    code = "invalid_api_key"
 
 
 class UnknownTaskError(RequestError):
     status_code = 404
-    error_type = "model_not_found"
+    code = "model_not_found"
+
+
+class UnknownResponseError(RequestError):
+    status_code = 404
+    code = "response_not_found"
+
+
+class DuplicateFeedbackError(RequestError):
+    status_code = 409
+    code = "duplicate_feedback"
 
 
 class PayloadTooLargeError(RequestError):
     status_code = 413
-    error_type = "request_too_large"
+    code = "request_too_large"
 
 
 class EngineError(RouteNLPError):

@@ -6,6 +6,7 @@ Nothing here knows about Ray: a tier is any ``async (GenerationRequest) -> Gener
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,9 +15,11 @@ from typing import Literal
 
 import numpy as np
 
-from routenlp_ray._exceptions import AllTiersFailedError, TierTimeoutError
+from routenlp_ray._exceptions import AllTiersFailedError, RouteNLPError, TierTimeoutError
 from routenlp_ray.config.tiers import Pricing
 from routenlp_ray.engines.base import GenerationRequest, GenerationResult
+
+logger = logging.getLogger("routenlp.cascade")
 
 TierCall = Callable[[GenerationRequest], Awaitable[GenerationResult]]
 AttemptStatus = Literal["accepted", "escalated", "error", "timeout", "fallback", "skipped"]
@@ -164,6 +167,19 @@ async def run_cascade(
     raise AllTiersFailedError(f"every tier failed: {details}")
 
 
+def public_error(exc: BaseException) -> str:
+    """A tier's error as the client sees it (``routing.attempts``, a 503's message).
+
+    Only our own errors keep their message (its first line, bounded): a foreign one, such as
+    Ray's ``ActorDiedError``, can carry actor ids, pids, node addresses and namespaces, so the
+    client gets its type and the router log the rest.
+    """
+    if isinstance(exc, RouteNLPError):
+        lines = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+    return f"{type(exc).__name__} (details in the router log)"
+
+
 async def _attempt(
     request: GenerationRequest,
     tier: CascadeTier,
@@ -182,9 +198,10 @@ async def _attempt(
         )
         return None
     except Exception as exc:  # a broken tier must never drop the query
-        attempts.append(
-            TierAttempt(tier.name, "error", latency_ms=_ms_since(started), error=f"{type(exc).__name__}: {exc}")
-        )
+        attempts.append(TierAttempt(tier.name, "error", latency_ms=_ms_since(started), error=public_error(exc)))
+        if not isinstance(exc, RouteNLPError):
+            logger.warning("tier %s failed on %s: %s: %s", tier.name, request.request_id, type(exc).__name__,
+                           " ".join(str(exc).split())[:2000])
         return None
     uncertainty = uncertainty_of(result)
     # A tier that accepts unconditionally (the last one, or a fallback) has no threshold to show.

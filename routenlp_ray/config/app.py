@@ -163,6 +163,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             continue
         shown = err.get("input")
         value = "" if isinstance(shown, (dict, list)) and len(repr(shown)) > 200 else f" (value: {shown!r})"
+        if "api_keys" in err["loc"]:
+            value = " (value withheld: it may be a secret)"
         lines.append(f"  {loc}: {err['msg']}{value}")
     return "\n".join(lines)
 

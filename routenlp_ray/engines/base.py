@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from routenlp_ray.config.tiers import GenerationLimits
 
 
 @dataclass(frozen=True)
@@ -15,7 +19,8 @@ class GenerationRequest:
     request_id: str
     messages: list[dict[str, str]] | None = None
     prompt: str | None = None
-    max_tokens: int = 128
+    # None only between the router and a tier: the tier applies its own default (``within_limits``).
+    max_tokens: int | None = 128
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
@@ -135,3 +140,20 @@ def generate_isolating_failures(
             except Exception as exc:
                 outputs.append(exc)
         return outputs
+
+
+def within_limits(
+    call: Callable[[GenerationRequest], Awaitable[GenerationResult]], limits: GenerationLimits
+) -> Callable[[GenerationRequest], Awaitable[GenerationResult]]:
+    """``call`` (a tier's async callable) with ``limits`` applied to each request's ``max_tokens``.
+
+    A request with no ``max_tokens`` gets the tier's ``default_max_tokens``, and any ask is clamped
+    to its ``max_tokens``: each tier answers within its own limits, so a frontier's long answer is
+    not cut to the default of the cheapest tier.
+    """
+
+    async def limited(request: GenerationRequest) -> GenerationResult:
+        wanted = request.max_tokens if request.max_tokens is not None else limits.default_max_tokens
+        return await call(dataclasses.replace(request, max_tokens=min(wanted, limits.max_tokens)))
+
+    return limited

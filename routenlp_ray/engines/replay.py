@@ -31,6 +31,20 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
+def truncate(recorded: Recorded, max_tokens: int | None) -> tuple[str, list[float] | None, str]:
+    """The recorded answer cut to ``max_tokens``, as a model stopped by its limit would return it.
+
+    Tokens are counted as the engine reports them: the recorded logprobs where there are any,
+    else about four characters a token (``estimate_tokens``).
+    """
+    logprobs = recorded.token_logprobs
+    tokens = len(logprobs) if logprobs else estimate_tokens(recorded.text)
+    if max_tokens is None or tokens <= max_tokens:
+        return recorded.text, logprobs, "stop"
+    keep_chars = max(1, round(len(recorded.text) * max_tokens / tokens))
+    return recorded.text[:keep_chars], logprobs[:max_tokens] if logprobs else None, "length"
+
+
 class ReplayEngine(ConcurrentBatchMixin):
     """Looks the query up in JSONL records; a miss raises ``ReplayMissError`` so the cascade moves on."""
 
@@ -63,15 +77,22 @@ class ReplayEngine(ConcurrentBatchMixin):
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
         key = normalise(lookup_text(request))
-        recorded = self._by_task.get((request.task, key)) or self._any_task.get(key)
+        # An answer recorded for another task is no answer to this one: the same sentence can be a
+        # legal_risk input and a cs_intent query, with different labels. Records without a task
+        # answer any task, and a request without a task takes any record.
+        recorded = self._by_task.get((request.task, key)) or self._by_task.get((None, key))
+        if recorded is None and request.task is None:
+            recorded = self._any_task.get(key)
         if recorded is None:
             raise ReplayMissError(f"tier {self.name!r} has no recorded answer for this input")
+        text, logprobs, finish_reason = truncate(recorded, request.max_tokens)
         return GenerationResult(
-            text=recorded.text,
-            token_logprobs=recorded.token_logprobs,
+            text=text,
+            token_logprobs=logprobs,
             prompt_tokens=estimate_tokens(request_text(request)),
-            completion_tokens=len(recorded.token_logprobs) if recorded.token_logprobs else estimate_tokens(recorded.text),
+            completion_tokens=len(logprobs) if logprobs else estimate_tokens(text),
             latency_ms=(time.perf_counter() - started) * 1000,
+            finish_reason=finish_reason,
             model=self.name,
             usage_estimated=True,
         )

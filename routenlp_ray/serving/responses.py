@@ -37,11 +37,14 @@ def routing_object(
         "start_tier": start_tier,
         "answered_by": outcome.answered_by,
         "fallback": outcome.fallback,
+        # A fallback is an answer no tier accepted: it missed the task's quality bar, so what it
+        # cost bought no saving against the frontier answer it stands in for.
+        "met_quality_bar": not outcome.fallback,
         "escalations": outcome.escalations,
         "attempts": [a.to_dict() for a in outcome.attempts],
         "cost_usd": total,
         "frontier_cost_usd": baseline,
-        "saved_usd": baseline - total,
+        "saved_usd": 0.0 if outcome.fallback else baseline - total,
         "thresholds_version": thresholds_version,
         "policy_version": policy_version,
     }

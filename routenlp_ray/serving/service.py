@@ -8,6 +8,7 @@ changes without a restart (thresholds, start policy, scores, release) lives in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -15,11 +16,17 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from routenlp_ray._exceptions import AllTiersFailedError, RequestError, UnknownTaskError
+from routenlp_ray._exceptions import (
+    AllTiersFailedError,
+    DuplicateFeedbackError,
+    RequestError,
+    UnknownResponseError,
+    UnknownTaskError,
+)
 from routenlp_ray.cascade import CascadeOutcome, CascadeTier, TierCall, run_cascade
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.conformal.scores import AnswerEvidence
-from routenlp_ray.engines.base import GenerationRequest
+from routenlp_ray.engines.base import GenerationRequest, within_limits
 from routenlp_ray.monitoring.audits import AuditSampler
 from routenlp_ray.serving.feed import MonitorFeed, MonitorSink
 from routenlp_ray.serving.http import RequestGate
@@ -28,7 +35,7 @@ from routenlp_ray.serving.responses import MODEL_PREFIX, envelope, feedback_labe
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from routenlp_ray.tasks.spec import TaskSpec
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
-from routenlp_ray.telemetry.querylog import QueryLog
+from routenlp_ray.telemetry.querylog import QueryLog, find_query
 
 logger = logging.getLogger("routenlp.router")
 
@@ -60,7 +67,7 @@ class RouterService:
         self.live = live or LiveArtifacts(config, query_log=query_log)
         self.gate = RequestGate(config.server)
         self._tiers = [
-            CascadeTier(name=t.name, call=tiers[t.name], pricing=t.pricing, timeout_s=t.timeout_s,
+            CascadeTier(name=t.name, call=within_limits(tiers[t.name], t.limits), pricing=t.pricing, timeout_s=t.timeout_s,
                         tasks=frozenset(t.tasks) if t.tasks is not None else None)
             for t in config.tiers
         ]
@@ -115,7 +122,18 @@ class RouterService:
         return envelope(request.request_id, "text_completion", task, choice, outcome, routing)
 
     async def feedback(self, body: FeedbackRequest) -> dict[str, Any]:
-        known = self._recent.get(body.response_id)
+        known = self._recent.get(body.response_id) or await self._served_elsewhere(body.response_id)
+        if known is None:
+            raise UnknownResponseError(
+                f"unknown response_id {body.response_id!r}: no response with this id was served", param="response_id"
+            )
+        given = known.setdefault("feedback_from", set())
+        if body.source in given:
+            raise DuplicateFeedbackError(
+                f"feedback from source {body.source!r} on response {body.response_id!r} was recorded already",
+                param="response_id",
+            )
+        given.add(body.source)
         record = {
             "id": f"fb-{uuid.uuid4().hex}",
             "ts": now_iso(),
@@ -124,14 +142,14 @@ class RouterService:
             "score": body.score,
             "comment": body.comment,
             "source": body.source,
-            "matched": known is not None,
-            "task": known["task"] if known else None,
-            "answered_by": known["answered_by"] if known else None,
+            "matched": True,
+            "task": known["task"],
+            "answered_by": known["answered_by"],
         }
         if self.query_log is not None:
             await self.query_log.append("feedback", record)
         label = feedback_label(body.accepted, body.score)
-        if known is not None and label is not None and known["answered_by"] != self._tier_names[-1]:
+        if label is not None and known["answered_by"] != self._tier_names[-1]:
             self.feed.send({
                 "kind": "feedback", "tier": known["answered_by"], "task": known["task"],
                 "uncertainty": known["uncertainty"], "correct": label, "query_id": body.response_id, "ts": time.time(),
@@ -160,13 +178,26 @@ class RouterService:
 
     async def log_rejection(self, endpoint: str, error: RequestError) -> None:
         """A refused request is logged too: a spike of 4xx is something operators look for."""
-        self.metrics.record_rejection(error.error_type)
+        self.metrics.record_rejection(error.code or error.error_type)
         record = {
             "id": f"rej-{uuid.uuid4().hex}", "ts": now_iso(), "kind": "rejected", "endpoint": endpoint,
-            "http_status": error.status_code, "error_type": error.error_type, "error": error.message,
+            "http_status": error.status_code, "error_type": error.error_type, "code": error.code,
+            "param": error.param, "error": error.message,
         }
         if self.query_log is not None:
             await self.query_log.append("events", record)
+
+    async def log_server_error(self, endpoint: str, status: int, code: str, detail: str) -> str:
+        """A 5xx is logged with its detail, which the client does not see; returns the event id to quote."""
+        self.metrics.record_failure("-", code)
+        event_id = f"err-{uuid.uuid4().hex}"
+        record = {
+            "id": event_id, "ts": now_iso(), "kind": "server_error", "endpoint": endpoint,
+            "http_status": status, "code": code, "error": detail,
+        }
+        if self.query_log is not None:
+            await self.query_log.append("events", record)
+        return event_id
 
     async def drain(self) -> None:
         """Wait for pending audits (tests, shutdown)."""
@@ -182,12 +213,10 @@ class RouterService:
         messages: list[dict[str, str]] | None = None,
         prompt: str | None = None,
     ) -> GenerationRequest:
-        # The smallest cap across tiers keeps one request valid for every tier it may reach.
-        cap = min(t.limits.max_tokens for t in self.config.tiers)
-        default = min(t.limits.default_max_tokens for t in self.config.tiers)
+        # max_tokens stays the client's ask (None: none); each tier applies its own default and cap.
         return GenerationRequest(
             request_id=request_id, messages=messages, prompt=prompt,
-            max_tokens=min(body.requested_max_tokens or default, cap),
+            max_tokens=body.requested_max_tokens,
             temperature=body.temperature, top_p=body.top_p, stop=body.stop_sequences,
             task=task.name, raw_input=raw_input,
         )
@@ -235,6 +264,22 @@ class RouterService:
     async def _log(self, record: dict[str, Any]) -> None:
         if self.query_log is not None:
             await self.query_log.append("queries", record)
+
+    async def _served_elsewhere(self, response_id: str) -> dict[str, Any] | None:
+        """Feedback may reach another router replica than the answer came from: look the id up in the query log.
+
+        The newest segments are read first and the search stops at the id; only an unknown id
+        costs a read of the whole ``queries`` stream.
+        """
+        if self.query_log is None:
+            return None
+        found = await asyncio.to_thread(find_query, self.config.storage.log_uri, response_id)
+        if found is None or found.get("status") != "ok":
+            return None
+        attempt = next((a for a in found.get("attempts", []) if a.get("tier") == found.get("answered_by")), {})
+        known = {"task": found["task"], "answered_by": found["answered_by"], "uncertainty": attempt.get("uncertainty")}
+        self._recent[response_id] = known
+        return known
 
     def _remember(self, response_id: str, task: str, outcome: CascadeOutcome) -> None:
         """What feedback on this response needs: the task, the answering tier and its uncertainty."""

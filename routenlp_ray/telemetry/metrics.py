@@ -42,6 +42,9 @@ class OutcomeRecord(Protocol):
     @property
     def attempts(self) -> Sequence[AttemptRecord]: ...
 
+    @property
+    def fallback(self) -> bool: ...
+
 
 class CellRecord(Protocol):
     """What the metrics read of one (tier, task) coverage estimate."""
@@ -101,6 +104,16 @@ class RayRouterMetrics:
         )
         self.cost = Counter("routenlp_cost_usd", description="USD spent per tier.", tag_keys=("task", "tier"))
         self.saved = Counter("routenlp_saved_usd", description="USD saved against frontier-only.", tag_keys=("task",))
+        self.fallbacks = Counter(
+            "routenlp_fallbacks",
+            description="Answers returned although no tier accepted them (quality bar missed), by returning tier.",
+            tag_keys=("task", "tier"),
+        )
+        self.fallback_cost = Counter(
+            "routenlp_fallback_cost_usd",
+            description="USD spent on requests answered by a fallback.",
+            tag_keys=("task",),
+        )
         self.failures = Counter("routenlp_failed_requests", description="Requests no tier answered.", tag_keys=("task", "reason"))
         self.rejections = Counter("routenlp_rejected_requests", description="Requests refused with a 4xx.", tag_keys=("reason",))
         self.latency = Histogram(
@@ -127,6 +140,11 @@ class RayRouterMetrics:
                 self.cost.inc(attempt.cost_usd, tags={"task": task, "tier": attempt.tier})
             if attempt.status in ESCALATION_STATUSES:
                 self.escalations.inc(1, tags={"task": task, "tier": attempt.tier, "reason": attempt.status})
+        if outcome.fallback:
+            self.fallbacks.inc(1, tags={"task": task, "tier": outcome.answered_by})
+            spent = sum(a.cost_usd for a in outcome.attempts)
+            if spent:
+                self.fallback_cost.inc(spent, tags={"task": task})
         if saved_usd > 0:
             self.saved.inc(saved_usd, tags={"task": task})
         self.latency.observe(latency_ms, tags={"task": task, "tier": outcome.answered_by})

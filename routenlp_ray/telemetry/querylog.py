@@ -234,6 +234,23 @@ def read_records(log_uri: str, stream: str = "queries") -> list[dict[str, Any]]:
     return records
 
 
+def find_query(log_uri: str, query_id: str) -> dict[str, Any] | None:
+    """The ``queries`` record with this id, searching the newest segments first; None if there is none."""
+    filesystem, paths = segment_paths(log_uri, "queries")
+    needle = json.dumps(query_id)
+    for path in reversed(paths):
+        with filesystem.open_input_stream(path) as handle:
+            text = handle.read().decode("utf-8")
+        if needle not in text:  # a cheap substring test skips most segments without parsing them
+            continue
+        for line in text.splitlines():
+            if needle in line:
+                record = json.loads(line)
+                if record.get("id") == query_id:
+                    return record
+    return None
+
+
 def read_dataset(log_uri: str, stream: str = "queries") -> Any:
     """The stream as a ``ray.data.Dataset`` (needs a running or local Ray)."""
     import ray.data

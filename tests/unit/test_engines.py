@@ -8,7 +8,7 @@ import pytest
 
 from routenlp_ray import ConfigError, EngineError, ReplayMissError, TierTimeoutError
 from routenlp_ray.config import OpenAIEngineConfig, ReplayEngineConfig
-from routenlp_ray.engines import GenerationRequest
+from routenlp_ray.engines import GenerationRequest, GenerationResult
 from routenlp_ray.engines.base import truncate_at_stop
 from routenlp_ray.engines.openai_http import OpenAICompatibleEngine
 from routenlp_ray.engines.replay import ReplayEngine
@@ -100,3 +100,23 @@ async def test_openai_engine_timeout_is_a_tier_timeout() -> None:
 
     with pytest.raises(TierTimeoutError):
         await _openai_engine(handler, max_retries=0).generate(chat("hi"))
+
+
+async def test_each_tier_applies_its_own_token_limits() -> None:
+    from routenlp_ray.config.tiers import GenerationLimits
+    from routenlp_ray.engines.base import within_limits
+
+    seen: list[int | None] = []
+
+    async def tier(request: GenerationRequest) -> GenerationResult:
+        seen.append(request.max_tokens)
+        return GenerationResult(text="ok", token_logprobs=[0.0], prompt_tokens=1, completion_tokens=1, latency_ms=0.0)
+
+    cheap = within_limits(tier, GenerationLimits(default_max_tokens=64, max_tokens=256))
+    frontier = within_limits(tier, GenerationLimits(default_max_tokens=1024, max_tokens=4096))
+    unasked = GenerationRequest(request_id="r", prompt="p", max_tokens=None)
+    await cheap(unasked)
+    await frontier(unasked)
+    await cheap(GenerationRequest(request_id="r", prompt="p", max_tokens=2000))
+    await frontier(GenerationRequest(request_id="r", prompt="p", max_tokens=2000))
+    assert seen == [64, 1024, 256, 2000]

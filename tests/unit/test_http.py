@@ -49,7 +49,8 @@ def test_valid_chat_body_keeps_known_fields_and_ignores_unknown_ones() -> None:
             "messages": [{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}],
             "max_completion_tokens": 7,
             "stop": "END",
-            "presence_penalty": 0.5,
+            "presence_penalty": 0,  # a no-op value of an unsupported parameter is accepted
+            "x_vendor_hint": "unknown names are vendor extensions",
         }),
         ChatCompletionRequest,
         max_bytes=10_000,

@@ -89,8 +89,10 @@ async def test_reconfigure_reaches_the_answers_health_and_the_monitor(tmp_path: 
 
 
 async def test_the_gate_refuses_before_routing(tmp_path: Path, replay_file: Path) -> None:
+    (tmp_path / "keys").write_text("k\n")
     ingress, client = make_ingress(
-        tmp_path, replay_file, server={"api_keys": ["k"], "max_request_bytes": 2048, "max_input_chars": 10}
+        tmp_path, replay_file,
+        server={"api_keys_file": str(tmp_path / "keys"), "max_request_bytes": 2048, "max_input_chars": 10},
     )
     auth = {"authorization": "Bearer k"}
     async with client:

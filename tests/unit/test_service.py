@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from routenlp_ray import ArtifactError, AuthenticationError, EngineError, PayloadTooLargeError, UnknownTaskError
+from routenlp_ray import (
+    ArtifactError,
+    AuthenticationError,
+    EngineError,
+    PayloadTooLargeError,
+    UnknownResponseError,
+    UnknownTaskError,
+)
 from routenlp_ray.config import parse_config
 from routenlp_ray.conformal import ThresholdTable
 from routenlp_ray.engines import GenerationRequest, GenerationResult
@@ -124,8 +131,10 @@ def test_task_resolution(tmp_path: Path, replay_file: Path) -> None:
 
 def test_api_keys(tmp_path: Path, replay_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROUTENLP_API_KEYS", "env-key, other")
+    (tmp_path / "keys").write_text("# one key a line\ncfg-key\n")
     service, _ = make_service(
-        tmp_path, replay_file, ScriptedTier("", None), ScriptedTier("", None), server={"api_keys": ["cfg-key"]}
+        tmp_path, replay_file, ScriptedTier("", None), ScriptedTier("", None),
+        server={"api_keys_file": str(tmp_path / "keys")},
     )
     service.gate.authenticate("Bearer cfg-key")
     service.gate.authenticate("Bearer env-key")
@@ -163,12 +172,10 @@ async def test_feedback_is_logged_and_matched(tmp_path: Path, replay_file: Path)
     service, config = make_service(tmp_path, replay_file, ScriptedTier("x", [-0.1]), ScriptedTier("", None))
     response = await service.chat(chat_body())
     await service.feedback(FeedbackRequest(response_id=response["id"], accepted=False, comment="wrong label"))
-    await service.feedback(FeedbackRequest(response_id="chatcmpl-unknown", score=0.4))
+    with pytest.raises(UnknownResponseError, match="unknown response_id 'chatcmpl-unknown'"):
+        await service.feedback(FeedbackRequest(response_id="chatcmpl-unknown", score=0.4))
     records = read_records(config.storage.log_uri, "feedback")
-    assert [(r["response_id"], r["accepted"], r["matched"]) for r in records] == [
-        (response["id"], False, True),
-        ("chatcmpl-unknown", None, False),
-    ]
+    assert [(r["response_id"], r["accepted"], r["matched"]) for r in records] == [(response["id"], False, True)]
     assert records[0]["answered_by"] == "frontier"  # no threshold: the cheap tier escalated
 
 
