@@ -16,6 +16,7 @@ from routenlp_ray._exceptions import (
     ReplayMissError,
     RequestError,
     RouteNLPError,
+    StreamInterruptedError,
     TierTimeoutError,
     UnknownTaskError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RequestError",
     "RouteNLPConfig",
     "RouteNLPError",
+    "StreamInterruptedError",
     "TierTimeoutError",
     "UnknownTaskError",
     "__version__",

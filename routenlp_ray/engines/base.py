@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Union, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,39 @@ class Engine(Protocol):
     async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 
     def check_health(self) -> None: ...
+
+
+# What a streaming engine yields: text pieces in order, then one GenerationResult whose text is
+# the pieces joined (the cascade scores and prices that result, as for ``generate``).
+StreamItem = Union[str, GenerationResult]
+
+
+@runtime_checkable
+class StreamingEngine(Protocol):
+    """The optional streaming method of an engine; the cascade uses it where an answer needs no acceptance."""
+
+    def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]: ...
+
+
+async def stream_generation(engine: Engine, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+    """The engine's own stream if it has one, else its whole answer as one piece."""
+    if isinstance(engine, StreamingEngine):
+        async for item in engine.generate_stream(request):
+            yield item
+        return
+    result = await engine.generate(request)
+    if result.text:
+        yield result.text
+    yield result
+
+
+async def stream_pieces(result: GenerationResult, pieces: list[str]) -> AsyncIterator[StreamItem]:
+    """Yield ready ``pieces`` (which join to ``result.text``), then ``result``."""
+    for piece in pieces:
+        yield piece
+        # Each piece is its own event for the consumer, as a real engine's tokens are.
+        await asyncio.sleep(0)
+    yield result
 
 
 class ConcurrentBatchMixin:
