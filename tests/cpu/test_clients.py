@@ -40,7 +40,7 @@ def smollm2_only(data: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     """The embedded default cut down to its SmolLM2 tier and free chat: SmolLM2 is the last tier."""
     config = copy.deepcopy(data)
     smollm2 = tier_named(config, "smollm2")
-    smollm2["tasks"] = ["chat"]
+    smollm2["tasks"] = None  # the last tier answers every task
     config["tiers"] = [smollm2]
     config["tasks"] = [t for t in config["tasks"] if t["name"] == "chat"]
     config["cascade"] = {"alpha": 0.1, "uncertainty": "mean_nll", "default_threshold": 1.0}
