@@ -200,3 +200,49 @@ async def test_openai_engine_streams_pieces_and_reads_usage_and_logprobs() -> No
     assert (result.text, result.token_logprobs, result.prompt_tokens, result.completion_tokens) == (
         "Paris", [-0.5, -0.25], 11, 2)
     assert seen[0]["stream"] is True and seen[0]["stream_options"] == {"include_usage": True}
+
+
+async def test_serve_llm_client_reads_ray_serve_llm_sse_batches_into_pieces_and_a_result() -> None:
+    from routenlp_ray.config import load_config
+    from routenlp_ray.engines.serve_llm import ServeLLMTierClient
+    from tests.conftest import REPO_ROOT
+
+    tier = load_config(REPO_ROOT / "serve_config.yaml").tier("small")
+    base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "small"}
+
+    def sse(chunk: dict) -> str:
+        return f"data: {json.dumps({**base, **chunk})}\n\n"
+
+    def piece(text: str, logprob: float, finish: str | None = None) -> str:
+        return sse({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish, "logprobs": {
+            "content": [{"token": text, "logprob": logprob, "bytes": None, "top_logprobs": []}]}}]})
+
+    # With batching on, Ray Serve LLM's LLMServer yields lists of SSE strings.
+    batches = [[piece("card", -0.1)], [piece("_arrival", -0.3, "stop"),
+               sse({"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22}})],
+               ["data: [DONE]\n\n"]]
+    sent: list[object] = []
+
+    class FakeHandle:
+        """Stands in for ``LLMServer``'s handle with ``stream=True``."""
+
+        def options(self, **kwargs: object) -> "FakeHandle":
+            assert kwargs == {"stream": True}
+            return self
+
+        class chat:  # noqa: N801 - mirrors the handle's method attribute
+            @staticmethod
+            async def remote(body: object) -> AsyncIterator[list[str]]:
+                sent.append(body)
+                for batch in batches:
+                    yield batch
+
+    client = ServeLLMTierClient(FakeHandle(), tier)
+    # The protocol models need the vllm extra; the request object is the handle's business here.
+    client.build_request = lambda request, stream=False: ("chat", {"stream": stream})  # type: ignore[method-assign]
+    request = GenerationRequest(request_id="r", messages=[{"role": "user", "content": "where is my card?"}])
+    items = [item async for item in client.stream(request)]
+    assert items[:-1] == ["card", "_arrival"] and sent == [{"stream": True}]
+    result = items[-1]
+    assert (result.text, result.token_logprobs, result.prompt_tokens, result.completion_tokens) == (
+        "card_arrival", [-0.1, -0.3], 20, 2)
