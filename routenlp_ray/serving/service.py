@@ -245,7 +245,7 @@ class RouterService:
         """
         sink = QueueSink()
         job = asyncio.ensure_future(self._route(request, task, raw_input, endpoint, trace_id, sink))
-        job.add_done_callback(lambda _: sink.close())
+        job.add_done_callback(lambda done: _close_stream(sink, done))
         started = asyncio.ensure_future(sink.started.wait())
         try:
             await asyncio.wait({job, started}, return_when=asyncio.FIRST_COMPLETED)
@@ -322,7 +322,8 @@ class RouterService:
                 sink=sink,
             )
         except (AllTiersFailedError, StreamInterruptedError) as exc:
-            self.metrics.record_failure(task.name, "all_tiers_failed")
+            reason = "stream_interrupted" if isinstance(exc, StreamInterruptedError) else "all_tiers_failed"
+            self.metrics.record_failure(task.name, reason)
             latency_ms = _ms_since(started)
             await self._log(query_record(
                 request, task, endpoint, raw_input, start_tier, None, None, latency_ms, *versions, error=str(exc)
@@ -355,6 +356,13 @@ class RouterService:
         self._recent[response_id] = {"task": task, "answered_by": outcome.answered_by, "uncertainty": uncertainty}
         while len(self._recent) > RECENT_RESPONSES:
             self._recent.popitem(last=False)
+
+
+def _close_stream(sink: QueueSink, job: asyncio.Future[Any]) -> None:
+    sink.close()
+    if not job.cancelled():
+        # Marks a failure as seen even when the client left before its error event: it is logged already.
+        job.exception()
 
 
 async def _buffered_events(
