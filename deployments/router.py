@@ -164,7 +164,7 @@ class RouterIngress:
 def _trace_id(request: Request) -> str | None:
     """The client's ``x-request-id``, else the id Ray Serve gave the request (and echoes back)."""
     if request.headers.get("x-request-id"):
-        return request.headers["x-request-id"]
+        return request.headers["x-request-id"][:200]  # a client's id, bounded before it reaches the log
     try:
         from ray.serve.context import _get_serve_request_context
 
