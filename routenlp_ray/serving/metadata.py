@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from routenlp_ray.cascade import TierAttempt
+
 HEADER_PREFIX = "x-routenlp-"
 
 
@@ -44,7 +46,7 @@ def live_stream_headers(
     task: str,
     start_tier: str,
     tier: str,
-    attempts: Sequence[Any],
+    attempts: Sequence[TierAttempt],
     versions: tuple[str, str],
 ) -> dict[str, str]:
     """What is decided when a tier's answer starts streaming live: the answering tier, not yet its cost.
