@@ -12,12 +12,11 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from deployments.router import RouterIngress
+from deployments.tier import TierDeployment
 from routenlp_ray.config.app import RouteNLPConfig, load_config, parse_config
 from routenlp_ray.config.releases import ReleasesConfig
 from routenlp_ray.config.tiers import TierConfig
-
-from deployments.router import RouterIngress
-from deployments.tier import TierDeployment
 
 HEALTH_CHECK_PERIOD_S = 10.0
 HEALTH_CHECK_TIMEOUT_S = 30.0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -17,15 +16,16 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.tier_clients import HandleMonitorClient, HandleTierClient
 from routenlp_ray._exceptions import AllTiersFailedError, RequestError
 from routenlp_ray.config.app import parse_config
 from routenlp_ray.serving.live import LiveArtifacts
+from routenlp_ray.serving.metadata import HEADER_PREFIX, routing_headers
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest, error_body
 from routenlp_ray.serving.service import RouterService
+from routenlp_ray.serving.streaming import StreamedResponse
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RayRouterMetrics
 from routenlp_ray.telemetry.querylog import QueryLog
-
-from deployments.tier_clients import HandleMonitorClient, HandleTierClient
 
 logger = logging.getLogger("routenlp.ingress")
 Body = TypeVar("Body", bound=BaseModel)
@@ -84,11 +84,15 @@ class RouterIngress:
 
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> Response:
-            return await self._serve("/v1/chat/completions", request, ChatCompletionRequest, self.service.chat)
+            return await self._serve(
+                "/v1/chat/completions", request, ChatCompletionRequest, self.service.chat, self.service.chat_stream
+            )
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
-            return await self._serve("/v1/completions", request, CompletionRequest, self.service.complete)
+            return await self._serve(
+                "/v1/completions", request, CompletionRequest, self.service.complete, self.service.complete_stream
+            )
 
         @app.post("/v1/feedback")
         async def feedback(request: Request) -> Response:
@@ -97,6 +101,16 @@ class RouterIngress:
         @app.get("/v1/models")
         async def models(request: Request) -> Response:
             return JSONResponse(self.service.models())
+
+        # ``path``: model ids contain a slash (routenlp/<task>).
+        @app.get("/v1/models/{model_id:path}")
+        async def model(request: Request, model_id: str) -> Response:
+            trace_id = _trace_id(request)
+            try:
+                self.service.gate.authenticate(request.headers.get("authorization"))
+                return JSONResponse(self.service.model(model_id), headers=_trace_headers(trace_id))
+            except RequestError as exc:
+                return await self._reject(f"/v1/models/{model_id}", exc, trace_id)
 
         @app.get("/healthz")
         async def healthz(request: Request) -> Response:
@@ -120,28 +134,34 @@ class RouterIngress:
         endpoint: str,
         request: Request,
         schema: type[Body],
-        handler: Callable[[Body], Awaitable[dict[str, Any]]],
+        handler: Callable[[Body, str | None], Awaitable[dict[str, Any]]],
+        stream_handler: Callable[[Body, str | None], Awaitable[StreamedResponse]] | None = None,
     ) -> Response:
         server, gate = self.config.server, self.service.gate
         self.live.ensure_following()
+        trace_id = _trace_id(request)
         try:
             gate.check_declared_length(request.headers.get("content-length"))
             body = gate.parse(await gate.read(request.stream()), schema)
-            result = await asyncio.wait_for(handler(body), timeout=server.request_timeout_s)
+            if stream_handler is not None and getattr(body, "stream", False):
+                # The timeout bounds the wait for the first text; the cascade bounds each tier after that.
+                streamed = await asyncio.wait_for(stream_handler(body, trace_id), timeout=server.request_timeout_s)
+                return StreamingResponse(streamed.events, media_type="text/event-stream", headers=streamed.headers)
+            result = await asyncio.wait_for(handler(body, trace_id), timeout=server.request_timeout_s)
         except RequestError as exc:
-            return await self._reject(endpoint, exc)
+            return await self._reject(endpoint, exc, trace_id)
         except AllTiersFailedError as exc:
             return await self._server_error(endpoint, 503, "all_tiers_failed", str(exc), public=str(exc))
         except asyncio.TimeoutError:
             message = f"no tier answered within the request timeout of {server.request_timeout_s}s"
             return await self._server_error(endpoint, 504, "request_timeout", message, public=message)
-        if getattr(body, "stream", False):
-            return StreamingResponse(_as_sse(result), media_type="text/event-stream")
-        return JSONResponse(result)
+        if "routing" in result:
+            return JSONResponse(result, headers=routing_headers(result["id"], result["routing"]))
+        return JSONResponse(result, headers=_trace_headers(trace_id))
 
-    async def _reject(self, endpoint: str, exc: RequestError) -> Response:
+    async def _reject(self, endpoint: str, exc: RequestError, trace_id: str | None = None) -> Response:
         try:
-            await self.service.log_rejection(endpoint, exc)
+            await self.service.log_rejection(endpoint, exc, trace_id)
         except Exception:  # a logging failure must not turn a 4xx into a 500
             logger.exception("could not log a rejected request")
         return JSONResponse(
@@ -222,21 +242,20 @@ def _route_path(scope: Scope) -> str:
     return path[len(root):] or "/" if root and path.startswith(root) else path
 
 
-async def _as_sse(result: dict[str, Any]) -> AsyncIterator[str]:
-    """Stream a finished answer: the cascade must see a whole answer before it can accept it."""
-    is_chat = result["object"] == "chat.completion"
-    chunk_object = "chat.completion.chunk" if is_chat else "text_completion"
-    choice = result["choices"][0]
-    base = {"id": result["id"], "object": chunk_object, "created": result["created"], "model": result["model"]}
-    if is_chat:
-        first = {"index": 0, "delta": {"role": "assistant", "content": choice["message"]["content"]}, "finish_reason": None}
-        last = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
-    else:
-        first = {"index": 0, "text": choice["text"], "finish_reason": None}
-        last = {"index": 0, "text": "", "finish_reason": choice["finish_reason"]}
-    yield f"data: {json.dumps({**base, 'choices': [first]})}\n\n"
-    yield f"data: {json.dumps({**base, 'choices': [last], 'usage': result['usage'], 'routing': result['routing']})}\n\n"
-    yield "data: [DONE]\n\n"
+def _trace_id(request: Request) -> str | None:
+    """The client's ``x-request-id``, else the id Ray Serve gave the request (and echoes back)."""
+    if request.headers.get("x-request-id"):
+        return request.headers["x-request-id"][:200]  # a client's id, bounded before it reaches the log
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except Exception:  # outside a Serve replica (the app used without Ray)
+        return None
+
+
+def _trace_headers(trace_id: str | None) -> dict[str, str]:
+    return {f"{HEADER_PREFIX}request-id": trace_id} if trace_id else {}
 
 
 def _replica_label() -> str | None:

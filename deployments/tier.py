@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
 
 from routenlp_ray.config.tiers import TierConfig
-from routenlp_ray.engines.base import Engine, GenerationRequest, GenerationResult
+from routenlp_ray.engines.base import Engine, GenerationRequest, GenerationResult, StreamItem, stream_generation
 from routenlp_ray.engines.factory import make_engine
 from routenlp_ray.releases import Release, ReleaseWatcher
 
@@ -113,6 +113,15 @@ class TierDeployment:
         if isinstance(result, BaseException):
             raise result
         return result
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Text pieces as the engine makes them, then the result; call with ``handle.options(stream=True)``.
+
+        Not batched: a stream is one request's tokens, and only the cascade's final tier streams.
+        """
+        self._follow_releases()
+        async for item in stream_generation(self.engine, request):
+            yield item
 
     def check_health(self) -> None:
         self._follow_releases()  # Serve calls this every few seconds, so an idle tier follows releases too

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-from routenlp_ray.engines.base import GenerationRequest, GenerationResult
+from routenlp_ray.engines.base import GenerationRequest, GenerationResult, StreamItem
 
 
 class HandleTierClient:
@@ -19,11 +20,23 @@ class HandleTierClient:
         try:
             return await self._handle.generate.remote(request)
         except RayTaskError as exc:
-            # Surface the tier's own error (e.g. ReplayMissError), not Ray's wrapper and traceback.
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, BaseException):
-                raise cause from None
-            raise
+            raise _tier_error(exc) from None
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """The tier's ``generate_stream``, item by item as the replica yields them."""
+        from ray.exceptions import RayTaskError
+
+        try:
+            async for item in self._handle.options(stream=True).generate_stream.remote(request):
+                yield item
+        except RayTaskError as exc:
+            raise _tier_error(exc) from None
+
+
+def _tier_error(exc: BaseException) -> BaseException:
+    """The tier's own error (e.g. ReplayMissError), not Ray's wrapper and traceback."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
 
 
 class HandleMonitorClient:

@@ -12,7 +12,8 @@
     │   └── PayloadTooLargeError the request body or input is over the configured limit (413)
     ├── EngineError              a tier's engine failed to produce an answer
     │   ├── TierTimeoutError     the tier did not answer within its timeout
-    │   └── ReplayMissError      the replay engine has no recorded answer for the input
+    │   ├── ReplayMissError      the replay engine has no recorded answer for the input
+    │   └── StreamInterruptedError a tier failed after its answer had begun streaming to the client
     ├── AllTiersFailedError      every tier of the cascade failed; nothing can be returned
     ├── ArtifactError            a threshold or router artifact cannot be read or is invalid
     ├── MissingExtraError        an optional extra (for example `vllm`) is not installed
@@ -83,6 +84,10 @@ class TierTimeoutError(EngineError, TimeoutError):
 
 class ReplayMissError(EngineError, LookupError):
     """The replay engine holds no recorded answer for this input."""
+
+
+class StreamInterruptedError(EngineError):
+    """A tier failed after part of its answer had been streamed: too late to fall back."""
 
 
 class AllTiersFailedError(RouteNLPError):

@@ -9,19 +9,26 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
-from routenlp_ray._exceptions import AllTiersFailedError, RouteNLPError, TierTimeoutError
+from routenlp_ray._exceptions import (
+    AllTiersFailedError,
+    EngineError,
+    RouteNLPError,
+    StreamInterruptedError,
+    TierTimeoutError,
+)
 from routenlp_ray.config.tiers import Pricing
-from routenlp_ray.engines.base import GenerationRequest, GenerationResult
+from routenlp_ray.engines.base import GenerationRequest, GenerationResult, StreamItem
 
 logger = logging.getLogger("routenlp.cascade")
 
 TierCall = Callable[[GenerationRequest], Awaitable[GenerationResult]]
+TierStream = Callable[[GenerationRequest], AsyncIterator[StreamItem]]
 AttemptStatus = Literal["accepted", "escalated", "error", "timeout", "fallback", "skipped"]
 # Why a tier was passed over without a call; a skip costs nothing and is not an escalation.
 SKIP_UNSERVED = "does not serve this task"
@@ -38,6 +45,8 @@ class CascadeTier:
     timeout_s: float
     # Tasks the tier answers; None = every task.
     tasks: frozenset[str] | None = None
+    # The tier's streaming call, if it has one: used where its answer is accepted unconditionally.
+    stream: TierStream | None = None
 
     def serves(self, task: str | None) -> bool:
         return self.tasks is None or task in self.tasks
@@ -58,6 +67,8 @@ class TierAttempt:
     error: str | None = None
     # Why a skipped tier was passed over (SKIP_UNSERVED or SKIP_NO_THRESHOLD).
     reason: str | None = None
+    # True when the answer went to the client token by token, as the tier made it.
+    streamed: bool = False
     # The tier's answer, kept for audits; the routing object and the log carry only the final one.
     text: str | None = field(default=None, repr=False)
 
@@ -91,6 +102,15 @@ class CascadeOutcome:
         return [a.tier for a in self.attempts if a.status == "skipped"]
 
 
+class TextSink(Protocol):
+    """Where a streaming tier's text goes as it is made (the service's SSE stream)."""
+
+    def begin(self, tier: str, attempts: Sequence[TierAttempt]) -> None:
+        """The first piece is about to go out, from ``tier``, after ``attempts``: the answer is committed."""
+
+    def write(self, text: str) -> None: ...
+
+
 def accepts(uncertainty: float | None, threshold: float | None, is_last: bool) -> bool:
     """The cascade's acceptance rule: u <= delta, and the last tier always accepts."""
     if is_last:
@@ -118,6 +138,7 @@ async def run_cascade(
     start: int,
     threshold_for: Callable[[str], float | None],
     uncertainty_of: Callable[[GenerationResult], float | None],
+    sink: TextSink | None = None,
 ) -> CascadeOutcome:
     """Try tiers from ``start`` upward until one's answer is accepted.
 
@@ -127,6 +148,11 @@ async def run_cascade(
     returned as a fallback; if no tier from ``start`` up answered, the tiers that were skipped
     for want of a threshold and the cheaper tiers below ``start`` are tried, most capable
     first. With no answer at all, ``AllTiersFailedError`` is raised.
+
+    With a ``sink``, the last tier (whose answer is accepted unconditionally) streams its text
+    into it as it is made, if the tier can stream; a cheaper tier's answer must be whole before
+    it can be judged, so it never streams. Once text has gone out the answer is committed: a
+    failure after that raises ``StreamInterruptedError`` instead of falling back.
     """
     if not 0 <= start < len(tiers):
         raise ValueError(f"start tier index {start} is outside 0..{len(tiers) - 1}")
@@ -142,7 +168,8 @@ async def run_cascade(
             attempts.append(TierAttempt(tier.name, "skipped", reason=SKIP_NO_THRESHOLD))
             last_resort.append(index)
             continue
-        result = await _attempt(request, tier, attempts, threshold_for, uncertainty_of, is_last)
+        live = sink if is_last and tier.stream is not None else None
+        result = await _attempt(request, tier, attempts, threshold_for, uncertainty_of, is_last, live)
         if result is None:
             continue
         outcome_result, uncertainty = result
@@ -187,21 +214,24 @@ async def _attempt(
     threshold_for: Callable[[str], float | None],
     uncertainty_of: Callable[[GenerationResult], float | None],
     is_last: bool,
+    sink: TextSink | None = None,
 ) -> tuple[GenerationResult, float | None] | None:
     """Call one tier and record the attempt; None when it failed or timed out."""
     started = time.perf_counter()
+    progress = _StreamProgress()
+    call = tier.call(request) if sink is None else _stream_into(request, tier, attempts, sink, progress)
     try:
-        result = await asyncio.wait_for(tier.call(request), timeout=tier.timeout_s)
-    except (asyncio.TimeoutError, TierTimeoutError):
-        attempts.append(
-            TierAttempt(tier.name, "timeout", latency_ms=_ms_since(started), error=f"no answer within {tier.timeout_s}s")
-        )
-        return None
+        result = await asyncio.wait_for(call, timeout=tier.timeout_s)
     except Exception as exc:  # a broken tier must never drop the query
-        attempts.append(TierAttempt(tier.name, "error", latency_ms=_ms_since(started), error=public_error(exc)))
-        if not isinstance(exc, RouteNLPError):
+        timed_out = isinstance(exc, (asyncio.TimeoutError, TierTimeoutError))
+        error = f"no answer within {tier.timeout_s}s" if timed_out else public_error(exc)
+        if not timed_out and not isinstance(exc, RouteNLPError):
             logger.warning("tier %s failed on %s: %s: %s", tier.name, request.request_id, type(exc).__name__,
                            " ".join(str(exc).split())[:2000])
+        if progress.sent:
+            raise StreamInterruptedError(f"tier {tier.name!r} failed after its answer began streaming: {error}") from exc
+        attempts.append(TierAttempt(tier.name, "timeout" if timed_out else "error", latency_ms=_ms_since(started),
+                                    error=error))
         return None
     uncertainty = uncertainty_of(result)
     # A tier that accepts unconditionally (the last one, or a fallback) has no threshold to show.
@@ -216,10 +246,35 @@ async def _attempt(
             completion_tokens=result.completion_tokens,
             cost_usd=tier.pricing.cost_usd(result.prompt_tokens, result.completion_tokens),
             latency_ms=_ms_since(started),
+            streamed=progress.sent,
             text=result.text,
         )
     )
     return result, uncertainty
+
+
+@dataclass
+class _StreamProgress:
+    sent: bool = False
+
+
+async def _stream_into(
+    request: GenerationRequest, tier: CascadeTier, attempts: list[TierAttempt], sink: TextSink, progress: _StreamProgress
+) -> GenerationResult:
+    """Pass the tier's text to ``sink`` as it comes; return the result it ends with."""
+    assert tier.stream is not None  # only tiers that can stream get here
+    result: GenerationResult | None = None
+    async for item in tier.stream(request):
+        if isinstance(item, GenerationResult):
+            result = item
+        elif item:
+            if not progress.sent:
+                sink.begin(tier.name, attempts)
+                progress.sent = True
+            sink.write(item)
+    if result is None:
+        raise EngineError(f"tier {tier.name!r} ended its stream without a result")
+    return result
 
 
 def _ms_since(started: float) -> float:

@@ -437,6 +437,19 @@ def _cmd_bench_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_streaming(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.streaming_bench import run_streaming_benchmark
+
+    report = run_streaming_benchmark(args.config, args.out, _serving_apps(), tier=args.tier, rounds=args.rounds,
+                                     max_tokens=args.max_tokens)
+    for mode, result in report["summary"].items():
+        ttft, total = result["median_ttft_s"], result["median_total_s"]
+        print(f"{mode}: first token {ttft['mean']:.2f} ± {ttft['sd']:.2f} s, whole answer "
+              f"{total['mean']:.2f} ± {total['sd']:.2f} s ({result['requests']} requests)")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_loop_run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -686,6 +699,14 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=int, default=16)
     load.add_argument("--out", default="results/bench_load.json")
     load.set_defaults(func=_cmd_bench_load)
+
+    streaming = benches.add_parser("streaming", help="time to the first token with and without live streaming")
+    streaming.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    streaming.add_argument("--tier", default="smollm2", help="the tier that answers, as the cascade's last")
+    streaming.add_argument("--rounds", type=int, default=3)
+    streaming.add_argument("--max-tokens", type=int, default=48)
+    streaming.add_argument("--out", default="results/bench_streaming.json")
+    streaming.set_defaults(func=_cmd_bench_streaming)
 
     serving = benches.add_parser("serving", help="router ingress overhead and memory of the embedded default")
     serving.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)

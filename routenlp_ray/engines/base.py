@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Union, runtime_checkable
 
 from routenlp_ray.config.tiers import GenerationLimits
 
@@ -66,6 +66,39 @@ class Engine(Protocol):
     async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 
     def check_health(self) -> None: ...
+
+
+# What a streaming engine yields: text pieces in order, then one GenerationResult whose text is
+# the pieces joined (the cascade scores and prices that result, as for ``generate``).
+StreamItem = Union[str, GenerationResult]
+
+
+@runtime_checkable
+class StreamingEngine(Protocol):
+    """The optional streaming method of an engine; the cascade uses it where an answer needs no acceptance."""
+
+    def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]: ...
+
+
+async def stream_generation(engine: Engine, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+    """The engine's own stream if it has one, else its whole answer as one piece."""
+    if isinstance(engine, StreamingEngine):
+        async for item in engine.generate_stream(request):
+            yield item
+        return
+    result = await engine.generate(request)
+    if result.text:
+        yield result.text
+    yield result
+
+
+async def stream_pieces(result: GenerationResult, pieces: list[str]) -> AsyncIterator[StreamItem]:
+    """Yield ready ``pieces`` (which join to ``result.text``), then ``result``."""
+    for piece in pieces:
+        yield piece
+        # Each piece is its own event for the consumer, as a real engine's tokens are.
+        await asyncio.sleep(0)
+    yield result
 
 
 class ConcurrentBatchMixin:
@@ -142,6 +175,11 @@ def generate_isolating_failures(
         return outputs
 
 
+def _limited(request: GenerationRequest, limits: GenerationLimits) -> GenerationRequest:
+    wanted = request.max_tokens if request.max_tokens is not None else limits.default_max_tokens
+    return dataclasses.replace(request, max_tokens=min(wanted, limits.max_tokens))
+
+
 def within_limits(
     call: Callable[[GenerationRequest], Awaitable[GenerationResult]], limits: GenerationLimits
 ) -> Callable[[GenerationRequest], Awaitable[GenerationResult]]:
@@ -153,7 +191,19 @@ def within_limits(
     """
 
     async def limited(request: GenerationRequest) -> GenerationResult:
-        wanted = request.max_tokens if request.max_tokens is not None else limits.default_max_tokens
-        return await call(dataclasses.replace(request, max_tokens=min(wanted, limits.max_tokens)))
+        return await call(_limited(request, limits))
+
+    return limited
+
+
+def stream_within_limits(
+    stream: Callable[[GenerationRequest], AsyncIterator[StreamItem]] | None, limits: GenerationLimits
+) -> Callable[[GenerationRequest], AsyncIterator[StreamItem]] | None:
+    """A tier's streaming call with its ``limits`` applied, as ``within_limits`` does for ``call``."""
+    if stream is None:
+        return None
+
+    def limited(request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        return stream(_limited(request, limits))
 
     return limited

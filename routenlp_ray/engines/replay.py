@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
+import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +16,16 @@ from routenlp_ray.engines.base import (
     ConcurrentBatchMixin,
     GenerationRequest,
     GenerationResult,
+    StreamItem,
     estimate_tokens,
     lookup_text,
     request_text,
+    stream_pieces,
 )
 from routenlp_ray.tasks.data import answer_text
+
+# Word by word, each piece keeping the whitespace after it, so the pieces join to the answer.
+_WORD_BOUNDARY = re.compile(r"(?<=\s)(?=\S)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,12 @@ class ReplayEngine(ConcurrentBatchMixin):
             model=self.name,
             usage_estimated=True,
         )
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """The recorded answer in word pieces, as a hosted model would stream it."""
+        result = await self.generate(request)
+        async for item in stream_pieces(result, [p for p in _WORD_BOUNDARY.split(result.text) if p]):
+            yield item
 
     def check_health(self) -> None:
         return None

@@ -8,13 +8,15 @@ Needs the ``vllm`` extra.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from routenlp_ray._exceptions import EngineError, MissingExtraError
 from routenlp_ray.config.tiers import TierConfig, VLLMEngineConfig
-from routenlp_ray.engines.base import GenerationRequest, GenerationResult
-from routenlp_ray.engines.openai_format import result_from_openai_response
+from routenlp_ray.engines.base import GenerationRequest, GenerationResult, StreamItem, request_text
+from routenlp_ray.engines.openai_format import StreamAccumulator, result_from_openai_response
 
 
 def _serve_llm() -> Any:
@@ -76,7 +78,7 @@ class ServeLLMTierClient:
         self._tier = tier
         self._engine = _vllm_engine(tier)
 
-    def build_request(self, request: GenerationRequest) -> tuple[str, Any]:
+    def build_request(self, request: GenerationRequest, stream: bool = False) -> tuple[str, Any]:
         """The method name on ``LLMServer`` and its request object."""
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
@@ -85,8 +87,10 @@ class ServeLLMTierClient:
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
-            "stream": False,
+            "stream": stream,
         }
+        if stream:
+            common["stream_options"] = {"include_usage": True}
         if request.stop:
             common["stop"] = list(request.stop)
         if request.messages is not None:
@@ -109,3 +113,29 @@ class ServeLLMTierClient:
             message = getattr(getattr(response, "error", None), "message", None) or str(response)[:500]
             raise EngineError(f"tier {self._tier.name!r} failed: {message}")
         return result_from_openai_response(response, chat=method == "chat", model=self._tier.name, started=started)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Ray Serve LLM's own token stream: its SSE lines, read piece by piece, then the result."""
+        method, body = self.build_request(request, stream=True)
+        accumulator = StreamAccumulator(chat=method == "chat", model=self._tier.name, started=time.perf_counter())
+        async for item in getattr(self._handle, method).remote(body):
+            # With batching on, the server yields lists of SSE strings; an ErrorResponse is an object.
+            for event in item if isinstance(item, list) else [item]:
+                for chunk in self._chunks(event):
+                    text = accumulator.add(chunk)
+                    if text:
+                        yield text
+        yield accumulator.result(request_text(request))
+
+    def _chunks(self, event: Any) -> Iterable[dict[str, Any]]:
+        if not isinstance(event, str):
+            message = getattr(getattr(event, "error", None), "message", None) or str(event)[:500]
+            raise EngineError(f"tier {self._tier.name!r} failed: {message}")
+        for line in event.splitlines():
+            payload = line.removeprefix("data:").strip()
+            if not line.startswith("data:") or payload == "[DONE]" or not payload:
+                continue
+            chunk = json.loads(payload)
+            if "error" in chunk and "choices" not in chunk:
+                raise EngineError(f"tier {self._tier.name!r} failed: {chunk['error']}")
+            yield chunk

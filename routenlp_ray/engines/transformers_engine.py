@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from routenlp_ray._exceptions import EngineError
 from routenlp_ray.config.tiers import TransformersEngineConfig
-from routenlp_ray.engines.base import GenerationRequest, GenerationResult, truncate_at_stop
+from routenlp_ray.engines.base import GenerationRequest, GenerationResult, StreamItem, truncate_at_stop
 from routenlp_ray.models.sources import resolve_model_source
+
+logger = logging.getLogger("routenlp.engines.transformers")
 
 
 class TransformersEngine:
@@ -64,12 +68,65 @@ class TransformersEngine:
     async def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         return await asyncio.to_thread(self.generate_batch_sync, requests)
 
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Text as ``model.generate`` makes it (``TextIteratorStreamer``), then the scored result.
+
+        Text that could still turn out to start a stop sequence is held back until it cannot;
+        generation stops once a stop sequence appears or the consumer goes away.
+        """
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        outcome: list[GenerationResult] = []
+
+        def run() -> None:
+            try:
+                outcome.extend(self._generate_locked([request], streamer=streamer, cancel=cancel))
+            finally:
+                streamer.end()  # unblocks the reader below even when generation failed
+
+        worker = asyncio.ensure_future(asyncio.to_thread(run))
+        holdback = max((len(s) for s in request.stop if s), default=1) - 1
+        text, sent, done = "", 0, object()
+        try:
+            while (piece := await asyncio.to_thread(next, streamer, done)) is not done:
+                text += str(piece)
+                text, stopped = truncate_at_stop(text, request.stop)
+                ready = len(text) if stopped else len(text) - holdback
+                if ready > sent:
+                    yield text[sent:ready]
+                    sent = ready
+                if stopped:
+                    cancel.set()
+                    break
+            await worker  # re-raises a generation error
+        finally:
+            cancel.set()  # also when the consumer left early: the model stops at its next token
+        if not outcome:
+            raise EngineError(f"tier {self.name!r} produced no result")
+        result = outcome[0]
+        streamed = text[:sent]
+        if result.text.startswith(streamed):
+            if len(result.text) > sent:
+                yield result.text[sent:]
+        else:  # the streamer decoded differently: the client saw ``streamed``, so that is the answer
+            logger.warning("tier %s: streamed text differs from the decoded answer", self.name)
+            result.text = streamed
+        result.metadata["streamed"] = True
+        yield result
+
     def check_health(self) -> None:
         if isinstance(self._last_error, (MemoryError, RuntimeError)) and "out of memory" in str(self._last_error):
             raise EngineError(f"tier {self.name!r} ran out of memory: {self._last_error}")
 
     # -- generation -----------------------------------------------------------------------
     def generate_batch_sync(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return self._generate_locked(requests)
+
+    def _generate_locked(
+        self, requests: list[GenerationRequest], streamer: Any = None, cancel: threading.Event | None = None
+    ) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(requests)
         groups: dict[tuple[float, float], list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
@@ -78,7 +135,7 @@ class TransformersEngine:
             for indices in groups.values():
                 group = [requests[i] for i in indices]
                 try:
-                    for i, result in zip(indices, self._generate_group(group)):
+                    for i, result in zip(indices, self._generate_group(group, streamer, cancel)):
                         results[i] = result
                 except Exception as exc:
                     self._last_error = exc
@@ -101,7 +158,9 @@ class TransformersEngine:
         head, tail = ids[: limit // 2], ids[len(ids) - (limit - limit // 2) :]
         return self.tokenizer.decode(head) + self.tokenizer.decode(tail)
 
-    def _generate_group(self, group: list[GenerationRequest]) -> list[GenerationResult]:
+    def _generate_group(
+        self, group: list[GenerationRequest], streamer: Any = None, cancel: threading.Event | None = None
+    ) -> list[GenerationResult]:
         torch = self._torch
         started = time.perf_counter()
         texts = [self._fit_context(self.render(r)) for r in group]
@@ -110,6 +169,16 @@ class TransformersEngine:
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
         )
+        if streamer is not None:
+            sampling["streamer"] = streamer
+        if cancel is not None:
+            from transformers import StoppingCriteria, StoppingCriteriaList
+
+            class _Cancelled(StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                    return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+            sampling["stopping_criteria"] = StoppingCriteriaList([_Cancelled()])
         with torch.inference_mode():
             out = self.model.generate(
                 **encoded,

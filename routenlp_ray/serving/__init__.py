@@ -8,6 +8,7 @@ from routenlp_ray.serving.http import RequestGate, parse_body
 from routenlp_ray.serving.live import LiveArtifacts, LiveSnapshot, MonitorLink, RouterUserConfig
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest, error_body
 from routenlp_ray.serving.service import RouterService
+from routenlp_ray.serving.streaming import StreamedResponse
 
 __all__ = [
     "ChatCompletionRequest",
@@ -19,6 +20,7 @@ __all__ = [
     "RequestGate",
     "RouterService",
     "RouterUserConfig",
+    "StreamedResponse",
     "error_body",
     "parse_body",
 ]

@@ -101,6 +101,10 @@ class ChatMessage(_Lenient):
         return "".join(part.text or "" for part in self.content)
 
 
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
 class _SamplingParams(_Lenient):
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +119,7 @@ class _SamplingParams(_Lenient):
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None
     task: str | None = Field(None, description="Explicit task; overrides the one named by `model`.")
 

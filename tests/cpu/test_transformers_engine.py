@@ -87,3 +87,33 @@ def test_over_long_prompts_lose_their_middle(engine: TransformersEngine) -> None
     result = limited.generate_batch_sync([chat(long_input + " Summarise.", max_tokens=2)])[0]
     assert result.prompt_tokens <= 64 + 2  # decode/encode round trips may merge or split a token
     assert result.completion_tokens >= 1
+
+
+async def test_streaming_sends_text_while_the_model_is_still_generating(engine: TransformersEngine) -> None:
+    request = chat("Count from one to twenty in words.", max_tokens=24)
+    pieces: list[str] = []
+    generating_at_first_piece = None
+    result = None
+    async for item in engine.generate_stream(request):
+        if isinstance(item, str):
+            if generating_at_first_piece is None:
+                # The engine holds its lock for the whole generate call: still held = answer not complete.
+                generating_at_first_piece = engine._lock.locked()
+            pieces.append(item)
+        else:
+            result = item
+    assert generating_at_first_piece is True
+    assert result is not None and len(pieces) > 1 and "".join(pieces) == result.text
+    assert len(result.token_logprobs) == result.completion_tokens
+    # Greedy decoding: the streamed answer is the one ``generate`` gives.
+    assert result.text == engine.generate_batch_sync([request])[0].text
+
+
+async def test_streaming_never_sends_text_past_a_stop_sequence(engine: TransformersEngine) -> None:
+    plain = engine.generate_batch_sync([chat("Count from one to ten in words.", max_tokens=16)])[0].text
+    stop = plain.split()[2]  # a word the model says third, so the stop lands mid-answer
+    request = chat("Count from one to ten in words.", max_tokens=16, stop=(stop,))
+    items = [item async for item in engine.generate_stream(request)]
+    pieces, result = [i for i in items if isinstance(i, str)], items[-1]
+    assert "".join(pieces) == result.text and stop not in result.text
+    assert result.finish_reason == "stop" and plain.startswith(result.text)

@@ -108,3 +108,14 @@ def test_router_asks_llm_servers_for_logprobs_and_reads_them() -> None:
     assert sent[0].logprobs is True and sent[0].model == "small" and sent[0].max_tokens == 8
     assert result.text == "card_arrival" and result.token_logprobs == [-0.1, -0.3]
     assert (result.prompt_tokens, result.completion_tokens) == (20, 2)
+
+
+def test_streaming_request_to_llm_servers_asks_for_usage_and_logprobs() -> None:
+    from routenlp_ray.engines.serve_llm import ServeLLMTierClient
+
+    tier = load_config(REPO_ROOT / "serve_config.yaml").tier("small")
+    client = ServeLLMTierClient(type("Handle", (), {"options": lambda self, **kw: self})(), tier)
+    request = GenerationRequest(request_id="r", messages=[{"role": "user", "content": "where is my card?"}], max_tokens=8)
+    method, body = client.build_request(request, stream=True)
+    assert method == "chat" and body.stream is True and body.logprobs is True
+    assert body.stream_options.include_usage is True

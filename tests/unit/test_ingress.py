@@ -5,6 +5,7 @@ The tier and monitor handles are fakes with the ``.method.remote(...)`` shape of
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,42 @@ async def test_the_gate_refuses_before_routing(tmp_path: Path, replay_file: Path
     ingress.query_log.close()
     rejected = [e for e in read_records(str(tmp_path / "log"), "events") if e.get("kind") == "rejected"]
     assert [e["http_status"] for e in rejected] == [401, 401, 413, 413]
+
+
+async def test_routing_headers_trace_ids_and_models_retrieve(tmp_path: Path, replay_file: Path) -> None:
+    (tmp_path / "keys").write_text("k\n")
+    ingress, client = make_ingress(tmp_path, replay_file, server={"api_keys_file": str(tmp_path / "keys")})
+    auth = {"authorization": "Bearer k"}
+    async with client:
+        response = await client.post("/v1/chat/completions", json=CHAT, headers={**auth, "x-request-id": "abc-1"})
+        body, headers = response.json(), response.headers
+        assert headers["x-routenlp-response-id"] == body["id"] and headers["x-routenlp-request-id"] == "abc-1"
+        assert headers["x-routenlp-answered-by"] == body["routing"]["answered_by"] == "frontier"
+        assert float(headers["x-routenlp-cost-usd"]) == body["routing"]["cost_usd"] > 0
+        assert headers["x-routenlp-thresholds-version"] == body["routing"]["thresholds_version"]
+        model = await client.get("/v1/models/routenlp/cs_intent", headers=auth)
+        assert model.status_code == 200 and model.json()["id"] == "routenlp/cs_intent"
+        missing = await client.get("/v1/models/routenlp/nope", headers={**auth, "x-request-id": "abc-2"})
+        assert missing.status_code == 404 and "'nope'" in missing.json()["error"]["message"]
+        assert (await client.get("/v1/models/routenlp/cs_intent")).status_code == 401
+    ingress.query_log.close()
+    assert [r["trace_id"] for r in read_records(str(tmp_path / "log"), "queries")] == ["abc-1"]
+    rejected = [e for e in read_records(str(tmp_path / "log"), "events") if e.get("kind") == "rejected"]
+    assert [(e["http_status"], e["trace_id"]) for e in rejected] == [(404, "abc-2"), (401, None)]
+
+
+async def test_a_stream_answered_by_a_cheap_tier_carries_its_routing_in_headers_and_chunks(
+    tmp_path: Path, replay_file: Path
+) -> None:
+    artifact = ThresholdTable(version="cal-9", thresholds={"cheap": {"cs_intent": 1.0}}).save(tmp_path / "t.json")
+    ingress, client = make_ingress(tmp_path, replay_file, cascade={"thresholds_path": str(artifact)})
+    async with client:
+        response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        lines = [line for line in response.text.split("\n\n") if line]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-routenlp-answered-by"] == "cheap" and response.headers["x-routenlp-streaming"] == "buffered"
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["content"] == "card_arrival" and chunks[0]["routing"]["answered_by"] == "cheap"
+    assert chunks[-1]["usage"]["total_tokens"] == 110 and chunks[0]["system_fingerprint"].endswith("policy=cheapest")
+    ingress.query_log.close()

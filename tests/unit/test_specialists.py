@@ -19,7 +19,7 @@ from routenlp_ray.specialists import (
     align_entities,
     verify_artifact,
 )
-from routenlp_ray.specialists.artifact import HeadEntry, MANIFEST, data_fingerprint, write_artifact
+from routenlp_ray.specialists.artifact import MANIFEST, HeadEntry, data_fingerprint, write_artifact
 from routenlp_ray.specialists.heads import _spans
 
 CARD = ["my card has not arrived yet", "when will my new card arrive", "still waiting for the card I ordered",
@@ -146,9 +146,7 @@ async def test_the_shipped_artifact_answers_like_any_engine_and_refuses_other_ta
     from routenlp_ray.config.tiers import SpecialistEngineConfig
     from routenlp_ray.engines import GenerationRequest
     from routenlp_ray.engines.specialist import SpecialistEngine
-    from tests.conftest import REPO_ROOT
-
-    from tests.conftest import DATA_DIR
+    from tests.conftest import DATA_DIR, REPO_ROOT
 
     if not (DATA_DIR / "cs_response" / "train.jsonl").is_file():
         pytest.skip(f"the shipped cs_response cache reads its rows from {DATA_DIR} (set ROUTENLP_DATA)")
