@@ -22,6 +22,7 @@ from routenlp_ray.serving.service import RouterService
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RayRouterMetrics
 from routenlp_ray.telemetry.querylog import QueryLog
 
+from deployments.readiness import Readiness
 from deployments.tier_clients import HandleMonitorClient, HandleTierClient
 
 logger = logging.getLogger("routenlp.ingress")
@@ -55,6 +56,7 @@ class RouterIngress:
             self.config, tiers, query_log=self.query_log, metrics=metrics, monitor_sink=sink, live=self.live
         )
         self._started_at = time.time()
+        self.readiness = Readiness(tier_handles, llm_handles)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.live.reconfigure(user_config)
@@ -101,6 +103,16 @@ class RouterIngress:
         async def healthz() -> Response:
             self.live.ensure_following()
             return JSONResponse({**self.service.health(), "pid": os.getpid(), "started_at": self._started_at})
+
+        @app.get("/readyz")
+        async def readyz(request: Request) -> Response:
+            # Readiness names tiers and replica counts: behind the same key as the API.
+            try:
+                self.service.gate.authenticate(request.headers.get("authorization"))
+            except RequestError as exc:
+                return await self._reject("/readyz", exc)
+            report = await self.readiness.check()
+            return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
         return app
 

@@ -42,15 +42,18 @@ def serve_executable() -> str | None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    serve_bin = serve_executable()
-    if serve_bin is None:
-        print("the 'serve' command (ray[serve]) is not on PATH", file=sys.stderr)
-        return 2
     from routenlp_ray.config import load_config
 
     load_config(args.config)  # fail fast, with the field and value, before Ray starts
-    os.execv(serve_bin, [serve_bin, "run", args.config])
-    return 0  # pragma: no cover - execv does not return
+    if args.serve_run:
+        serve_bin = serve_executable()
+        if serve_bin is None:
+            print("the 'serve' command (ray[serve]) is not on PATH", file=sys.stderr)
+            return 2
+        os.execv(serve_bin, [serve_bin, "run", args.config])
+    from routenlp_ray.local_serve import serve_locally
+
+    return serve_locally(args.config)
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
@@ -540,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="validate a serve config, then `serve run` it")
     serve.add_argument("config", nargs="?", default=DEFAULT_LOCAL_CONFIG)
+    serve.add_argument("--serve-run", action="store_true",
+                       help="hand over to Ray's `serve run` instead (Ray's console, signals and bindings)")
     serve.set_defaults(func=_cmd_serve)
 
     log = commands.add_parser("log", help="print the last records of the query log")
