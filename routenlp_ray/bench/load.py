@@ -4,7 +4,7 @@ Traffic comes in phases (light, then heavy, then light again) from the official 
 client with its default retries, so an error here is what a user would see. Every second the
 benchmark samples each deployment's running replicas from ``serve.status()``, so the report
 shows a tier scaling up under load and back down after. In each phase one replica is
-SIGKILLed (a router, a tier, the coverage monitor) half way through.
+SIGKILLed (the coverage monitor, a tier, a router).
 
 The tier that autoscales is given quick settings (small ``target_ongoing_requests``, short
 delays, one-second load reports) so the whole cycle fits in a few minutes on a laptop; they
@@ -32,23 +32,28 @@ from routenlp_ray.config.app import RouteNLPConfig, load_config
 
 @dataclass(frozen=True)
 class Phase:
-    """``clients`` users for ``duration_s``, each pausing ``pause_s`` between requests; one ``kill`` half way."""
+    """``clients`` users for ``duration_s``, each pausing ``pause_s`` between requests.
+
+    ``kill`` names a deployment one replica of which is SIGKILLed at ``kill_at`` of the phase.
+    """
 
     name: str
     duration_s: float
     clients: int
     pause_s: float
     kill: str | None = None
+    kill_at: float = 0.5
 
 
+# The specialist replica dies late in the heavy phase, once autoscaling has given it a second one.
 DEFAULT_PHASES = (
-    Phase("light-before", 30.0, 1, 0.5, kill="router"),
-    Phase("load", 60.0, 16, 0.0, kill="tier-specialist"),
-    Phase("light-after", 75.0, 1, 0.5, kill="coverage-monitor"),
+    Phase("light-before", 30.0, 1, 0.5, kill="coverage-monitor"),
+    Phase("load", 60.0, 16, 0.0, kill="tier-specialist", kill_at=0.75),
+    Phase("light-after", 75.0, 1, 0.5, kill="router"),
 )
 # Quick autoscaling for the tier that should visibly scale (the defaults wait minutes to scale down).
 BENCH_AUTOSCALING = {
-    "specialist": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.25,
+    "specialist": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.5,
                    "upscale_delay_s": 2.0, "downscale_delay_s": 20.0},
 }
 # Replicas and handles report their load every 10 s by default; once a second shows the cycle sooner.
@@ -188,7 +193,7 @@ async def _run_phases(
             until = start + phase.duration_s
             tasks = [user(phase, until) for _ in range(phase.clients)]
             if phase.kill:
-                tasks.append(killer(phase, start + phase.duration_s / 2))
+                tasks.append(killer(phase, start + phase.duration_s * phase.kill_at))
             await asyncio.gather(*tasks)
     finally:
         await client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +116,33 @@ def test_an_expected_failure_returned_as_a_value_is_raised_on_the_router_side() 
 def test_the_router_keeps_two_replicas_by_default() -> None:
     scaling = ServerConfig().autoscaling
     assert scaling.min_replicas == 2 and scaling.max_replicas >= 2
+
+
+async def test_readyz_goes_through_the_request_gate_and_is_503_until_serve_knows_the_tiers(
+    tmp_path: Path, replay_file: Path
+) -> None:
+    import httpx
+
+    from deployments.router import RouterIngress
+    from routenlp_ray.telemetry import read_records
+    from tests.conftest import small_config_dict
+
+    config = small_config_dict(tmp_path, replay_file, server={"api_keys": ["k"], "default_task": "chat"})
+    # Handles Serve has never heard of: no deployment status, so nothing can be ready.
+    handles = {"cheap": Handle("tier-cheap"), "frontier": Handle("tier-frontier")}
+    ingress = RouterIngress(config, handles, use_ray_metrics=False)
+    ingress.readiness = Readiness(handles, states=lambda app: {})
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=ingress.build_asgi_app()), base_url="http://router")
+    async with client:
+        assert (await client.get("/readyz")).status_code == 401
+        response = await client.get("/readyz", headers={"authorization": "Bearer k"})
+        assert response.status_code == 503
+        assert response.json()["tiers"]["cheap"]["reason"].startswith("deployment status is UNKNOWN")
+        ingress.readiness = Readiness(handles, states=states(**{"tier-cheap": ("HEALTHY", 1),
+                                                                "tier-frontier": ("HEALTHY", 1)}))
+        response = await client.get("/readyz", headers={"authorization": "Bearer k"})
+        assert response.status_code == 200 and response.json()["status"] == "ready"
+        assert (await client.get("/healthz")).status_code == 200  # liveness needs no readiness
+    ingress.query_log.close()
+    rejected = [e for e in read_records(str(tmp_path / "log"), "events") if e.get("kind") == "rejected"]
+    assert [(e["endpoint"], e["http_status"]) for e in rejected] == [("/readyz", 401)]
