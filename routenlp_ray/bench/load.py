@@ -49,12 +49,12 @@ class Phase:
 DEFAULT_PHASES = (
     Phase("light-before", 30.0, 1, 0.5, kill="coverage-monitor"),
     Phase("load", 60.0, 16, 0.0, kill="tier-specialist", kill_at=0.75),
-    Phase("light-after", 75.0, 1, 0.5, kill="router"),
+    Phase("light-after", 120.0, 1, 0.5, kill="router", kill_at=0.25),
 )
 # Quick autoscaling for the tier that should visibly scale (the defaults wait minutes to scale down).
 BENCH_AUTOSCALING = {
     "specialist": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.5,
-                   "upscale_delay_s": 2.0, "downscale_delay_s": 20.0},
+                   "upscale_delay_s": 2.0, "downscale_delay_s": 20.0, "look_back_period_s": 12.0},
 }
 # Replicas and handles report their load every 10 s by default; once a second shows the cycle sooner.
 LOAD_REPORT_ENV = {
@@ -326,7 +326,8 @@ def plot_timeline(report: dict[str, Any], path: Path) -> None:
         top.step([s["t"] for s in samples], [s["replicas"].get(name, 0) + 0.03 * offset for s in samples],
                  where="post", label=name)
     top.set_ylabel("running replicas")
-    top.legend(loc="upper left", fontsize=8, ncol=3)
+    top.set_ylim(-0.2, 3.0)
+    top.legend(loc="upper right", fontsize=8, ncol=5)
     ok = [r for r in requests if r["ok"]]
     bottom.scatter([r["t"] for r in ok], [r["latency_ms"] for r in ok], s=3, alpha=0.35, label="request latency")
     if ok:
@@ -347,7 +348,7 @@ def plot_timeline(report: dict[str, Any], path: Path) -> None:
     for summary in report["phases"]:
         for axis in (top, bottom):
             axis.axvline(t, color="grey", linestyle=":", linewidth=0.8)
-        top.text(t + 1, top.get_ylim()[1] * 0.92, summary["phase"]["name"], fontsize=8, va="top")
+        top.text(t + 1, 2.45, summary["phase"]["name"], fontsize=8, va="top")
         t += summary["phase"]["duration_s"]
     for kill in report["kills"]:
         for axis in (top, bottom):
