@@ -312,7 +312,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "response) and were retried by the client. Answering tiers per phase: "
         + "; ".join(f"{s['phase']['name']} {s['answered_by']}" for s in report["phases"]) + ".",
         "",
-        "![replicas and latency over time](bench_load.png)",
+        f"![replicas and latency over time]({path.with_suffix('.png').name})",
         "",
     ]
     path.write_text("\n".join(lines))
