@@ -274,9 +274,12 @@ def run_phased_load_benchmark(
         "phases": summaries,
         "kills": kills,
         "http_attempts": attempts,
-        "timeline": {"replicas": samples, "requests": [
-            {k: r[k] for k in ("t", "phase", "ok", "latency_ms")} for r in requests
-        ]},
+        # Milliseconds and hundredths of a second are all the plot needs; the file stays small.
+        "timeline": {
+            "replicas": [{"t": round(s["t"], 2), "replicas": s["replicas"]} for s in samples],
+            "requests": [{"t": round(r["t"], 2), "phase": r["phase"], "ok": r["ok"], "latency_ms": round(r["latency_ms"], 1)}
+                         for r in requests],
+        },
     })
     write_markdown(report, Path(out).with_suffix(".md"))
     plot_timeline(report, Path(out).with_suffix(".png"))
