@@ -8,6 +8,7 @@ changes without a restart (thresholds, start policy, scores, release) lives in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -28,7 +29,7 @@ from routenlp_ray.serving.live import LiveArtifacts
 from routenlp_ray.serving.responses import MODEL_PREFIX, envelope, feedback_label, now_iso, query_record, routing_object
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
-from routenlp_ray.telemetry.querylog import QueryLog
+from routenlp_ray.telemetry.querylog import QueryLog, find_record
 
 logger = logging.getLogger("routenlp.router")
 
@@ -115,7 +116,7 @@ class RouterService:
         return envelope(request.request_id, "text_completion", task, choice, outcome, routing)
 
     async def feedback(self, body: FeedbackRequest) -> dict[str, Any]:
-        known = self._recent.get(body.response_id)
+        known = await self._recall(body.response_id)
         record = {
             "id": f"fb-{uuid.uuid4().hex}",
             "ts": now_iso(),
@@ -235,6 +236,22 @@ class RouterService:
     async def _log(self, record: dict[str, Any]) -> None:
         if self.query_log is not None:
             await self.query_log.append("queries", record)
+
+    async def _recall(self, response_id: str) -> dict[str, Any] | None:
+        """What ``_remember`` kept for a response, from this replica or the shared query log.
+
+        With several router replicas, feedback often reaches another replica than the one that
+        answered; that one logged the answer (fsync'd) before sending it.
+        """
+        known = self._recent.get(response_id)
+        if known is not None or self.query_log is None:
+            return known
+        record = await asyncio.to_thread(find_record, self.config.storage.log_uri, response_id)
+        if record is None or record.get("status") != "ok":
+            return None
+        attempt = next((a for a in record.get("attempts", []) if a.get("tier") == record["answered_by"]), None)
+        return {"task": record["task"], "answered_by": record["answered_by"],
+                "uncertainty": attempt.get("uncertainty") if attempt else None}
 
     def _remember(self, response_id: str, task: str, outcome: CascadeOutcome) -> None:
         """What feedback on this response needs: the task, the answering tier and its uncertainty."""
