@@ -20,6 +20,8 @@ from routenlp_ray.config.tiers import TierConfig
 
 HEALTH_CHECK_PERIOD_S = 10.0
 HEALTH_CHECK_TIMEOUT_S = 30.0
+# A tier replica being stopped (downscale, redeploy) finishes what it holds: its longest call is its timeout.
+TIER_SHUTDOWN_GRACE_S = 5.0
 
 
 def config_from_args(args: dict[str, Any] | RouteNLPConfig) -> RouteNLPConfig:
@@ -49,6 +51,7 @@ def build_tier(tier: TierConfig, releases: ReleasesConfig | None = None) -> Appl
         max_ongoing_requests=tier.max_ongoing_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+        graceful_shutdown_timeout_s=tier.timeout_s + TIER_SHUTDOWN_GRACE_S,
     ).bind(tier.model_dump(mode="json"), releases=releases.model_dump(mode="json") if releases else None)
 
 
@@ -96,6 +99,8 @@ def build_router(
         ray_actor_options=server.resources.to_ray_actor_options(),
         max_ongoing_requests=server.max_ongoing_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+        graceful_shutdown_timeout_s=server.graceful_shutdown_timeout_s,
     )
     if user_config is not None:
         ingress = ingress.options(user_config=user_config)
@@ -113,4 +118,6 @@ def build_monitor(config: RouteNLPConfig) -> Application:
         num_replicas=1,
         ray_actor_options=config.monitoring.resources.to_ray_actor_options(),
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        # Routers poll it every few seconds: an access-log line per poll would drown the console.
+        logging_config={"enable_access_log": False},
     ).bind(config.model_dump(mode="json"))

@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.readiness import Readiness
 from deployments.tier_clients import HandleMonitorClient, HandleTierClient
 from routenlp_ray._exceptions import AllTiersFailedError, RequestError
 from routenlp_ray.config.app import parse_config
@@ -60,6 +61,7 @@ class RouterIngress:
             self.config, tiers, query_log=self.query_log, metrics=metrics, monitor_sink=sink, live=self.live
         )
         self._started_at = time.time()
+        self.readiness = Readiness(tier_handles, llm_handles)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.live.reconfigure(user_config)
@@ -118,6 +120,13 @@ class RouterIngress:
             if not self.service.gate.is_authorized(request.headers.get("authorization")):
                 return JSONResponse({"status": "ok"})  # versions and pid are for key holders
             return JSONResponse({**self.service.health(), "pid": os.getpid(), "started_at": self._started_at})
+
+        @app.get("/readyz")
+        async def readyz(request: Request) -> Response:
+            # Readiness names tiers and replica counts, so it sits behind the key like the API
+            # (the gate middleware below checks it).
+            report = await self.readiness.check()
+            return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
         @app.exception_handler(StarletteHTTPException)
         async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

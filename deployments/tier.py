@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
 
+from routenlp_ray._exceptions import RouteNLPError
 from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.engines.base import Engine, GenerationRequest, GenerationResult, StreamItem, stream_generation
 from routenlp_ray.engines.factory import make_engine
@@ -46,6 +49,22 @@ class TierDeployment:
         self._batched_generate = serve.batch(
             max_batch_size=limits.max_batch_size, batch_wait_timeout_s=limits.batch_wait_timeout_s
         )(self._generate_batch)
+        # Serve routes to a replica only once __init__ returns, so a warmed engine is what "running" means.
+        self.warm_up_s = self._warm_up()
+
+    def _warm_up(self) -> float | None:
+        """One token through a transformers engine, so the first client does not pay for lazy kernels."""
+        warm = getattr(self.engine, "generate_batch_sync", None)
+        if warm is None:
+            return None
+        started = time.perf_counter()
+        warm([GenerationRequest(request_id="warm-up", prompt="Hello", max_tokens=1)])
+        return time.perf_counter() - started
+
+    def ready(self) -> dict[str, Any]:
+        """Answered only by a replica whose engine is loaded and warmed: the router's /readyz asks it."""
+        return {"tier": self.tier.name, "warmed": True, "warm_up_s": self.warm_up_s, "pid": os.getpid(),
+                "release": self.release_version}
 
     async def _generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult | BaseException]:
         try:
@@ -107,9 +126,19 @@ class TierDeployment:
             status["adapter_path"] = artifact
         return status
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
+    async def generate(self, request: GenerationRequest) -> GenerationResult | RouteNLPError:
+        """The answer, or an expected failure (a replay miss, an engine error) returned as a value.
+
+        A raised exception makes Serve log a full traceback per request; an expected event is
+        one access-log line, and ``HandleTierClient`` raises it again on the router side.
+        """
         self._follow_releases()
-        result = await self._batched_generate(request)
+        try:
+            result = await self._batched_generate(request)
+        except RouteNLPError as exc:
+            return exc
+        if isinstance(result, RouteNLPError):
+            return result
         if isinstance(result, BaseException):
             raise result
         return result

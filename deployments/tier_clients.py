@@ -9,18 +9,35 @@ from routenlp_ray.engines.base import GenerationRequest, GenerationResult, Strea
 
 
 class HandleTierClient:
-    """Calls a ``TierDeployment`` through its ``DeploymentHandle``."""
+    """Calls a ``TierDeployment`` through its ``DeploymentHandle``.
 
-    def __init__(self, handle: Any) -> None:
+    A call whose replica died under it is sent once more. Serve's handle retries only requests
+    that no replica has accepted yet; one a replica accepted and then died with fails with
+    ``RayActorError``, and by then the handle has dropped that replica, so the second try goes
+    to a live one (or waits for its replacement) instead of escalating to a dearer tier.
+    """
+
+    def __init__(self, handle: Any, replica_death_retries: int = 1) -> None:
         self._handle = handle
+        self._retries = replica_death_retries
 
     async def __call__(self, request: GenerationRequest) -> GenerationResult:
-        from ray.exceptions import RayTaskError
+        from ray.exceptions import RayActorError, RayTaskError
 
-        try:
-            return await self._handle.generate.remote(request)
-        except RayTaskError as exc:
-            raise _tier_error(exc) from None
+        for attempt in range(self._retries + 1):
+            try:
+                result = await self._handle.generate.remote(request)
+            except RayActorError:
+                if attempt == self._retries:
+                    raise
+                continue
+            except RayTaskError as exc:
+                raise _tier_error(exc) from None
+            # Expected failures (a replay miss) come back as values, so the tier logs no traceback.
+            if isinstance(result, BaseException):
+                raise result
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         """The tier's ``generate_stream``, item by item as the replica yields them."""

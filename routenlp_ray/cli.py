@@ -42,15 +42,18 @@ def serve_executable() -> str | None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    serve_bin = serve_executable()
-    if serve_bin is None:
-        print("the 'serve' command (ray[serve]) is not on PATH", file=sys.stderr)
-        return 2
     from routenlp_ray.config import load_config
 
     load_config(args.config)  # fail fast, with the field and value, before Ray starts
-    os.execv(serve_bin, [serve_bin, "run", args.config])
-    return 0  # pragma: no cover - execv does not return
+    if args.serve_run:
+        serve_bin = serve_executable()
+        if serve_bin is None:
+            print("the 'serve' command (ray[serve]) is not on PATH", file=sys.stderr)
+            return 2
+        os.execv(serve_bin, [serve_bin, "run", args.config])
+    from routenlp_ray.local_serve import serve_locally
+
+    return serve_locally(args.config)
 
 
 def _cmd_log(args: argparse.Namespace) -> int:
@@ -425,15 +428,23 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_load(args: argparse.Namespace) -> int:
-    from routenlp_ray.bench.serving import run_load_benchmark
+    from dataclasses import replace
 
-    report = run_load_benchmark(args.config, args.data_dir, args.out, _serving_apps(), requests=args.requests,
-                                concurrency=args.concurrency)
-    latency = report["latency"] or {}
-    print(f"{report['requests']} requests from {report['concurrency']} clients: {report['requests_per_s']:.1f} req/s, "
-          f"p50 {latency.get('p50_ms', float('nan')):.0f} ms, p99 {latency.get('p99_ms', float('nan')):.0f} ms, "
-          f"{report['errors']} errors; answered by {report['answered_by']}")
-    print(f"wrote {args.out}")
+    from routenlp_ray.bench.load import DEFAULT_PHASES, run_phased_load_benchmark
+
+    phases = tuple(
+        replace(p, duration_s=p.duration_s * args.time_scale,
+                clients=args.concurrency if p.clients > 1 else p.clients, kill=p.kill if args.faults else None)
+        for p in DEFAULT_PHASES
+    )
+    report = run_phased_load_benchmark(args.config, args.data_dir, args.out, _serving_apps(), phases=phases)
+    for summary in report["phases"]:
+        latency = summary["latency_ms"] or {}
+        print(f"{summary['phase']['name']:<13} {summary['answered']:>5} answered, {summary['errors']} errors, "
+              f"{summary['throughput_rps']:.1f} req/s, p50 {latency.get('p50', float('nan')):.0f} / "
+              f"p95 {latency.get('p95', float('nan')):.0f} / p99 {latency.get('p99', float('nan')):.0f} ms; "
+              f"replicas {summary['replicas']}")
+    print(f"wrote {args.out} and its .md and .png")
     return 0
 
 
@@ -554,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="validate a serve config, then `serve run` it")
     serve.add_argument("config", nargs="?", default=DEFAULT_LOCAL_CONFIG)
+    serve.add_argument("--serve-run", action="store_true",
+                       help="hand over to Ray's `serve run` instead (Ray's console, signals and bindings)")
     serve.set_defaults(func=_cmd_serve)
 
     log = commands.add_parser("log", help="print the last records of the query log")
@@ -692,11 +705,15 @@ def build_parser() -> argparse.ArgumentParser:
     specialist.add_argument("--out", default="results/bench_specialist.json")
     specialist.set_defaults(func=_cmd_bench_specialist)
 
-    load = benches.add_parser("load", help="throughput and latency of the whole embedded default under many clients")
+    load = benches.add_parser(
+        "load", help="the whole embedded default under light, heavy, light traffic: autoscaling, replica kills, latency"
+    )
     load.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
     load.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    load.add_argument("--requests", type=int, default=400)
-    load.add_argument("--concurrency", type=int, default=16)
+    load.add_argument("--concurrency", type=int, default=16, help="clients in the heavy phase")
+    load.add_argument("--time-scale", type=float, default=1.0, help="multiply every phase's length")
+    load.add_argument("--faults", action=argparse.BooleanOptionalAction, default=True,
+                      help="SIGKILL one replica half way through each phase")
     load.add_argument("--out", default="results/bench_load.json")
     load.set_defaults(func=_cmd_bench_load)
 

@@ -32,13 +32,19 @@ class ServerConfig(StrictModel):
     max_input_chars: int = Field(100_000, ge=1, description="Largest total message text accepted (413 above).")
     request_timeout_s: float = Field(180.0, gt=0, description="Whole-request budget across the cascade.")
     default_task: str | None = Field(None, description="Task used when `model` is 'routenlp' with no task.")
+    # Two replicas by default: when one dies mid-request, Serve's proxy sends the client's retry to
+    # the other at once instead of waiting seconds for a replacement to start.
     autoscaling: AutoscalingConfig = Field(
-        default_factory=AutoscalingConfig, description="Autoscaling of the router ingress deployment."
+        default_factory=lambda: AutoscalingConfig(min_replicas=2, max_replicas=2),
+        description="Autoscaling of the router ingress deployment (at least 2 replicas by default).",
     )
     resources: ReplicaResources = Field(
         default_factory=lambda: ReplicaResources(num_cpus=0.5), description="Resources per router replica."
     )
     max_ongoing_requests: int = Field(256, ge=1, description="Concurrent requests one router replica accepts.")
+    graceful_shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="How long a router replica being stopped (downscale, redeploy) may finish its requests."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

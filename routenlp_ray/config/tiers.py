@@ -49,6 +49,9 @@ class AutoscalingConfig(StrictModel):
     target_ongoing_requests: float = Field(2.0, gt=0, description="In-flight requests per replica that autoscaling aims for.")
     upscale_delay_s: float = Field(10.0, ge=0, description="How long load must stay high before adding replicas.")
     downscale_delay_s: float = Field(300.0, ge=0, description="How long load must stay low before removing replicas.")
+    look_back_period_s: float | None = Field(
+        None, gt=0, description="Window the ongoing-request average is taken over; None keeps Serve's (30 s)."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "AutoscalingConfig":

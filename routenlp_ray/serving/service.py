@@ -38,7 +38,7 @@ from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionReques
 from routenlp_ray.serving.streaming import SSE_DONE, ChunkWriter, QueueSink, StreamedResponse, sse_event
 from routenlp_ray.tasks.spec import TaskSpec
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
-from routenlp_ray.telemetry.querylog import QueryLog, find_query
+from routenlp_ray.telemetry.querylog import QueryLog, find_record
 
 logger = logging.getLogger("routenlp.router")
 
@@ -381,12 +381,12 @@ class RouterService:
     async def _served_elsewhere(self, response_id: str) -> dict[str, Any] | None:
         """Feedback may reach another router replica than the answer came from: look the id up in the query log.
 
-        The newest segments are read first and the search stops at the id; only an unknown id
-        costs a read of the whole ``queries`` stream.
+        The newest segments are read first and the search stops at the id; an unknown id costs a
+        read of the newest 64 segments.
         """
         if self.query_log is None:
             return None
-        found = await asyncio.to_thread(find_query, self.config.storage.log_uri, response_id)
+        found = await asyncio.to_thread(find_record, self.config.storage.log_uri, response_id)
         if found is None or found.get("status") != "ok":
             return None
         attempt = next((a for a in found.get("attempts", []) if a.get("tier") == found.get("answered_by")), {})

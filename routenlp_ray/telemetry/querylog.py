@@ -234,20 +234,21 @@ def read_records(log_uri: str, stream: str = "queries") -> list[dict[str, Any]]:
     return records
 
 
-def find_query(log_uri: str, query_id: str) -> dict[str, Any] | None:
-    """The ``queries`` record with this id, searching the newest segments first; None if there is none."""
-    filesystem, paths = segment_paths(log_uri, "queries")
-    needle = json.dumps(query_id)
-    for path in reversed(paths):
+def find_record(log_uri: str, record_id: str, stream: str = "queries", max_segments: int = 64) -> dict[str, Any] | None:
+    """The record with ``id == record_id`` among the newest ``max_segments`` segments, or None.
+
+    Segment names start with their opening time, so the newest are read first; a line is parsed
+    only if it holds the id. Records still in another node's spool (remote logs) are not seen.
+    """
+    filesystem, paths = segment_paths(log_uri, stream)
+    needle = json.dumps(record_id)
+    for path in reversed(paths[-max_segments:]):
         with filesystem.open_input_stream(path) as handle:
-            text = handle.read().decode("utf-8")
-        if needle not in text:  # a cheap substring test skips most segments without parsing them
-            continue
-        for line in text.splitlines():
-            if needle in line:
-                record = json.loads(line)
-                if record.get("id") == query_id:
-                    return record
+            for line in handle.read().decode("utf-8").splitlines():
+                if needle in line:
+                    record = json.loads(line)
+                    if record.get("id") == record_id:
+                        return record
     return None
 
 

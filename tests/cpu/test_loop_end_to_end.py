@@ -50,6 +50,8 @@ def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir:
     # everything, so the log is full of failures. (A tier with no threshold at all would be skipped.)
     data["cascade"].update({"thresholds_path": None, "default_threshold": -1.0})
     data["monitoring"]["enabled"] = False
+    # One router replica, so the pid /healthz reports is the process that must not restart.
+    data["server"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 1}
     data["releases"] = {"path": str(tmp_path / "releases"), "poll_interval_s": 1.0}
     store = ReleaseStore(tmp_path / "releases")
     baseline = ThresholdTable(version="baseline").save(tmp_path / "baseline.json")

@@ -159,10 +159,12 @@ def test_acknowledged_requests_survive_a_killed_router_replica(app: dict[str, An
         response = post(app, "/v1/chat/completions", chat_json())
         assert response.status_code == 200
         acknowledged.append(response.json()["id"])
-    [router] = [
+    routers = [
         a for a in ray.util.list_named_actors(all_namespaces=True)
         if a["namespace"] == "serve" and "faults#router#" in a["name"]
     ]
+    assert len(routers) == 2  # the default: a second replica answers while the first is replaced
+    router = routers[0]
     ray.kill(ray.get_actor(router["name"], namespace="serve"), no_restart=True)
     logged = {r["id"] for r in read_records(app["log"], "queries")}
     assert set(acknowledged) <= logged

@@ -56,7 +56,8 @@ def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "monitoring": {"enabled": True, "audit_rate": 1.0, "min_labelled": 15, "window": 30, "recalibration_window": 20,
                        "check_interval_s": 1.0, "poll_interval_s": 0.5, "artifacts_dir": str(tmp_path / "live")},
         "storage": {"log_uri": str(tmp_path / "log"), "spool_dir": str(tmp_path / "spool")},
-        "server": {"default_task": "cs_intent", "resources": small},
+        # One router replica, so the pid /healthz reports is the process that must not restart.
+        "server": {"default_task": "cs_intent", "resources": small, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
     }
     deploy_declaratively([{"name": APP, "route_prefix": PREFIX, "import_path": "deployments.builders:build_app",
                            "args": args}])

@@ -1,0 +1,371 @@
+"""``routenlp bench load``: the whole embedded default under phased traffic, with replica kills.
+
+Traffic comes in phases (light, then heavy, then light again) from the official ``openai``
+client with its default retries, so an error here is what a user would see. Every second the
+benchmark samples each deployment's running replicas from ``serve.status()``, so the report
+shows a tier scaling up under load and back down after. In each phase one replica is
+SIGKILLed (a router, a tier, the coverage monitor).
+
+The tier that autoscales is given quick settings (small ``target_ongoing_requests``, short
+delays, one-second load reports) so the whole cycle fits in a few minutes on a laptop; they
+are written into the report. Scratch space and the query log live in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routenlp_ray.bench.serving import ServingApps, _local_serve, _write_report
+from routenlp_ray.config.app import RouteNLPConfig, load_config
+
+
+@dataclass(frozen=True)
+class Phase:
+    """``clients`` users for ``duration_s``, each pausing ``pause_s`` between requests.
+
+    ``kill`` names a deployment one replica of which is SIGKILLed at ``kill_at`` of the phase.
+    """
+
+    name: str
+    duration_s: float
+    clients: int
+    pause_s: float
+    kill: str | None = None
+    kill_at: float = 0.5
+
+
+# The specialist replica dies late in the heavy phase, once autoscaling has given it a second one.
+DEFAULT_PHASES = (
+    Phase("light-before", 30.0, 1, 0.5, kill="router"),
+    Phase("load", 90.0, 16, 0.0, kill="tier-specialist", kill_at=0.8),
+    Phase("light-after", 120.0, 1, 0.5, kill="coverage-monitor", kill_at=0.25),
+)
+# Quick autoscaling for the tier that should visibly scale (the defaults wait minutes to scale down).
+BENCH_AUTOSCALING = {
+    "specialist": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.5,
+                   "upscale_delay_s": 2.0, "downscale_delay_s": 20.0},
+}
+# Replicas and handles report their load every 10 s by default; once a second shows the cycle sooner.
+LOAD_REPORT_ENV = {
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+}
+APP, PREFIX = "bench-load", "/load"
+
+
+def bench_config(config: RouteNLPConfig, work_dir: Path, autoscaling: dict[str, dict[str, Any]]) -> RouteNLPConfig:
+    data = config.model_dump(mode="json")
+    data["storage"] = {"log_uri": str(work_dir / "load-log"), "spool_dir": str(work_dir / "load-spool")}
+    data["monitoring"]["artifacts_dir"] = str(work_dir / "load-thresholds")
+    for tier in data["tiers"]:
+        if tier["name"] in autoscaling:
+            tier["autoscaling"] = {**tier["autoscaling"], **autoscaling[tier["name"]]}
+    return RouteNLPConfig.model_validate(data)
+
+
+def replica_counts(app: str = APP) -> dict[str, int]:
+    """Running replicas per deployment of ``app``."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None:
+        return {}
+    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in status.deployments.items()}
+
+
+def kill_one_replica(deployment: str, app: str = APP) -> int | None:
+    """SIGKILL one serving replica of ``deployment``; its pid, or None if none was found.
+
+    A replica actor exists before its ``__init__`` has run, so the one killed is picked among
+    those Serve has initialised (a private flag of Serve's replica actor: this is a benchmark).
+    """
+    import ray
+
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "serve" and f"{app}#{deployment}#" in actor["name"]:
+            try:
+                handle = ray.get_actor(actor["name"], namespace="serve")
+                pid, serving = ray.get(handle.__ray_call__.remote(
+                    lambda self: (os.getpid(), self._replica_impl._user_callable_initialized)), timeout=10)
+            except Exception:  # a replica already on its way out
+                continue
+            if serving:
+                os.kill(pid, signal.SIGKILL)
+                return int(pid)
+    return None
+
+
+class _ReplicaSampler:
+    """Samples ``replica_counts`` every ``interval_s`` on a thread, stamped relative to ``t0``."""
+
+    def __init__(self, t0: float, interval_s: float = 1.0) -> None:
+        self.t0, self.interval_s = t0, interval_s
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_ReplicaSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append({"t": time.time() - self.t0, "replicas": replica_counts()})
+            except Exception:  # the controller busy for a moment: skip the sample
+                pass
+            self._stop.wait(self.interval_s)
+
+
+def _counting_transport() -> Any:
+    import httpx
+
+    class CountingTransport(httpx.AsyncHTTPTransport):
+        """Counts HTTP attempts, and those that failed (5xx or no response) and the client retried."""
+
+        def __init__(self) -> None:
+            super().__init__(limits=httpx.Limits(max_connections=64))
+            self.attempts = 0
+            self.failed = 0
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            self.attempts += 1
+            try:
+                response = await super().handle_async_request(request)
+            except Exception:
+                self.failed += 1
+                raise
+            if response.status_code >= 500:
+                self.failed += 1
+            return response
+
+    return CountingTransport()
+
+
+async def _run_phases(
+    base_url: str, bodies: list[dict[str, Any]], phases: tuple[Phase, ...], t0: float,
+    kill: Callable[[str], int | None],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    import httpx
+    import openai
+
+    transport = _counting_transport()
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", timeout=120,
+                                http_client=httpx.AsyncClient(transport=transport, timeout=120))
+    requests: list[dict[str, Any]] = []
+    kills: list[dict[str, Any]] = []
+    cursor = 0
+
+    async def user(phase: Phase, until: float) -> None:
+        nonlocal cursor
+        while time.time() < until:
+            body = bodies[cursor % len(bodies)]
+            cursor += 1
+            started = time.time()
+            record: dict[str, Any] = {"phase": phase.name, "t": started - t0}
+            try:
+                response = await client.chat.completions.create(**body)
+                record.update(ok=True, answered_by=(response.model_extra or {})["routing"]["answered_by"])
+            except openai.OpenAIError as exc:
+                record.update(ok=False, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            record["latency_ms"] = (time.time() - started) * 1000
+            requests.append(record)
+            if phase.pause_s:
+                await asyncio.sleep(phase.pause_s)
+
+    async def killer(phase: Phase, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.time()))
+        pid = await asyncio.to_thread(kill, phase.kill or "")
+        kills.append({"phase": phase.name, "deployment": phase.kill, "pid": pid, "t": time.time() - t0})
+
+    try:
+        for phase in phases:
+            start = time.time()
+            until = start + phase.duration_s
+            tasks = [user(phase, until) for _ in range(phase.clients)]
+            if phase.kill:
+                tasks.append(killer(phase, start + phase.duration_s * phase.kill_at))
+            await asyncio.gather(*tasks)
+    finally:
+        await client.close()
+    return requests, kills, {"attempts": transport.attempts, "failed_and_retried": transport.failed}
+
+
+def _phase_summary(phase: Phase, requests: list[dict[str, Any]], samples: list[dict[str, Any]],
+                   window: tuple[float, float]) -> dict[str, Any]:
+    mine = [r for r in requests if r["phase"] == phase.name]
+    ok = [r["latency_ms"] for r in mine if r["ok"]]
+    answered = [r["answered_by"] for r in mine if r["ok"]]
+    in_window = [s["replicas"] for s in samples if window[0] <= s["t"] < window[1]]
+    deployments = sorted({d for s in in_window for d in s})
+    return {
+        "phase": asdict(phase),
+        "requests": len(mine),
+        "answered": len(ok),
+        "errors": len(mine) - len(ok),
+        "error_examples": [r["error"] for r in mine if not r["ok"]][:3],
+        "throughput_rps": len(ok) / phase.duration_s,
+        "latency_ms": {
+            "p50": float(np.percentile(ok, 50)), "p95": float(np.percentile(ok, 95)),
+            "p99": float(np.percentile(ok, 99)), "mean": float(np.mean(ok)),
+        } if ok else None,
+        "answered_by": {t: answered.count(t) for t in sorted(set(answered))},
+        "replicas": {d: {"min": min(s.get(d, 0) for s in in_window), "max": max(s.get(d, 0) for s in in_window)}
+                     for d in deployments},
+    }
+
+
+def run_phased_load_benchmark(
+    config_path: str, data_dir: str, out: str, apps: ServingApps, phases: tuple[Phase, ...] = DEFAULT_PHASES,
+    autoscaling: dict[str, dict[str, Any]] | None = None, tasks: tuple[str, ...] = ("cs_intent", "legal_risk"),
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the phases against the embedded default; write ``out`` (JSON) and ``.md``/``.png`` beside it."""
+    import httpx
+    from ray import serve
+
+    autoscaling = BENCH_AUTOSCALING if autoscaling is None else autoscaling
+    os.environ.update(LOAD_REPORT_ENV)  # before Ray starts, so every replica and handle inherits it
+    config = load_config(config_path).with_absolute_paths(Path.cwd())
+    rows = [json.loads(line) for task in tasks for line in (Path(data_dir) / task / "validation.jsonl").open()]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    bodies = [{"model": f"routenlp/{r['task']}", "max_tokens": 16, "messages": [{"role": "user", "content": r["input"]}]}
+              for r in rows]
+    with _local_serve("routenlp-bench-load-") as (port, work_dir):
+        serve.run(apps.router(bench_config(config, work_dir, autoscaling)), name=APP, route_prefix=PREFIX)
+        base = f"http://127.0.0.1:{port}{PREFIX}"
+        deadline = time.time() + 300
+        while httpx.get(f"{base}/readyz", timeout=30).status_code != 200:
+            if time.time() > deadline:
+                raise TimeoutError("the application did not become ready within 300 s")
+            time.sleep(1)
+        for body in bodies[:16]:  # warm-up: first-call caches, connections; not counted
+            httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)
+        progress(f"phases: {', '.join(f'{p.name} {p.duration_s:.0f}s x{p.clients}' for p in phases)}")
+        t0 = time.time()
+        with _ReplicaSampler(t0) as sampler:
+            requests, kills, attempts = asyncio.run(_run_phases(f"{base}/v1", bodies, phases, t0, kill_one_replica))
+        samples = sampler.samples
+        serve.delete(APP)
+    edges = np.cumsum([0.0] + [p.duration_s for p in phases])
+    summaries = [_phase_summary(p, requests, samples, (edges[i], edges[i + 1])) for i, p in enumerate(phases)]
+    report = _write_report(out, {
+        "benchmark": "load",
+        "config": config_path,
+        "tasks": list(tasks),
+        "client": "openai.AsyncOpenAI, default retries (2)",
+        "autoscaling_override": autoscaling,
+        "environment": LOAD_REPORT_ENV,
+        "phases": summaries,
+        "kills": kills,
+        "http_attempts": attempts,
+        # Milliseconds and hundredths of a second are all the plot needs; the file stays small.
+        "timeline": {
+            "replicas": [{"t": round(s["t"], 2), "replicas": s["replicas"]} for s in samples],
+            "requests": [{"t": round(r["t"], 2), "phase": r["phase"], "ok": r["ok"], "latency_ms": round(r["latency_ms"], 1)}
+                         for r in requests],
+        },
+    })
+    write_markdown(report, Path(out).with_suffix(".md"))
+    plot_timeline(report, Path(out).with_suffix(".png"))
+    return report
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# Load benchmark: phases, autoscaling and replica kills",
+        "",
+        f"{report['created_at'][:19]} UTC, {report['machine']['cpus']} CPUs, config `{report['config']}`, "
+        f"queries of {', '.join(report['tasks'])} (validation), client: {report['client']}.",
+        f"Autoscaling override: `{json.dumps(report['autoscaling_override'])}`; load reports every "
+        f"{report['environment']['RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S']} s.",
+        "",
+        "| phase | clients | s | answered | errors | req/s | p50 ms | p95 ms | p99 ms | killed | replicas (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for summary in report["phases"]:
+        phase, lat = summary["phase"], summary["latency_ms"] or {}
+        kill = next((k for k in report["kills"] if k["phase"] == phase["name"]), None)
+        killed = f"{kill['deployment']} (pid {kill['pid']}, t={kill['t']:.0f}s)" if kill else "-"
+        replicas = ", ".join(f"{d} {r['min']}-{r['max']}" for d, r in summary["replicas"].items())
+        lines.append(
+            f"| {phase['name']} | {phase['clients']} | {phase['duration_s']:.0f} | {summary['answered']} | "
+            f"{summary['errors']} | {summary['throughput_rps']:.1f} | {lat.get('p50', float('nan')):.0f} | "
+            f"{lat.get('p95', float('nan')):.0f} | {lat.get('p99', float('nan')):.0f} | {killed} | {replicas} |"
+        )
+    attempts = report["http_attempts"]
+    lines += [
+        "",
+        f"HTTP attempts: {attempts['attempts']}, of which {attempts['failed_and_retried']} failed (5xx or no "
+        "response) and were retried by the client. Answering tiers per phase: "
+        + "; ".join(f"{s['phase']['name']} {s['answered_by']}" for s in report["phases"]) + ".",
+        "",
+        f"![replicas and latency over time]({path.with_suffix('.png').name})",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot_timeline(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples, requests = report["timeline"]["replicas"], report["timeline"]["requests"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, gridspec_kw={"height_ratios": [1, 1.4]})
+    deployments = sorted({d for s in samples for d in s["replicas"]})
+    for offset, name in enumerate(deployments):
+        # A small offset per line keeps equal counts from hiding each other.
+        top.step([s["t"] for s in samples], [s["replicas"].get(name, 0) + 0.03 * offset for s in samples],
+                 where="post", label=name)
+    top.set_ylabel("running replicas")
+    top.set_ylim(-0.2, 3.0)
+    top.legend(loc="upper right", fontsize=8, ncol=5)
+    ok = [r for r in requests if r["ok"]]
+    bottom.scatter([r["t"] for r in ok], [r["latency_ms"] for r in ok], s=3, alpha=0.35, label="request latency")
+    if ok:
+        edges = np.arange(0, max(r["t"] for r in ok) + 5, 5.0)
+        p95 = []
+        for lo in edges:
+            window = [r["latency_ms"] for r in ok if lo <= r["t"] < lo + 5]
+            p95.append(np.percentile(window, 95) if window else np.nan)
+        bottom.plot(edges + 2.5, p95, color="black", label="p95 per 5 s")
+    failed = [r for r in requests if not r["ok"]]
+    if failed:
+        bottom.scatter([r["t"] for r in failed], [r["latency_ms"] for r in failed], marker="x", color="red",
+                       label="failed after retries")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_xlabel("seconds since the first phase began")
+    t = 0.0
+    for summary in report["phases"]:
+        for axis in (top, bottom):
+            axis.axvline(t, color="grey", linestyle=":", linewidth=0.8)
+        top.text(t + 1, 2.45, summary["phase"]["name"], fontsize=8, va="top")
+        t += summary["phase"]["duration_s"]
+    for kill in report["kills"]:
+        for axis in (top, bottom):
+            axis.axvline(kill["t"], color="red", linewidth=0.8)
+        bottom.text(kill["t"] + 0.5, bottom.get_ylim()[1] * 0.6, f"SIGKILL {kill['deployment']}", fontsize=7,
+                    color="red", rotation=90, va="top")
+    bottom.legend(loc="upper right", fontsize=8)
+    fig.suptitle("routenlp bench load: replicas and latency over time (the red lines are replica kills)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
