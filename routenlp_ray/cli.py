@@ -337,7 +337,8 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
     settings = FitSettings(epochs=args.epochs)
     report = run_routing_benchmark(args.data, split=args.split, seeds=range(args.seed, args.seed + args.seeds),
                                    settings=settings, cross_source=not args.no_cross_source,
-                                   latency_queries=args.latency_queries, artifact_out=args.save_artifact)
+                                   latency_queries=args.latency_queries, artifact_out=args.save_artifact,
+                                   compare_minilm=args.compare_minilm)
     command = "routenlp bench routing " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "routenlp bench routing"
     written = write_reports(report, args.out, command)
     for name, row in report["sources"].items():
@@ -658,6 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--epochs", type=int, default=40)
     routing.add_argument("--no-cross-source", action="store_true")
     routing.add_argument("--latency-queries", type=int, default=1000)
+    routing.add_argument("--compare-minilm", action="store_true",
+                         help="also time the int8 MiniLM encode on 200 of the prompts (the slow path)")
     routing.add_argument("--save-artifact", default=None,
                          help="also save the router trained on every source's train rows (RouterStartPolicy folder)")
     routing.set_defaults(func=_cmd_bench_routing)
