@@ -354,6 +354,20 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_router_latency(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.routing_bench import latency_markdown, run_latency_benchmark
+
+    report = run_latency_benchmark(args.artifact, args.data, split=args.split, queries=args.queries,
+                                   repeats=args.repeats, compare_minilm=not args.no_minilm)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    markdown = latency_markdown(report, "routenlp bench router-latency " + " ".join(sys.argv[3:]))
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
 def _cmd_bench_tasks(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.tasks_bench import run_tasks_benchmark, write_reports
     from routenlp_ray.config import load_config
@@ -664,6 +678,15 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--save-artifact", default=None,
                          help="also save the router trained on every source's train rows (RouterStartPolicy folder)")
     routing.set_defaults(func=_cmd_bench_routing)
+    latency = benches.add_parser("router-latency", help="decision p50/p99 and batched throughput of a router artifact")
+    latency.add_argument("--artifact", required=True, help="a RouterStartPolicy folder (bench routing --save-artifact)")
+    latency.add_argument("--data", nargs="+", required=True, help="source folders whose prompts are decided on")
+    latency.add_argument("--split", choices=["validation", "test"], default="validation")
+    latency.add_argument("--queries", type=int, default=1000)
+    latency.add_argument("--repeats", type=int, default=3)
+    latency.add_argument("--no-minilm", action="store_true", help="skip timing the int8 MiniLM encode")
+    latency.add_argument("--out", required=True)
+    latency.set_defaults(func=_cmd_bench_router_latency)
     tasks_bench = benches.add_parser("tasks", help="all routing policies on recorded outputs of the six tasks")
     _add_records_arguments(tasks_bench, epochs=150)
     tasks_bench.add_argument("--out", default="results/bench_tasks.json")
