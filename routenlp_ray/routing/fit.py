@@ -103,11 +103,21 @@ def auc(points: Sequence[tuple[float, float]], max_cost: float) -> float:
 
 
 def choose_setting(points: Sequence[tuple[float, float, float]], quality_needed: float) -> float:
-    """The setting of the cheapest point reaching ``quality_needed``; else the best-quality point's."""
+    """The setting of the cheapest point reaching ``quality_needed``; else the best-quality point's.
+
+    Several settings often give that same point on the tune slice (a plateau of lambdas or
+    thresholds); the middle one of the plateau is taken, so that a new query needs the largest
+    change in its scores to be routed differently from the tune slice's choice.
+    """
     reaching = [p for p in points if p[0] >= quality_needed - 1e-12]
     if reaching:
-        return float(min(reaching, key=lambda p: (p[1], -p[0]))[2])
-    return float(max(points, key=lambda p: (p[0], -p[1]))[2])
+        target = min(reaching, key=lambda p: (p[1], -p[0]))
+    else:
+        target = max(points, key=lambda p: (p[0], -p[1]))
+    tied = [p for p in points if abs(p[1] - target[1]) <= 1e-12 * max(abs(target[1]), 1e-300)
+            and abs(p[0] - target[0]) <= 1e-12]
+    tied.sort(key=lambda p: p[2])
+    return float(tied[len(tied) // 2][2])
 
 
 def best_single(quality: np.ndarray, cost: np.ndarray) -> int:
