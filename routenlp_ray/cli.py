@@ -661,13 +661,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run a benchmark and write its results to a file")
     benches = bench.add_subparsers(dest="bench", required=True)
     routing = benches.add_parser(
-        "routing", help="start-tier router vs baselines on router data folders (train.jsonl, <split>.jsonl, models.json)"
+        "routing",
+        help="start-tier router vs baselines on router data folders (train.jsonl, <split>.jsonl, models.json)",
     )
     routing.add_argument("--data", nargs="+", required=True,
                          help="one or more source folders; with several, a cross-source row per source is added")
     routing.add_argument("--split", choices=["validation", "test"], default="validation",
                          help="the split read once per seed; settings are chosen on part of train only")
-    routing.add_argument("--out", required=True, help="report .json; .md, .png and _reliability.png are written beside it")
+    routing.add_argument("--out", required=True,
+                         help="report .json; .md, .png and _reliability.png are written beside it")
     routing.add_argument("--seed", type=int, default=0, help="first seed")
     routing.add_argument("--seeds", type=int, default=5, help="number of seeds (mean ± sd)")
     routing.add_argument("--epochs", type=int, default=40)

@@ -83,7 +83,8 @@ def random_curve(front: Sequence[int], data: RouterDataset, seed: int) -> list[O
     for seg in range(max(len(front) - 1, 1)):
         lo, hi = front[seg], front[min(seg + 1, len(front) - 1)]
         for p in np.linspace(0, 1, 11):
-            points.append(routed_point(np.where(draws < p, hi, lo), data.quality, data.cost, data.models, seg + float(p)))
+            choice = np.where(draws < p, hi, lo)
+            points.append(routed_point(choice, data.quality, data.cost, data.models, seg + float(p)))
     return points
 
 
@@ -129,8 +130,8 @@ def fit_policies(train: RouterDataset, X: np.ndarray, seed: int, settings: FitSe
 
     # The router: fit_router chooses the head kind itself; each head is also shown on its own.
     router = fit_router(train, X, target=TARGETS[0], settings=settings, seed=seed)
-    add_utility(RECOMMENDED, router.predict_proba, {"head": router.report["head"], "tune_auc": router.report["tune_auc"],
-                                                    "model": router})
+    add_utility(RECOMMENDED, router.predict_proba,
+                {"head": router.report["head"], "tune_auc": router.report["tune_auc"], "model": router})
     for head, model in router.candidates_.items():
         add_utility(f"router_{head}_head", model.predict_proba)
 

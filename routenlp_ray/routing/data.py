@@ -179,8 +179,10 @@ def load_source(folder: str | Path, splits: Sequence[str] = ("train",), models: 
     q = np.asarray(quality, dtype=np.float64).reshape(-1, len(models))
     c = np.asarray(cost, dtype=np.float64).reshape(-1, len(models))
     # Cheapest first by list price on a typical query, which does not depend on the rows read.
-    order = sorted(range(len(models)), key=lambda k: (prices[models[k]].input_per_1m + 2 * prices[models[k]].output_per_1m,
-                                                      models[k]))
+    def typical_price(k: int) -> tuple[float, str]:
+        return prices[models[k]].input_per_1m + 2 * prices[models[k]].output_per_1m, models[k]
+
+    order = sorted(range(len(models)), key=typical_price)
     ordered = [models[k] for k in order]
     return RouterDataset(
         ids, inputs, tasks, row_splits, ordered, q[:, order], c[:, order], {m: prices[m] for m in ordered},

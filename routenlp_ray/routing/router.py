@@ -150,8 +150,8 @@ class DifficultyRouter:
         self.tasks_ = [UNKNOWN_TASK, *sorted(set(tasks))]
         self.n_features_in_ = X.shape[1]
         task_ids = np.array([self.tasks_.index(t) for t in tasks], dtype=np.int64)
-        self.model_ = _network(X.shape[1], len(self.tasks_), len(self.tiers), self.hidden_dim, self.task_dim, self.dropout,
-                               self.head, self.model_dim)
+        self.model_ = _network(X.shape[1], len(self.tasks_), len(self.tiers), self.hidden_dim, self.task_dim,
+                               self.dropout, self.head, self.model_dim)
         optimizer = torch.optim.AdamW(self.model_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         X_t, y_t, ids_t = torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(task_ids)
         pairs_t = torch.from_numpy(np.asarray(pairs, dtype=np.int64)) if pairs is not None and len(pairs) else None
@@ -232,8 +232,8 @@ class DifficultyRouter:
         router.tasks_ = meta["tasks_"]
         router.n_features_in_ = meta["n_features_in_"]
         router.model_ = _network(
-            router.n_features_in_, len(router.tasks_), len(router.tiers), router.hidden_dim, router.task_dim, router.dropout,
-            router.head, router.model_dim,
+            router.n_features_in_, len(router.tasks_), len(router.tiers), router.hidden_dim, router.task_dim,
+            router.dropout, router.head, router.model_dim,
         )
         router.model_.load_state_dict(state)
         router.model_.eval()

@@ -94,7 +94,8 @@ def test_bench_routing_runs_unchanged_on_a_folder_with_a_test_split(tmp_path: Pa
     assert report["split"] == "test" and 0 < row["evaluated_rows"] <= len(rows) - 150
     assert 0 < row["train_rows"] <= 150
     summary = row["summary"]
-    assert {"router", "knn", "routellm_mf", "routellm_mf_pairwise", "binary_winrate", "random", "oracle"} <= set(summary)
+    policies = {"router", "knn", "routellm_mf", "routellm_mf_pairwise", "binary_winrate", "random", "oracle"}
+    assert policies <= set(summary)
     assert summary["oracle"]["auc"]["mean"] >= summary["random"]["auc"]["mean"]
     policy = RouterStartPolicy.load(artifact)
     assert policy.rule == "utility" and policy.encoder_kind == "static"

@@ -224,7 +224,8 @@ def test_a_router_from_fit_router_on_the_fast_path_is_served_through_reconfigure
     from routenlp_ray.routing.learned_policy import RouterStartPolicy
 
     tiers = ["specialist", "smollm2", "frontier"]
-    easy = [f"where is my new card number {i}?" for i in range(40)] + [f"my card {i} has not arrived" for i in range(40)]
+    easy = [f"where is my new card number {i}?" for i in range(40)]
+    easy += [f"my card {i} has not arrived" for i in range(40)]
     hard = [f"is clause {i} of this indemnification agreement enforceable in Delaware?" for i in range(40)] + [
         f"does section {i} limit the licensor's liability for consequential damages?" for i in range(40)
     ]
