@@ -335,22 +335,40 @@ def _cmd_train_router(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_routing(args: argparse.Namespace) -> int:
-    from routenlp_ray.bench.judgments import run_judgments_benchmark
+    from routenlp_ray.bench.routing_bench import RECOMMENDED, run_routing_benchmark, verdict, write_reports
+    from routenlp_ray.routing.fit import FitSettings
 
-    report = run_judgments_benchmark(args.data_dir, splits=args.splits, seed=args.seed, epochs=args.epochs)
+    settings = FitSettings(epochs=args.epochs)
+    report = run_routing_benchmark(args.data, split=args.split, seeds=range(args.seed, args.seed + args.seeds),
+                                   settings=settings, cross_source=not args.no_cross_source,
+                                   latency_queries=args.latency_queries, artifact_out=args.save_artifact,
+                                   compare_minilm=args.compare_minilm)
+    command = "routenlp bench routing " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "routenlp bench routing"
+    written = write_reports(report, args.out, command)
+    for name, row in report["sources"].items():
+        v = verdict(row["summary"])
+        s = row["summary"][RECOMMENDED]
+        print(f"{name}: router AUC {s['auc']['mean']:.3f} (best baseline {v['best_baseline']} "
+              f"{v['best_baseline_auc']:.3f}); cost reduction at 95% {v['router_cost_reduction_95']} "
+              f"vs RouteLLM-MF {v['routellm_mf_cost_reduction_95']}")
+    lat = report["decision_latency"]
+    print(f"decision: p50 {lat['single_p50_ms']:.2f} ms, p99 {lat['single_p99_ms']:.2f} ms, "
+          f"{lat['batched_decisions_per_s']:.0f}/s batched")
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _cmd_bench_router_latency(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.routing_bench import latency_markdown, run_latency_benchmark
+
+    report = run_latency_benchmark(args.artifact, args.data, split=args.split, queries=args.queries,
+                                   repeats=args.repeats, compare_minilm=not args.no_minilm)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"{report['splits']} random splits, {report['held_out_fraction']:.0%} of {report['prompts_with_every_score']} "
-          "prompts held out each time; mean ± sd:")
-    for name, result in report["summary"].items():
-        reduction = result["cost_reduction_at_95pct_mean"]
-        shown = "never reached" if reduction is None else (
-            f"{reduction:+.1%} ± {result['cost_reduction_at_95pct_std']:.1%} "
-            f"({result['splits_reaching_95pct']}/{report['splits']} splits reach it)")
-        print(f"  {name:<40} AUC {result['auc_mean']:.3f} ± {result['auc_std']:.3f}   "
-              f"cost reduction at 95% of best quality: {shown}")
-    print(f"wrote {out}")
+    markdown = latency_markdown(report, "routenlp bench router-latency " + " ".join(sys.argv[3:]))
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
     return 0
 
 
@@ -672,13 +690,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="run a benchmark and write its results to a file")
     benches = bench.add_subparsers(dest="bench", required=True)
-    routing = benches.add_parser("routing", help="router vs baselines on the router_judgments 15-model portfolio")
-    routing.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    routing.add_argument("--out", default="results/bench_routing_judgments.json")
-    routing.add_argument("--seed", type=int, default=0)
-    routing.add_argument("--epochs", type=int, default=120)
-    routing.add_argument("--splits", type=int, default=10, help="repeated random train/held-out splits")
+    routing = benches.add_parser(
+        "routing",
+        help="start-tier router vs baselines on router data folders (train.jsonl, <split>.jsonl, models.json)",
+    )
+    routing.add_argument("--data", nargs="+", required=True,
+                         help="one or more source folders; with several, a cross-source row per source is added")
+    routing.add_argument("--split", choices=["validation", "test"], default="validation",
+                         help="the split read once per seed; settings are chosen on part of train only")
+    routing.add_argument("--out", required=True,
+                         help="report .json; .md, .png and _reliability.png are written beside it")
+    routing.add_argument("--seed", type=int, default=0, help="first seed")
+    routing.add_argument("--seeds", type=int, default=5, help="number of seeds (mean ± sd)")
+    routing.add_argument("--epochs", type=int, default=40)
+    routing.add_argument("--no-cross-source", action="store_true")
+    routing.add_argument("--latency-queries", type=int, default=1000)
+    routing.add_argument("--compare-minilm", action="store_true",
+                         help="also time the int8 MiniLM encode on 200 of the prompts (the slow path)")
+    routing.add_argument("--save-artifact", default=None,
+                         help="also save the router trained on every source's train rows (RouterStartPolicy folder)")
     routing.set_defaults(func=_cmd_bench_routing)
+    latency = benches.add_parser("router-latency", help="decision p50/p99 and batched throughput of a router artifact")
+    latency.add_argument("--artifact", required=True, help="a RouterStartPolicy folder (bench routing --save-artifact)")
+    latency.add_argument("--data", nargs="+", required=True, help="source folders whose prompts are decided on")
+    latency.add_argument("--split", choices=["validation", "test"], default="validation")
+    latency.add_argument("--queries", type=int, default=1000)
+    latency.add_argument("--repeats", type=int, default=3)
+    latency.add_argument("--no-minilm", action="store_true", help="skip timing the int8 MiniLM encode")
+    latency.add_argument("--out", required=True)
+    latency.set_defaults(func=_cmd_bench_router_latency)
     tasks_bench = benches.add_parser("tasks", help="all routing policies on recorded outputs of the six tasks")
     _add_records_arguments(tasks_bench, epochs=150)
     tasks_bench.add_argument("--out", default="results/bench_tasks.json")

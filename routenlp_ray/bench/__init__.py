@@ -5,19 +5,19 @@ take their Serve applications as ``ServingApps``, built by ``deployments/`` and 
 the CLI, so nothing here imports ``deployments``.
 """
 
-from routenlp_ray.bench.judgments import run_judgments_benchmark
 from routenlp_ray.bench.load import run_phased_load_benchmark
 from routenlp_ray.bench.loop_bench import run_loop_benchmark
+from routenlp_ray.bench.routing_bench import run_routing_benchmark
 from routenlp_ray.bench.serving import ServingApps, run_load_benchmark, run_serving_benchmark
 from routenlp_ray.bench.specialist_bench import run_specialist_benchmark
 from routenlp_ray.bench.tasks_bench import run_tasks_benchmark
 
 __all__ = [
     "ServingApps",
-    "run_judgments_benchmark",
     "run_load_benchmark",
     "run_loop_benchmark",
     "run_phased_load_benchmark",
+    "run_routing_benchmark",
     "run_serving_benchmark",
     "run_specialist_benchmark",
     "run_tasks_benchmark",

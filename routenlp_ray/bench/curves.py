@@ -70,12 +70,15 @@ def best_point_at_quality(points: Sequence[OperatingPoint], quality: float) -> O
     return min(eligible, key=lambda p: (p.cost, -p.quality)) if eligible else None
 
 
-def oracle_points(quality: np.ndarray, cost: np.ndarray, names: Sequence[str]) -> list[OperatingPoint]:
+def oracle_points(
+    quality: np.ndarray, cost: np.ndarray, names: Sequence[str], max_points: int | None = None
+) -> list[OperatingPoint]:
     """The best any router could do with these answers: per query, argmax of quality - lambda * cost.
 
     The choice only changes at the prices ``lambda = (q_i - q_j) / (c_i - c_j)`` where two models of
     one query trade places, so evaluating just past every such price traces the oracle's exact
-    quality-cost frontier.
+    quality-cost frontier. With ``max_points``, only that many quantiles of those prices are
+    evaluated: a frontier a little below the exact one, never above it.
     """
     q = np.nan_to_num(quality, nan=-np.inf)
     dq = q[:, :, None] - q[:, None, :]
@@ -83,6 +86,8 @@ def oracle_points(quality: np.ndarray, cost: np.ndarray, names: Sequence[str]) -
     with np.errstate(divide="ignore", invalid="ignore"):
         prices = dq / dc
     breaks = np.unique(prices[np.isfinite(prices) & (prices > 0)])
+    if max_points is not None and breaks.size > max_points:
+        breaks = np.unique(np.quantile(breaks, np.linspace(0, 1, max_points)))
     lambdas = np.concatenate([[0.0], breaks * (1 + 1e-9), [breaks.max() * 2 if breaks.size else 1.0]])
     # Ties on quality go to the cheaper model: a vanishing cost term even at lambda = 0.
     tie_break = 1e-12 * cost / max(float(cost.max()), 1e-300)

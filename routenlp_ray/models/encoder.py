@@ -32,6 +32,8 @@ EMBEDDING_DIM = 384
 class SentenceEncoder:
     """Encodes texts to unit-norm vectors; ``encode`` takes a list, ``encode_one`` a single query."""
 
+    kind = "minilm"
+
     def __init__(
         self,
         model_source: str = MINILM_SOURCE,

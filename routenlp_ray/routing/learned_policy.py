@@ -1,4 +1,11 @@
-"""The learned start-tier policy: the cheapest tier whose predicted success clears the task's target."""
+"""The learned start-tier policy over a ``DifficultyRouter``.
+
+Two decision rules, saved in the artifact: ``clear_target`` (the cheapest tier whose predicted
+success clears the task's target; the original artifacts) and ``utility`` (the tier maximising
+predicted success minus lambda x its mean cost; what ``routing.fit.fit_router`` trains). The
+artifact also names its encoder: ``minilm`` (the int8 transformer) or ``static`` (the fast
+path, ``models.static_encoder``); a router is served with the encoder it was trained on.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from routenlp_ray._exceptions import ArtifactError
-from routenlp_ray.models.encoder import MINILM_SOURCE, SentenceEncoder
+from routenlp_ray.models.encoder import MINILM_SOURCE
 from routenlp_ray.routing.router import DifficultyRouter
 
 POLICY_META = "policy.json"
+RULES = ("clear_target", "utility")
 
 
 def start_indices(proba: np.ndarray, targets: Sequence[float]) -> np.ndarray:
@@ -32,11 +40,23 @@ class RouterStartPolicy:
         router: DifficultyRouter,
         targets: Mapping[str, float],
         default_target: float = 0.5,
-        encoder: SentenceEncoder | None = None,
+        encoder: Any = None,
         version: str = "router",
         encoder_source: str = MINILM_SOURCE,
         encoder_quantized: bool = True,
+        encoder_kind: str = "minilm",
+        rule: str = "clear_target",
+        lam: float = 0.0,
+        mean_cost: Sequence[float] | None = None,
     ) -> None:
+        if rule not in RULES:
+            raise ArtifactError(f"router policy rule must be one of {RULES}; got {rule!r}")
+        if rule == "utility" and (mean_cost is None or len(mean_cost) != len(router.tiers)):
+            raise ArtifactError(f"the utility rule needs one mean cost per tier ({len(router.tiers)}); got {mean_cost}")
+        self.encoder_kind = encoder_kind
+        self.rule = rule
+        self.lam = float(lam)
+        self.mean_cost = None if mean_cost is None else np.asarray(mean_cost, dtype=np.float64)
         self.router = router
         self.targets = dict(targets)
         self.default_target = default_target
@@ -45,25 +65,42 @@ class RouterStartPolicy:
         self.encoder_quantized = encoder_quantized
         self._encoder = encoder
 
+    @classmethod
+    def from_utility_router(cls, fitted: Any, encoder: Any, version: str) -> "RouterStartPolicy":
+        """Wrap a ``routing.fit.UtilityRouter`` for serving, with the encoder it was trained on."""
+        return cls(fitted.router, targets={}, default_target=1.01, encoder=encoder, version=version,
+                   encoder_source=getattr(encoder, "model_source", MINILM_SOURCE),
+                   encoder_quantized=bool(getattr(encoder, "quantize", False)),
+                   encoder_kind=getattr(encoder, "kind", "minilm"), rule="utility", lam=fitted.lam,
+                   mean_cost=fitted.mean_cost)
+
     @property
-    def encoder(self) -> SentenceEncoder:
+    def encoder(self) -> Any:
         if self._encoder is None:
-            self._encoder = SentenceEncoder(self.encoder_source, quantize=self.encoder_quantized)
+            from routenlp_ray.models.static_encoder import make_encoder
+
+            self._encoder = make_encoder(self.encoder_kind, self.encoder_source, self.encoder_quantized)
         return self._encoder
 
     def target_for(self, task: str) -> float:
         return self.targets.get(task, self.default_target)
 
+    def _indices(self, proba: np.ndarray, tasks: Sequence[str]) -> np.ndarray:
+        if self.rule == "utility":
+            from routenlp_ray.routing.fit import utility_choice
+
+            return utility_choice(proba, self.mean_cost, self.lam)  # type: ignore[arg-type]
+        return start_indices(proba, [self.target_for(t) for t in tasks])
+
     def start_tier(self, task: str, text: str, tiers: list[str]) -> str:
         proba = self.router.predict_proba(self.encoder.encode_one(text), [task])
-        choice = self.router.tiers[int(start_indices(proba, [self.target_for(task)])[0])]
+        choice = self.router.tiers[int(self._indices(proba, [task])[0])]
         # A tier the router knows but the service no longer has: start at the cheapest live one.
         return choice if choice in tiers else tiers[0]
 
     def decide_batch(self, texts: Sequence[str], tasks: Sequence[str]) -> list[str]:
         proba = self.router.predict_proba(self.encoder.encode(list(texts)), tasks)
-        indices = start_indices(proba, [self.target_for(t) for t in tasks])
-        return [self.router.tiers[int(i)] for i in indices]
+        return [self.router.tiers[int(i)] for i in self._indices(proba, tasks)]
 
     def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
         folder = Path(path)
@@ -75,13 +112,17 @@ class RouterStartPolicy:
             "default_target": self.default_target,
             "encoder_source": self.encoder_source,
             "encoder_quantized": self.encoder_quantized,
+            "encoder_kind": self.encoder_kind,
+            "rule": self.rule,
+            "lambda": self.lam,
+            "mean_cost": None if self.mean_cost is None else self.mean_cost.tolist(),
             "metadata": metadata or {},
         }
         (folder / POLICY_META).write_text(json.dumps(meta, indent=2))
         return folder
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], encoder: SentenceEncoder | None = None) -> "RouterStartPolicy":
+    def load(cls, path: str | os.PathLike[str], encoder: Any = None) -> "RouterStartPolicy":
         folder = Path(path)
         try:
             meta = json.loads((folder / POLICY_META).read_text())
@@ -97,6 +138,10 @@ class RouterStartPolicy:
             version=meta["version"],
             encoder_source=meta.get("encoder_source", MINILM_SOURCE),
             encoder_quantized=meta.get("encoder_quantized", True),
+            encoder_kind=meta.get("encoder_kind", "minilm"),
+            rule=meta.get("rule", "clear_target"),
+            lam=meta.get("lambda", 0.0),
+            mean_cost=meta.get("mean_cost"),
         )
 
 

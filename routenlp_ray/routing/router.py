@@ -28,9 +28,28 @@ ARTIFACT_META = "router.json"
 ARTIFACT_WEIGHTS = "router.pt"
 
 
-def _network(input_dim: int, n_tasks: int, n_tiers: int, hidden_dim: int, task_dim: int, dropout: float) -> Any:
+HEADS = ("per_model", "model_embedding")
+
+
+def _network(input_dim: int, n_tasks: int, n_tiers: int, hidden_dim: int, task_dim: int, dropout: float,
+             head: str = "per_model", model_dim: int = 32) -> Any:
     import torch
     from torch import nn
+
+    class ModelEmbeddingHead(nn.Module):
+        """logit(query, model) = w . GELU(U h + V e_model) + b_model: a new model only needs its e_model."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.models = nn.Embedding(n_tiers, model_dim)
+            self.query = nn.Linear(hidden_dim, hidden_dim)
+            self.model = nn.Linear(model_dim, hidden_dim, bias=False)
+            self.out = nn.Linear(hidden_dim, 1)
+            self.bias = nn.Parameter(torch.zeros(n_tiers))
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            joint = torch.nn.functional.gelu(self.query(h)[:, None, :] + self.model(self.models.weight)[None, :, :])
+            return self.out(joint).squeeze(-1) + self.bias
 
     class RouterNetwork(nn.Module):
         def __init__(self) -> None:
@@ -43,7 +62,8 @@ def _network(input_dim: int, n_tasks: int, n_tiers: int, hidden_dim: int, task_d
                 nn.Linear(hidden_dim, hidden_dim),
                 nn.GELU(),
             )
-            self.heads = nn.Linear(hidden_dim, n_tiers)  # one logit per tier
+            # One logit per tier: a linear head each, or a shared head over learned model embeddings.
+            self.heads = nn.Linear(hidden_dim, n_tiers) if head == "per_model" else ModelEmbeddingHead()
 
         def forward(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
             return self.heads(self.trunk(torch.cat([x, self.task_embedding(task_ids)], dim=-1)))
@@ -67,7 +87,13 @@ class DifficultyRouter:
         pairwise_weight: float = 0.5,
         unknown_task_rate: float = 0.1,
         random_state: int = 0,
+        head: str = "per_model",
+        model_dim: int = 32,
     ) -> None:
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}; got {head!r}")
+        self.head = head
+        self.model_dim = model_dim
         self.tiers = list(tiers)
         self.hidden_dim = hidden_dim
         self.task_dim = task_dim
@@ -93,6 +119,8 @@ class DifficultyRouter:
             "pairwise_weight": self.pairwise_weight,
             "unknown_task_rate": self.unknown_task_rate,
             "random_state": self.random_state,
+            "head": self.head,
+            "model_dim": self.model_dim,
         }
 
     # -- fitting --------------------------------------------------------------------------
@@ -122,7 +150,8 @@ class DifficultyRouter:
         self.tasks_ = [UNKNOWN_TASK, *sorted(set(tasks))]
         self.n_features_in_ = X.shape[1]
         task_ids = np.array([self.tasks_.index(t) for t in tasks], dtype=np.int64)
-        self.model_ = _network(X.shape[1], len(self.tasks_), len(self.tiers), self.hidden_dim, self.task_dim, self.dropout)
+        self.model_ = _network(X.shape[1], len(self.tasks_), len(self.tiers), self.hidden_dim, self.task_dim,
+                               self.dropout, self.head, self.model_dim)
         optimizer = torch.optim.AdamW(self.model_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
         X_t, y_t, ids_t = torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(task_ids)
         pairs_t = torch.from_numpy(np.asarray(pairs, dtype=np.int64)) if pairs is not None and len(pairs) else None
@@ -203,7 +232,8 @@ class DifficultyRouter:
         router.tasks_ = meta["tasks_"]
         router.n_features_in_ = meta["n_features_in_"]
         router.model_ = _network(
-            router.n_features_in_, len(router.tasks_), len(router.tiers), router.hidden_dim, router.task_dim, router.dropout
+            router.n_features_in_, len(router.tasks_), len(router.tiers), router.hidden_dim, router.task_dim,
+            router.dropout, router.head, router.model_dim,
         )
         router.model_.load_state_dict(state)
         router.model_.eval()

@@ -218,3 +218,47 @@ def test_service_handed_a_router_artifact_starts_where_the_router_says(app: dict
         assert routing["start_tier"] == tier and routing["attempts"][0]["tier"] == tier
         assert routing["policy_version"] == "router-test-1"
     deploy(app["config"], user_config={})
+
+
+def test_a_router_from_fit_router_on_the_fast_path_is_served_through_reconfigure(app: dict[str, Any]) -> None:
+    """The artifact ``routenlp bench routing --save-artifact`` writes (utility rule, static encoder) serves as is."""
+    import numpy as np
+
+    from routenlp_ray.models.static_encoder import StaticEncoder
+    from routenlp_ray.routing.data import ModelPrice, RouterDataset
+    from routenlp_ray.routing.fit import FitSettings, fit_router
+    from routenlp_ray.routing.learned_policy import RouterStartPolicy
+
+    tiers = ["specialist", "smollm2", "frontier"]
+    easy = [f"where is my new card number {i}?" for i in range(40)]
+    easy += [f"my card {i} has not arrived" for i in range(40)]
+    hard = [f"is clause {i} of this indemnification agreement enforceable in Delaware?" for i in range(40)] + [
+        f"does section {i} limit the licensor's liability for consequential damages?" for i in range(40)
+    ]
+    quality = np.array([[0.0, 1.0, 1.0]] * len(easy) + [[0.0, 0.0, 1.0]] * len(hard))
+    pricing = {t["name"]: t["pricing"] for t in app["config"]["tiers"]}
+    prices = {t: ModelPrice(name=t, input_per_1m=pricing[t]["input_per_1m"], output_per_1m=pricing[t]["output_per_1m"])
+              for t in tiers}
+    cost = np.array([[(20 * p.input_per_1m + 20 * p.output_per_1m) / 1e6 for p in prices.values()]] * len(quality))
+    texts = easy + hard
+    data = RouterDataset([f"q{i}" for i in range(len(texts))], texts, ["chat"] * len(texts), ["train"] * len(texts),
+                         tiers, quality, cost, prices)
+    encoder = StaticEncoder()
+    fitted = fit_router(data, encoder.encode(texts), target=0.95, settings=FitSettings(epochs=60), seed=0)
+    policy = RouterStartPolicy.from_utility_router(fitted, encoder=encoder, version="router-fit-1")
+    artifact = policy.save(app["tmp"] / "router-fit-artifact")
+    assert RouterStartPolicy.load(artifact).encoder_kind == "static"
+    questions = ["where is my new card?", "is the indemnification clause in this agreement enforceable?"]
+    expected = [policy.start_tier("chat", q, tiers) for q in questions]
+    assert expected == ["smollm2", "frontier"]
+
+    deploy(app["config"], user_config={"start_policy": "router", "router_path": str(artifact)})
+    client = OpenAI(base_url=f"http://127.0.0.1:{app['port']}/v1", api_key="unused", max_retries=0, timeout=120)
+    for question, tier in zip(questions, expected):
+        response = client.chat.completions.create(
+            model="routenlp/chat", messages=[{"role": "user", "content": question}], max_tokens=4
+        )
+        routing = response.model_extra["routing"]
+        assert routing["start_tier"] == tier and routing["attempts"][0]["tier"] == tier
+        assert routing["policy_version"] == "router-fit-1"
+    deploy(app["config"], user_config={})
