@@ -170,7 +170,7 @@ class RouterIngress:
 
     async def _reject(self, endpoint: str, exc: RequestError, trace_id: str | None = None) -> Response:
         try:
-            await self.service.log_rejection(endpoint, exc, trace_id)
+            await self.service.events.rejection(endpoint, exc, trace_id)
         except Exception:  # a logging failure must not turn a 4xx into a 500
             logger.exception("could not log a rejected request")
         return JSONResponse(
@@ -200,7 +200,7 @@ class RouterIngress:
         """A 5xx: logged to the events stream with its detail; the client gets ``public`` or the event id."""
         event_id = None
         try:
-            event_id = await self.service.log_server_error(endpoint, status, code, detail)
+            event_id = await self.service.events.server_error(endpoint, status, code, detail)
         except Exception:  # a logging failure must not hide the original error
             logger.exception("could not log a server error")
         message = public or f"internal error while serving {endpoint}; it is logged as event {event_id}"

@@ -12,16 +12,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from routenlp_ray._exceptions import (
     AllTiersFailedError,
-    DuplicateFeedbackError,
-    RequestError,
     StreamInterruptedError,
-    UnknownResponseError,
     UnknownTaskError,
 )
 from routenlp_ray.cascade import CascadeOutcome, CascadeTier, TierCall, run_cascade
@@ -29,20 +25,20 @@ from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.conformal.scores import AnswerEvidence
 from routenlp_ray.engines.base import GenerationRequest, stream_within_limits, within_limits
 from routenlp_ray.monitoring.audits import AuditSampler
+from routenlp_ray.serving.events import RequestEvents
 from routenlp_ray.serving.feed import MonitorFeed, MonitorSink
+from routenlp_ray.serving.feedback import FeedbackDesk
 from routenlp_ray.serving.http import RequestGate
 from routenlp_ray.serving.live import LiveArtifacts
-from routenlp_ray.serving.metadata import live_stream_headers, routing_headers, system_fingerprint
-from routenlp_ray.serving.responses import MODEL_PREFIX, envelope, feedback_label, now_iso, query_record, routing_object
+from routenlp_ray.serving.metadata import system_fingerprint
+from routenlp_ray.serving.responses import MODEL_PREFIX, envelope, query_record, routing_object
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
-from routenlp_ray.serving.streaming import SSE_DONE, ChunkWriter, QueueSink, StreamedResponse, sse_event
+from routenlp_ray.serving.streaming import QueueSink, StreamedResponse, open_stream
 from routenlp_ray.tasks.spec import TaskSpec
 from routenlp_ray.telemetry.metrics import NullRouterMetrics, RouterMetrics
-from routenlp_ray.telemetry.querylog import QueryLog, find_record
+from routenlp_ray.telemetry.querylog import QueryLog
 
 logger = logging.getLogger("routenlp.router")
-
-RECENT_RESPONSES = 50_000
 
 
 class RouterService:
@@ -69,6 +65,7 @@ class RouterService:
         self.metrics = metrics or NullRouterMetrics()
         self.live = live or LiveArtifacts(config, query_log=query_log)
         self.gate = RequestGate(config.server)
+        self.events = RequestEvents(query_log, self.metrics)
         self._tiers = [
             CascadeTier(name=t.name, call=within_limits(tiers[t.name], t.limits), pricing=t.pricing,
                         timeout_s=t.timeout_s, tasks=frozenset(t.tasks) if t.tasks is not None else None,
@@ -77,10 +74,10 @@ class RouterService:
         ]
         self._tier_names = [t.name for t in config.tiers]
         self._tasks = {t.name: t for t in config.tasks}
-        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # Audits and feedback labels go to the coverage monitor (a deployment handle on Ray).
         sampler = AuditSampler(config.monitoring.audit_rate, seed=config.monitoring.seed)
         self.feed = MonitorFeed(monitor_sink if config.monitoring.enabled else None, self._tiers, sampler)
+        self.feedback_desk = FeedbackDesk(config.storage.log_uri, query_log, self.feed, self._tier_names[-1])
 
     def resolve_task(self, model: str, task: str | None = None) -> TaskSpec:
         """``task`` wins; else ``model`` names it as ``routenlp/<task>`` or ``<task>``."""
@@ -152,40 +149,7 @@ class RouterService:
         return body
 
     async def feedback(self, body: FeedbackRequest, trace_id: str | None = None) -> dict[str, Any]:
-        known = self._recent.get(body.response_id) or await self._served_elsewhere(body.response_id)
-        if known is None:
-            raise UnknownResponseError(
-                f"unknown response_id {body.response_id!r}: no response with this id was served", param="response_id"
-            )
-        given = known.setdefault("feedback_from", set())
-        if body.source in given:
-            raise DuplicateFeedbackError(
-                f"feedback from source {body.source!r} on response {body.response_id!r} was recorded already",
-                param="response_id",
-            )
-        given.add(body.source)
-        record = {
-            "id": f"fb-{uuid.uuid4().hex}",
-            "ts": now_iso(),
-            "trace_id": trace_id,
-            "response_id": body.response_id,
-            "accepted": body.accepted,
-            "score": body.score,
-            "comment": body.comment,
-            "source": body.source,
-            "matched": True,
-            "task": known["task"],
-            "answered_by": known["answered_by"],
-        }
-        if self.query_log is not None:
-            await self.query_log.append("feedback", record)
-        label = feedback_label(body.accepted, body.score)
-        if label is not None and known["answered_by"] != self._tier_names[-1]:
-            self.feed.send({
-                "kind": "feedback", "tier": known["answered_by"], "task": known["task"],
-                "uncertainty": known["uncertainty"], "correct": label, "query_id": body.response_id, "ts": time.time(),
-            })
-        return {"object": "feedback", "id": record["id"], "response_id": body.response_id, "recorded": True}
+        return await self.feedback_desk.record(body, trace_id)
 
     def models(self) -> dict[str, Any]:
         created = int(time.time())
@@ -210,30 +174,6 @@ class RouterService:
             "policy_version": live.policy_version,
             "release": live.release,
         }
-
-    async def log_rejection(self, endpoint: str, error: RequestError, trace_id: str | None = None) -> None:
-        """A refused request is logged too: a spike of 4xx is something operators look for."""
-        self.metrics.record_rejection(error.code or error.error_type)
-        record = {
-            "id": f"rej-{uuid.uuid4().hex}", "ts": now_iso(), "kind": "rejected", "endpoint": endpoint,
-            "trace_id": trace_id,
-            "http_status": error.status_code, "error_type": error.error_type, "code": error.code,
-            "param": error.param, "error": error.message,
-        }
-        if self.query_log is not None:
-            await self.query_log.append("events", record)
-
-    async def log_server_error(self, endpoint: str, status: int, code: str, detail: str) -> str:
-        """A 5xx is logged with its detail, which the client does not see; returns the event id to quote."""
-        self.metrics.record_failure("-", code)
-        event_id = f"err-{uuid.uuid4().hex}"
-        record = {
-            "id": event_id, "ts": now_iso(), "kind": "server_error", "endpoint": endpoint,
-            "http_status": status, "code": code, "error": detail,
-        }
-        if self.query_log is not None:
-            await self.query_log.append("events", record)
-        return event_id
 
     async def drain(self) -> None:
         """Wait for pending audits (tests, shutdown)."""
@@ -267,58 +207,13 @@ class RouterService:
         body: ChatCompletionRequest | CompletionRequest,
         chat: bool,
     ) -> StreamedResponse:
-        """Run the cascade; answer as soon as it is done or its last tier starts streaming, whichever is first.
-
-        A failure before any text went out raises here (the client gets an HTTP error); after
-        that, the stream ends with an error event.
-        """
         sink = QueueSink()
         job = asyncio.ensure_future(self._route(request, task, raw_input, endpoint, trace_id, sink))
-        job.add_done_callback(lambda done: _close_stream(sink, done))
-        started = asyncio.ensure_future(sink.started.wait())
-        try:
-            await asyncio.wait({job, started}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the request timed out before any text was ready
-            job.cancel()
-            raise
-        finally:
-            started.cancel()
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        if sink.start is None:
-            outcome, routing = job.result()  # raises AllTiersFailedError
-            response = self._response(request.request_id, task, outcome, routing, chat)
-            writer = ChunkWriter(request.request_id, chat, response["model"], response["system_fingerprint"],
-                                 include_usage)
-            return StreamedResponse(
-                routing_headers(request.request_id, routing),
-                _buffered_events(writer, outcome.answer.text, response["usage"], routing, outcome.answer.finish_reason),
-            )
-        versions = (sink.context["thresholds_version"], sink.context["policy_version"])
-        headers = live_stream_headers(request.request_id, trace_id, task.name, sink.context["start_tier"],
-                                      sink.start.tier, sink.start.attempts, versions)
-        fingerprint = system_fingerprint(*versions)
-        writer = ChunkWriter(request.request_id, chat, f"{MODEL_PREFIX}/{task.name}", fingerprint, include_usage)
-        return StreamedResponse(headers, self._live_events(writer, sink, job))
-
-    async def _live_events(
-        self, writer: ChunkWriter, sink: QueueSink, job: asyncio.Future[tuple[CascadeOutcome, dict[str, Any]]]
-    ) -> AsyncIterator[str]:
-        async for piece in sink.pieces():
-            yield sse_event(writer.text(piece))
-        try:
-            outcome, routing = await job
-        except Exception as exc:  # the tier broke mid-answer: tell the client in the stream itself
-            logger.warning("a streamed answer broke off: %s", exc)
-            yield sse_event({"error": {"message": str(exc), "type": "server_error", "param": None,
-                                       "code": "stream_interrupted"}})
-            yield SSE_DONE
-            return
-        answer = outcome.answer
-        usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                 "total_tokens": answer.prompt_tokens + answer.completion_tokens}
-        for chunk in writer.finish(answer.finish_reason, usage, routing):
-            yield sse_event(chunk)
-        yield SSE_DONE
+        return await open_stream(
+            job, sink, lambda outcome, routing: self._response(request.request_id, task, outcome, routing, chat),
+            request.request_id, task.name, trace_id, chat, include_usage,
+        )
 
     async def _route(
         self,
@@ -366,7 +261,7 @@ class RouterService:
             query_record(request, task, endpoint, raw_input, start_tier, outcome, routing, latency_ms, *versions),
             trace_id,
         )
-        self._remember(request.request_id, task.name, outcome)
+        self.feedback_desk.remember(request.request_id, task.name, outcome)
         # A task with no metric cannot be labelled: auditing it would only pay for frontier calls.
         if task.metric != "none":
             self.feed.maybe_audit(request, task.name, outcome, score, raw_input)
@@ -377,47 +272,6 @@ class RouterService:
         record["trace_id"] = trace_id
         if self.query_log is not None:
             await self.query_log.append("queries", record)
-
-    async def _served_elsewhere(self, response_id: str) -> dict[str, Any] | None:
-        """Feedback may reach another router replica than the answer came from: look the id up in the query log.
-
-        The newest segments are read first and the search stops at the id; an unknown id costs a
-        read of the newest 64 segments.
-        """
-        if self.query_log is None:
-            return None
-        found = await asyncio.to_thread(find_record, self.config.storage.log_uri, response_id)
-        if found is None or found.get("status") != "ok":
-            return None
-        attempt = next((a for a in found.get("attempts", []) if a.get("tier") == found.get("answered_by")), {})
-        known = {"task": found["task"], "answered_by": found["answered_by"], "uncertainty": attempt.get("uncertainty")}
-        self._recent[response_id] = known
-        return known
-
-    def _remember(self, response_id: str, task: str, outcome: CascadeOutcome) -> None:
-        """What feedback on this response needs: the task, the answering tier and its uncertainty."""
-        attempt = next((a for a in outcome.attempts if a.tier == outcome.answered_by), None)
-        uncertainty = attempt.uncertainty if attempt else None
-        self._recent[response_id] = {"task": task, "answered_by": outcome.answered_by, "uncertainty": uncertainty}
-        while len(self._recent) > RECENT_RESPONSES:
-            self._recent.popitem(last=False)
-
-
-def _close_stream(sink: QueueSink, job: asyncio.Future[Any]) -> None:
-    sink.close()
-    if not job.cancelled():
-        # Marks a failure as seen even when the client left before its error event: it is logged already.
-        job.exception()
-
-
-async def _buffered_events(
-    writer: ChunkWriter, text: str, usage: dict[str, int], routing: dict[str, Any], finish_reason: str
-) -> AsyncIterator[str]:
-    """An answer that was whole before the stream began (a cheaper tier's, accepted): one text chunk."""
-    yield sse_event(writer.text(text, routing))
-    for chunk in writer.finish(finish_reason, usage, routing):
-        yield sse_event(chunk)
-    yield SSE_DONE
 
 
 def _ms_since(started: float) -> float:

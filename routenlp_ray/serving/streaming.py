@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from routenlp_ray.cascade import TierAttempt
+from routenlp_ray.cascade import CascadeOutcome, TierAttempt
+from routenlp_ray.serving.metadata import live_stream_headers, routing_headers, system_fingerprint
+from routenlp_ray.serving.responses import MODEL_PREFIX
+
+logger = logging.getLogger("routenlp.router")
 
 
 class ChunkWriter:
@@ -117,3 +122,81 @@ class StreamedResponse:
 
     headers: dict[str, str]
     events: AsyncIterator[str]
+
+
+async def open_stream(
+    job: asyncio.Future[tuple[CascadeOutcome, dict[str, Any]]],
+    sink: QueueSink,
+    respond: Callable[[CascadeOutcome, dict[str, Any]], dict[str, Any]],
+    response_id: str,
+    task: str,
+    trace_id: str | None,
+    chat: bool,
+    include_usage: bool,
+) -> StreamedResponse:
+    """Answer as soon as the cascade (``job``, streaming into ``sink``) is done or its last tier starts to stream.
+
+    A failure before any text went out raises here (the client gets an HTTP error); after that,
+    the stream ends with an error event. ``respond`` builds the whole response body of a cascade
+    that finished first.
+    """
+    job.add_done_callback(lambda done: _close_stream(sink, done))
+    started = asyncio.ensure_future(sink.started.wait())
+    try:
+        await asyncio.wait({job, started}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the request timed out before any text was ready
+        job.cancel()
+        raise
+    finally:
+        started.cancel()
+    if sink.start is None:
+        outcome, routing = job.result()  # raises AllTiersFailedError
+        response = respond(outcome, routing)
+        writer = ChunkWriter(response_id, chat, response["model"], response["system_fingerprint"], include_usage)
+        return StreamedResponse(
+            routing_headers(response_id, routing),
+            _buffered_events(writer, outcome.answer.text, response["usage"], routing, outcome.answer.finish_reason),
+        )
+    versions = (sink.context["thresholds_version"], sink.context["policy_version"])
+    headers = live_stream_headers(response_id, trace_id, task, sink.context["start_tier"],
+                                  sink.start.tier, sink.start.attempts, versions)
+    writer = ChunkWriter(response_id, chat, f"{MODEL_PREFIX}/{task}", system_fingerprint(*versions), include_usage)
+    return StreamedResponse(headers, _live_events(writer, sink, job))
+
+
+async def _live_events(
+    writer: ChunkWriter, sink: QueueSink, job: asyncio.Future[tuple[CascadeOutcome, dict[str, Any]]]
+) -> AsyncIterator[str]:
+    async for piece in sink.pieces():
+        yield sse_event(writer.text(piece))
+    try:
+        outcome, routing = await job
+    except Exception as exc:  # the tier broke mid-answer: tell the client in the stream itself
+        logger.warning("a streamed answer broke off: %s", exc)
+        yield sse_event({"error": {"message": str(exc), "type": "server_error", "param": None,
+                                   "code": "stream_interrupted"}})
+        yield SSE_DONE
+        return
+    answer = outcome.answer
+    usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+             "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+    for chunk in writer.finish(answer.finish_reason, usage, routing):
+        yield sse_event(chunk)
+    yield SSE_DONE
+
+
+def _close_stream(sink: QueueSink, job: asyncio.Future[Any]) -> None:
+    sink.close()
+    if not job.cancelled():
+        # Marks a failure as seen even when the client left before its error event: it is logged already.
+        job.exception()
+
+
+async def _buffered_events(
+    writer: ChunkWriter, text: str, usage: dict[str, int], routing: dict[str, Any], finish_reason: str
+) -> AsyncIterator[str]:
+    """An answer that was whole before the stream began (a cheaper tier's, accepted): one text chunk."""
+    yield sse_event(writer.text(text, routing))
+    for chunk in writer.finish(finish_reason, usage, routing):
+        yield sse_event(chunk)
+    yield SSE_DONE
