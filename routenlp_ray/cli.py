@@ -532,12 +532,8 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_loop_specialist(args: argparse.Namespace) -> int:
-    from routenlp_ray.bench.loop_specialist import (
-        CachedEncoder,
-        LoopSpecialistSettings,
-        run_loop_specialist,
-        write_loop_specialist_report,
-    )
+    from routenlp_ray.bench.loop_specialist import CachedEncoder, LoopSpecialistSettings, run_loop_specialist
+    from routenlp_ray.bench.loop_specialist_report import write_loop_specialist_report
     from routenlp_ray.config import load_config
     from routenlp_ray.models.encoder import MINILM_SOURCE
 

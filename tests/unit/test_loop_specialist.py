@@ -136,3 +136,16 @@ def test_bootstrap_ratio_recovers_a_known_ratio() -> None:
     low, high = out["ratio_ci95"]
     assert low < 2.0 < high and low > 1.2
     assert out["difference_ci95"][0] > 0
+
+
+def test_cached_bertscore_is_the_tasks_bertscore() -> None:
+    from routenlp_ray.bench.loop_specialist import CachedBertScore
+    from routenlp_ray.tasks.bertscore import bertscore_f1
+
+    predictions = ["I can help you cancel order 123.", "Please reset your password from the login page.", " "]
+    references = ["Sure, I will cancel the order 123 for you.", "Your refund is on its way.", "anything"]
+    cached = CachedBertScore()
+    assert [cached.f1(p, r) for p, r in zip(predictions, references)] == pytest.approx(
+        bertscore_f1(predictions, references), abs=1e-5
+    )
+    assert cached.f1("same words here", "same words here") == pytest.approx(1.0)
