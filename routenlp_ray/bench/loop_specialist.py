@@ -117,7 +117,9 @@ class CachedEncoder(SpecialistEncoder):
 
 
 # -- splits -------------------------------------------------------------------------------
-def split_pool(n: int, seed: int, seed_share: float, calibration_share: float, min_traffic: int) -> dict[str, np.ndarray]:
+def split_pool(
+    n: int, seed: int, seed_share: float, calibration_share: float, min_traffic: int
+) -> dict[str, np.ndarray]:
     """Disjoint row indices of a task's train pool: ``seed``, ``calibration`` and ``traffic`` (the rest)."""
     order = np.random.default_rng(seed).permutation(n)
     n_seed, n_cal = int(round(n * seed_share)), int(round(n * calibration_share))
@@ -422,7 +424,8 @@ def run_loop_specialist(
     checks = {t: scorer.bertscore_check(t, [q.answer for q in pools[t][:8]], [q.answer for q in validation[t][:8]])
               for t in tasks}
     bertscore_check = {t: v for t, v in checks.items() if v is not None}
-    frontier_val = {t: scorer(t, [q.answer for q in validation[t]], [q.reference for q in validation[t]]) for t in tasks}
+    frontier_val = {t: scorer(t, [q.answer for q in validation[t]], [q.reference for q in validation[t]])
+                    for t in tasks}
     log(f"loaded pools {{{', '.join(f'{t}: {len(pools[t])}' for t in tasks)}}} in {time.perf_counter() - started:.0f}s")
 
     students = ["base"] + [f"{kind}@{f:g}" for f in settings.fractions for kind in ("targeted", "untargeted")]
@@ -524,7 +527,8 @@ def _seed_record(seed: int, tasks: list[str], students: list[str], evals: dict[s
                  val_eval: dict[str, list[Query]], front_eval: dict[str, np.ndarray],
                  eval_cluster: dict[str, np.ndarray], ranked: list[Any], budget_rows: list[dict[str, Any]],
                  traffic_summary: dict[str, Any], failures: list[Failure], chosen_c: dict[str, Any],
-                 parts: dict[str, dict[str, np.ndarray]], halves: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+                 parts: dict[str, dict[str, np.ndarray]],
+                 halves: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     frontier_cost = {t: np.array([q.frontier_cost for q in val_eval[t]]) for t in tasks}
     per_student = {}
     for student in students:
@@ -596,8 +600,9 @@ def _summarise(seeds: list[dict[str, Any]], settings: LoopSpecialistSettings, ta
             chosen = set(budget["selected"])
             split = {}
             for name in (t_name, u_name):
-                inside = sum(c["saved_usd"][name] - c["saved_usd"]["base"] for c in r["clusters"] if c["cluster"] in chosen)
-                outside = sum(c["saved_usd"][name] - c["saved_usd"]["base"] for c in r["clusters"] if c["cluster"] not in chosen)
+                extra = [(c["cluster"] in chosen, c["saved_usd"][name] - c["saved_usd"]["base"]) for c in r["clusters"]]
+                inside = sum(v for is_chosen, v in extra if is_chosen)
+                outside = sum(v for is_chosen, v in extra if not is_chosen)
                 split[name] = (inside, outside)
             in_selected.append(split)
         curve.append({

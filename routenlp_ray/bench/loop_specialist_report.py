@@ -101,7 +101,8 @@ def _markdown(report: dict[str, Any], png: str) -> str:
         "",
         f"![budget curve]({png})",
         "",
-        "| clusters' cost share f | clusters | covered | examples | targeted gain | untargeted gain | ratio | ratio 95% CI | t − u 95% CI (pp) |",
+        "| clusters' cost share f | clusters | covered | examples | targeted gain | untargeted gain | ratio "
+        "| ratio 95% CI | t − u 95% CI (pp) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in curve:
@@ -118,15 +119,18 @@ def _markdown(report: dict[str, Any], png: str) -> str:
         u = ", ".join(f"{100 * v:+.2f}" for v in c["untargeted_gain_per_seed"])
         lines.append(f"- f={c['fraction']:g}: targeted [{t}]; untargeted [{u}]")
     lines += ["", f"## Per task (f = {head['fraction']:g})", "",
-              "| task | base cost reduction | base specialist share | targeted gain | untargeted gain | base quality retention |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| task | base cost reduction | base specialist share | targeted examples | targeted gain "
+              "| untargeted gain | base quality retention |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for task in tasks:
         base = report["students"]["base"]["per_task"][task]
         pt = head["per_task"][task]
         lines.append(f"| {task} | {_pct(base['cost_reduction'])} | {_pct(base['specialist_share'])} "
-                     f"| {_pp(pt['targeted_gain'])} | {_pp(pt['untargeted_gain'])} | {_pct(base['quality_retention'])} |")
+                     f"| {pt['targeted_examples']['mean']:.0f} | {_pp(pt['targeted_gain'])} "
+                     f"| {_pp(pt['untargeted_gain'])} | {_pct(base['quality_retention'])} |")
     t_name, u_name = f"targeted@{head['fraction']:g}", f"untargeted@{head['fraction']:g}"
-    inside, outside = head["saved_usd_over_base_in_selected_clusters"], head["saved_usd_over_base_outside_selected_clusters"]
+    inside = head["saved_usd_over_base_in_selected_clusters"]
+    outside = head["saved_usd_over_base_outside_selected_clusters"]
     lines += [
         "", f"## Per cluster (f = {head['fraction']:g})", "",
         "Extra USD saved over base on the evaluation half, by the failure cluster each evaluation query is "
@@ -137,43 +141,51 @@ def _markdown(report: dict[str, Any], png: str) -> str:
         f"| untargeted | {inside[u_name]['mean']:.6f} ± {inside[u_name]['sd']:.6f} | "
         f"{outside[u_name]['mean']:.6f} ± {outside[u_name]['sd']:.6f} |",
         "", f"Seed {report['seeds'][0]['seed']}'s clusters, costliest first:", "",
-        "| rank | failures | tasks | cost share | eval queries | targeted saved over base (USD) | untargeted saved over base (USD) | example |",
+        "| rank | failures | tasks | cost share | eval queries | targeted saved over base (USD) "
+        "| untargeted saved over base (USD) | example |",
         "|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for c in report["seeds"][0]["clusters"]:
         sv = c["saved_usd"]
         tasks_txt = ", ".join(f"{k} ({v})" for k, v in c["tasks"].items())
         example = (c["examples"][0] if c["examples"] else "")[:60].replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {c['rank']} | {c['failures']} | {tasks_txt} | {100 * c['cost_share']:.1f}% | {c['eval_queries']} "
+        lines.append(f"| {c['rank']} | {c['failures']} | {tasks_txt} | {100 * c['cost_share']:.1f}% "
+                     f"| {c['eval_queries']} "
                      f"| {sv[t_name] - sv['base']:+.6f} | {sv[u_name] - sv['base']:+.6f} | {example} |")
     lines += ["", "## Where queries end (item 3 of the issue)", "",
               "Every query starts at the specialist (no start router here); the share it keeps is the share that "
               "ends there. The learned start-router was not retrained for the new students in this run.", "",
-              "| student | specialist share | cost reduction vs frontier-only | (mean over tasks) | quality retention |",
+              "| student | specialist share | cost reduction vs frontier-only | (mean over tasks) "
+              "| quality retention |",
               "|---|---:|---:|---:|---:|"]
     for name, st in report["students"].items():
         lines.append(f"| {name} | {_pct(st['specialist_share'])} | {_pct(st['cost_reduction'])} "
                      f"| {_pct(st['task_mean_cost_reduction'])} | {_pct(st['quality_retention'])} |")
     seed0 = report["seeds"][0]
     lines += ["", f"## Traffic (seed {seed0['seed']})", "",
-              "| task | traffic | base correct | accepted | escalated | accepted & wrong |", "|---|---:|---:|---:|---:|---:|"]
+              "| task | traffic | base correct | accepted | escalated | accepted & wrong |",
+              "|---|---:|---:|---:|---:|---:|"]
     for task, t in seed0["traffic"].items():
         lines.append(f"| {task} | {t['queries']} | {100 * t['base_correct']:.1f}% | {100 * t['accepted']:.1f}% "
                      f"| {t['escalated']} | {t['accepted_wrong']} |")
     lines += ["", "## Method", "",
               f"- Pool: up to {s['pool_per_task']} train rows per task (fixed draw); per seed split into seed part "
-              f"{s['seed_share']:.0%} (base pairs), calibration slice {s['calibration_share']:.0%} (traffic thresholds) "
+              f"{s['seed_share']:.0%} (base pairs), calibration slice {s['calibration_share']:.0%} "
+              "(traffic thresholds) "
               f"and traffic (the rest, ≥ {s['min_traffic']}). Validation: per seed, half calibrates each student's "
               "thresholds, the other half is read once.",
               "- Failures: escalations and accepted-but-wrong answers (judged against the reference, standing in for "
               "user feedback). Failure cost: frontier price minus specialist price of the query (estimated tokens, "
               "serve_config.local.yaml prices).",
               f"- Mining: `FailureClusterer` with k = {s['n_clusters']} (fixed: a silhouette search on MiniLM vectors "
-              "favours a few task-sized clusters, which would make targeting a choice of tasks), `rank_clusters` by cost.",
-              "- Students: base pairs + extra (query, frontier answer) pairs; label and entity heads refit with the base's "
-              "C (picked on the base pairs' held-out slice), the answer cache gets the extra entries. Untargeted: the same "
+              "favours a few task-sized clusters, which would make targeting a choice of tasks), "
+              "`rank_clusters` by cost.",
+              "- Students: base pairs + extra (query, frontier answer) pairs; label and entity heads refit with the "
+              "base's C (picked on the base pairs' held-out slice), the answer cache gets the extra entries. "
+              "Untargeted: the same "
               "number of examples drawn uniformly from all traffic (failed or not).",
-              f"- Thresholds: the quality rule (accepted-and-wrong share ≤ 1 − quality_target, confidence {1 - s['delta']:.0%}), "
+              "- Thresholds: the quality rule (accepted-and-wrong share ≤ 1 − quality_target, confidence "
+              f"{1 - s['delta']:.0%}), "
               "recalibrated per student on the calibration half. Gains are cost reduction vs frontier-only minus the "
               "base's, pooled over tasks in validation's own mix (dollar-weighted).",
               f"- Validation: up to {s['validation_per_task']} rows per task (fixed draw). cs_response's BERTScore is "
