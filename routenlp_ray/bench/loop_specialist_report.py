@@ -65,6 +65,15 @@ def _plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _ratio_caveat(point: Mapping[str, Any]) -> list[str]:
+    """A ratio is only meaningful when the untargeted gain is surely positive; say so when it is not."""
+    ci = point["ratio_ci95"]
+    if ci is not None and ci[0] > 0:
+        return []
+    return ["- The ratio's CI reaches 0 or below: the untargeted gain is not distinguishable from 0, so the "
+            "ratio's point value carries no information; read the difference instead."]
+
+
 def _markdown(report: dict[str, Any], png: str) -> str:
     s = report["settings"]
     curve = report["budget_curve"]
@@ -89,6 +98,7 @@ def _markdown(report: dict[str, Any], png: str) -> str:
         f"{'n/a' if ci is None else f'[{ci[0]:.2f}, {ci[1]:.2f}]'} (seeds × queries, {head['reps']} reps); "
         f"difference targeted − untargeted: 95% CI [{100 * head['difference_ci95'][0]:+.2f}, "
         f"{100 * head['difference_ci95'][1]:+.2f}] pp.",
+        *_ratio_caveat(head),
         f"- Cost-reduction improvement over base, mean ± sd over {len(s['seeds'])} seeds: targeted "
         f"{_pp(head['targeted_gain'])}, untargeted {_pp(head['untargeted_gain'])} "
         f"(budget {head['examples']['mean']:.0f} ± {head['examples']['sd']:.0f} examples, "
