@@ -478,6 +478,7 @@ def run_loop_specialist(
 
         # 3. Mining: cluster, rank by cost, build each budget's two students.
         clusterer = FailureClusterer(encoder, n_clusters=settings.n_clusters, random_state=seed).fit(failures)
+        # Every failure carries both tiers' prices in attempt_costs, so no price-gap fallback is needed.
         ranked = rank_clusters(failures, clusterer.labels_, lambda *a: 0.0)
         all_traffic = [q for t in tasks for q in traffic[t]]
         extras: dict[str, list[Query]] = {}

@@ -149,3 +149,19 @@ def test_cached_bertscore_is_the_tasks_bertscore() -> None:
         bertscore_f1(predictions, references), abs=1e-5
     )
     assert cached.f1("same words here", "same words here") == pytest.approx(1.0)
+
+
+def test_cached_encoder_gives_the_encoders_own_vectors() -> None:
+    from routenlp_ray.bench.loop_specialist import CachedEncoder
+    from routenlp_ray.specialists import SpecialistEncoder
+
+    texts = ["my card has not arrived", "refund please", "my card has not arrived"]
+    cached, plain = CachedEncoder(num_threads=1), SpecialistEncoder(num_threads=1)
+    np.testing.assert_allclose(cached.encode(texts), plain.encode(texts), atol=1e-6)
+    np.testing.assert_allclose(cached.encode(texts[:1]), plain.encode(texts[:1]), atol=1e-6)
+    words = "Apple Inc . bought Beats".split()
+    for got, want in zip(cached.word_features(words), plain.word_features(words)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    # A caller that edits the returned features must not change the cache.
+    cached.word_features(words)[0][:] = 0
+    assert np.abs(cached.word_features(words)[0]).sum() > 0
