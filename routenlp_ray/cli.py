@@ -532,13 +532,15 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_loop_specialist(args: argparse.Namespace) -> int:
+    import torch
+
     from routenlp_ray.bench.loop_specialist import CachedEncoder, LoopSpecialistSettings, run_loop_specialist
     from routenlp_ray.bench.loop_specialist_report import write_loop_specialist_report
     from routenlp_ray.config import load_config
     from routenlp_ray.models.encoder import MINILM_SOURCE
 
-    import torch
-
+    if args.headline_fraction not in args.fractions:
+        raise ConfigError(f"--headline-fraction {args.headline_fraction} must be one of --fractions {args.fractions}")
     # On a shared CPU, more threads than cores spin instead of working: one thread, one text at a time.
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
@@ -704,16 +706,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loop_spec.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
     loop_spec.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    loop_spec.add_argument("--tasks", nargs="+", default=["cs_intent", "cs_response", "fin_ner", "legal_clause", "legal_risk"])
+    loop_spec.add_argument("--tasks", nargs="+",
+                           default=["cs_intent", "cs_response", "fin_ner", "legal_clause", "legal_risk"])
     loop_spec.add_argument("--seeds", type=int, default=5)
-    loop_spec.add_argument("--pool-per-task", type=int, default=1000, help="train rows drawn per task")
-    loop_spec.add_argument("--validation-per-task", type=int, default=600, help="validation rows drawn per task")
+    loop_spec.add_argument("--pool-per-task", type=int, default=800, help="train rows drawn per task")
+    loop_spec.add_argument("--validation-per-task", type=int, default=400, help="validation rows drawn per task")
     loop_spec.add_argument("--min-traffic", type=int, default=300, help="fewest traffic queries a task may get")
     loop_spec.add_argument("--clusters", type=int, default=16)
     loop_spec.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75],
                            help="budget sizes: share of failure cost the targeted clusters cover")
     loop_spec.add_argument("--headline-fraction", type=float, default=0.5)
-    loop_spec.add_argument("--bootstrap", type=int, default=2000)
+    loop_spec.add_argument("--bootstrap", type=int, default=1000)
     loop_spec.add_argument("--threads", type=int, default=1)
     loop_spec.add_argument("--out", default="results/loop_specialist.json")
     loop_spec.set_defaults(func=_cmd_bench_loop_specialist)

@@ -75,8 +75,8 @@ class Query:
 class LoopSpecialistSettings:
     tasks: list[str]
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    pool_per_task: int = 1000
-    validation_per_task: int = 600
+    pool_per_task: int = 800
+    validation_per_task: int = 400
     seed_share: float = 0.3
     calibration_share: float = 0.2
     min_traffic: int = 300
@@ -84,7 +84,7 @@ class LoopSpecialistSettings:
     fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     headline_fraction: float = 0.5
     delta: float = 0.1
-    bootstrap: int = 2000
+    bootstrap: int = 1000
 
 
 class CachedEncoder(SpecialistEncoder):
