@@ -573,6 +573,39 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_loop_specialist(args: argparse.Namespace) -> int:
+    import torch
+
+    from routenlp_ray.bench.loop_specialist import CachedEncoder, LoopSpecialistSettings, run_loop_specialist
+    from routenlp_ray.bench.loop_specialist_report import write_loop_specialist_report
+    from routenlp_ray.config import load_config
+    from routenlp_ray.models.encoder import MINILM_SOURCE
+
+    if args.headline_fraction not in args.fractions:
+        raise ConfigError(f"--headline-fraction {args.headline_fraction} must be one of --fractions {args.fractions}")
+    # On a shared CPU, more threads than cores spin instead of working: one thread, one text at a time.
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    settings = LoopSpecialistSettings(
+        tasks=args.tasks, seeds=list(range(args.seeds)), pool_per_task=args.pool_per_task,
+        validation_per_task=args.validation_per_task,
+        min_traffic=args.min_traffic, n_clusters=args.clusters, fractions=args.fractions, bootstrap=args.bootstrap,
+        headline_fraction=args.headline_fraction,
+    )
+    cascade = config.cascade
+    report = run_loop_specialist(
+        {t: config.task(t) for t in args.tasks}, args.data_dir, settings,
+        lambda tier, p, c: config.tier(tier).pricing.cost_usd(p, c),
+        CachedEncoder(MINILM_SOURCE, num_threads=args.threads),
+        {t: cascade.uncertainty_per_task.get(t, cascade.uncertainty) for t in args.tasks},
+        log=lambda line: print(line, flush=True),
+    )
+    command = "routenlp bench loop-specialist " + " ".join(sys.argv[3:])
+    md = write_loop_specialist_report(report, args.out, command.strip())
+    print(md.read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routenlp", description="RouteNLP on Ray: routing, benchmarks, logs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -734,6 +767,25 @@ def build_parser() -> argparse.ArgumentParser:
     loop_bench.add_argument("--top-clusters", type=int, default=3)
     loop_bench.add_argument("--out", default="results/loop_iteration.json")
     loop_bench.set_defaults(func=_cmd_bench_loop)
+    loop_spec = benches.add_parser(
+        "loop-specialist", help="targeted vs untargeted distillation into the specialist tier, offline, over seeds"
+    )
+    loop_spec.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    loop_spec.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    loop_spec.add_argument("--tasks", nargs="+",
+                           default=["cs_intent", "cs_response", "fin_ner", "legal_clause", "legal_risk"])
+    loop_spec.add_argument("--seeds", type=int, default=5)
+    loop_spec.add_argument("--pool-per-task", type=int, default=800, help="train rows drawn per task")
+    loop_spec.add_argument("--validation-per-task", type=int, default=400, help="validation rows drawn per task")
+    loop_spec.add_argument("--min-traffic", type=int, default=300, help="fewest traffic queries a task may get")
+    loop_spec.add_argument("--clusters", type=int, default=16)
+    loop_spec.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                           help="budget sizes: share of failure cost the targeted clusters cover")
+    loop_spec.add_argument("--headline-fraction", type=float, default=0.5)
+    loop_spec.add_argument("--bootstrap", type=int, default=1000)
+    loop_spec.add_argument("--threads", type=int, default=1)
+    loop_spec.add_argument("--out", default="results/loop_specialist.json")
+    loop_spec.set_defaults(func=_cmd_bench_loop_specialist)
     specialist = benches.add_parser("specialist", help="latency, throughput and memory of a specialist tier's engine")
     specialist.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
     specialist.add_argument("--tier", default="specialist")
