@@ -40,7 +40,7 @@ def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: P
     assert {"frontier_only", "cheapest_only", "random", "routellm_binary", "cascade", "router", "router_cascade",
             "oracle"} <= set(policies)
     calibrated = report["per_task"]["cs_intent"]["calibrated"]
-    assert set(calibrated) == {"cascade_coverage", "cascade_risk"}
+    assert set(calibrated) == {"cascade_coverage", "cascade_risk", "cascade_quality"}
     assert set(calibrated["cascade_risk"]["thresholds"]) == {"specialist", "smollm2"}
     assert policies["frontier_only"]["retention"] == 1.0
     assert report["router_decision_latency"]["batched_decisions_per_s"] > 0
@@ -54,6 +54,10 @@ def test_record_train_and_benchmark_on_a_small_slice(tmp_path: Path, data_dir: P
     # SmolLM2 does not serve these tasks in the embedded default, so it gets no entry for them.
     assert table.version == "cal-ci" and "smollm2" not in table.thresholds
     assert set(table.thresholds["specialist"]) == set(TASKS)
+    quality = tmp_path / "quality.json"
+    assert main(["calibrate", *common, "--records", str(records), "--tasks", *TASKS, "--method", "quality",
+                 "--version", "quality-ci", "--out", str(quality)]) == 0
+    assert ThresholdTable.load(quality).version == "quality-ci"
 
     artifacts = tmp_path / "artifacts"
     assert main(["train-router", *common, "--records", str(records), "--tasks", *TASKS, "--epochs", "5",
