@@ -574,12 +574,23 @@ def plot_report(report: dict[str, Any], out: Path) -> list[Path]:
     return [curves_png, reliability_png]
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(item) for item in value]
+    return value
+
+
 def write_reports(report: dict[str, Any], out: str | Path, command: str) -> list[Path]:
     import json
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=str))
+    # Four significant digits and no indentation: the per-seed curves are most of the file.
+    out.write_text(json.dumps(_rounded(report), separators=(",", ":"), default=str))
     md = out.with_suffix(".md")
     md.write_text(markdown_report(report, command))
     return [out, md, *plot_report(report, out)]

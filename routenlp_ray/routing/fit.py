@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from routenlp_ray._exceptions import ArtifactError, ConfigError
+from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.routing.data import ModelPrice, RouterDataset
-from routenlp_ray.routing.router import HEADS, DifficultyRouter
+from routenlp_ray.routing.router import HEADS, DifficultyRouter, read_artifact_meta
 
 UTILITY_META = "utility.json"
 # lambda is searched in units of 1 / (the dearest model's mean cost): scale-free across portfolios.
@@ -161,12 +161,7 @@ class UtilityRouter:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "UtilityRouter":
         folder = Path(path)
-        try:
-            meta = json.loads((folder / UTILITY_META).read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"utility router {str(folder)!r} has no {UTILITY_META}") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"utility router {str(folder)!r} is unreadable: {exc}") from None
+        meta = read_artifact_meta(folder, UTILITY_META, "utility router")
         return cls(DifficultyRouter.load(folder / "router"), np.asarray(meta["mean_cost"]), meta["lambda"],
                    meta["target"], meta.get("report", {}))
 

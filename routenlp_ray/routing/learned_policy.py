@@ -19,7 +19,7 @@ import numpy as np
 
 from routenlp_ray._exceptions import ArtifactError
 from routenlp_ray.models.encoder import MINILM_SOURCE
-from routenlp_ray.routing.router import DifficultyRouter
+from routenlp_ray.routing.router import DifficultyRouter, read_artifact_meta
 
 POLICY_META = "policy.json"
 RULES = ("clear_target", "utility")
@@ -124,12 +124,7 @@ class RouterStartPolicy:
     @classmethod
     def load(cls, path: str | os.PathLike[str], encoder: Any = None) -> "RouterStartPolicy":
         folder = Path(path)
-        try:
-            meta = json.loads((folder / POLICY_META).read_text())
-        except FileNotFoundError:
-            raise ArtifactError(f"router policy artifact {str(folder)!r} has no {POLICY_META}") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"router policy artifact {str(folder)!r} is unreadable: {exc}") from None
+        meta = read_artifact_meta(folder, POLICY_META, "router policy artifact")
         return cls(
             DifficultyRouter.load(folder / "router"),
             targets=meta["targets"],

@@ -71,6 +71,16 @@ def _network(input_dim: int, n_tasks: int, n_tiers: int, hidden_dim: int, task_d
     return RouterNetwork()
 
 
+def read_artifact_meta(folder: Path, name: str, what: str) -> dict[str, Any]:
+    """``folder/name`` as JSON; a missing or unreadable file is an ``ArtifactError`` naming ``what``."""
+    try:
+        return json.loads((folder / name).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{what} {str(folder)!r} has no {name}") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{what} {str(folder)!r} is unreadable: {exc}") from None
+
+
 class DifficultyRouter:
     """Predicts, per tier, the probability that its answer meets the task's quality bar."""
 
