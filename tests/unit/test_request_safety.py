@@ -425,3 +425,18 @@ async def test_an_unknown_model_follows_openai_conventions(tmp_path: Path, repla
     error = assert_openai_error(response, 404, param="model", in_message="unknown task 'translate'")
     assert (error["type"], error["code"]) == ("invalid_request_error", "model_not_found")
     ingress.query_log.close()
+
+
+def test_the_embedded_default_accepts_the_longest_input_of_the_data_set() -> None:
+    import os
+
+    from routenlp_ray.config import load_config
+    from routenlp_ray.tasks.data import load_examples
+
+    repo = Path(__file__).resolve().parents[2]
+    data = Path(os.environ.get("ROUTENLP_DATA", repo.parent / "shared" / "data"))
+    files = sorted(data.glob("fin_summarization/*.jsonl"))
+    if not files:
+        pytest.skip(f"shared evaluation data not found at {data} (set ROUTENLP_DATA)")
+    longest = max(len(e.input) for f in files for e in load_examples(f))
+    assert load_config(repo / "serve_config.local.yaml").server.max_input_chars >= longest
