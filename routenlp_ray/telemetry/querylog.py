@@ -256,6 +256,9 @@ def read_dataset(log_uri: str, stream: str = "queries") -> Any:
     """The stream as a ``ray.data.Dataset`` (needs a running or local Ray)."""
     import ray.data
 
+    # Log columns such as token_logprobs are ragged lists with nulls (a tier without logprobs):
+    # Ray Data's casting of list columns to tensors fails on them in to_pandas().
+    ray.data.DataContext.get_current().enable_tensor_extension_casting = False
     filesystem, paths = segment_paths(log_uri, stream)
     if not paths:
         return ray.data.from_items([])
