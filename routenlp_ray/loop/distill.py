@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from routenlp_ray._exceptions import ConfigError, RouteNLPError
 from routenlp_ray.config._base import StrictModel
@@ -48,6 +48,9 @@ IGNORE_INDEX = -100
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 METADATA_FILE = "distill.json"
+BEST_ADAPTER_DIR = "best_adapter"
+# Batches per window of a shuffled epoch inside which examples are sorted by length.
+LENGTH_WINDOW_BATCHES = 16
 # LoRA settings that must match between a checkpoint and the run resuming from it.
 _LORA_SHAPE_FIELDS = ("r", "alpha", "target_modules")
 
@@ -78,6 +81,28 @@ class DistillConfig(StrictModel):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker; also its torch thread count.")
     max_failures: int = Field(0, ge=0, description="Worker-group restarts (from the last checkpoint) within one call.")
     seed: int = Field(0, description="Seed for LoRA initialisation, dropout and the example order.")
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="Steps between held-out evaluations (mean answer-token loss on the eval examples); "
+        "None evaluates nothing and the final step's adapter is the result.",
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many evaluations without a new best held-out loss; None trains to max_steps. "
+        "Either way the result is the adapter of the best evaluation.",
+    )
+    eval_batch_size: int = Field(8, ge=1, description="Examples per forward pass when evaluating.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (within windows of a seeded shuffle)."
+    )
+
+    @model_validator(mode="after")
+    def _patience_needs_evaluations(self) -> DistillConfig:
+        if self.patience is not None and self.eval_every is None:
+            raise ValueError(f"patience ({self.patience}) needs eval_every, which is None")
+        return self
 
     @field_validator("target_modules")
     @classmethod
@@ -141,6 +166,12 @@ class DistillResult(BaseModel):
     n_examples: int = Field(description="Training examples.")
     n_answer_tokens: int = Field(description="Answer tokens (the loss targets) over all examples.")
     n_truncated: int = Field(description="Examples cut to max_seq_len.")
+    evaluations: list[tuple[int, float]] = Field(
+        default_factory=list, description="(step, mean held-out answer-token loss) of every evaluation, step 0 first."
+    )
+    best_step: int | None = Field(None, description="Step whose adapter was kept (the lowest held-out loss).")
+    stopped_early: bool = Field(False, description="Training stopped before max_steps: held-out loss stopped improving.")
+    init_adapter: str | None = Field(None, description="The adapter training continued from; None started a new one.")
 
     @property
     def resumed(self) -> bool:
@@ -208,19 +239,58 @@ def answer_logprob(
 
 
 # -- the Ray Train worker -------------------------------------------------------------------
-def _batch_indices(step: int, rank: int, batch_size: int, world_size: int, n: int, seed: int) -> list[int]:
-    """This worker's examples for ``step``: epochs walk seeded permutations, so a resumed run sees the same order."""
+def _epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None, window: int) -> list[int]:
+    """A seeded permutation of ``n`` examples; with ``lengths``, each window of it is sorted longest first.
+
+    Sorting within windows of a shuffle (as transformers' ``group_by_length`` does) keeps the
+    order random across windows while the examples sharing a batch have similar lengths, so a
+    CPU spends little on padding.
+    """
     import torch
 
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    if lengths is None:
+        return order
+    return [i for start in range(0, n, window) for i in sorted(order[start : start + window], key=lambda j: -lengths[j])]
+
+
+def _batch_indices(
+    step: int, rank: int, batch_size: int, world_size: int, n: int, seed: int, lengths: list[int] | None = None
+) -> list[int]:
+    """This worker's examples for ``step``: epochs walk seeded permutations, so a resumed run sees the same order."""
     start = step * batch_size * world_size + rank * batch_size
     indices: list[int] = []
-    permutation, epoch = None, -1
+    order, epoch = None, -1
     for position in range(start, start + batch_size):
         if position // n != epoch:
             epoch = position // n
-            permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        indices.append(permutation[position % n])
+            order = _epoch_order(n, seed, epoch, lengths, LENGTH_WINDOW_BATCHES * batch_size * world_size)
+        indices.append(order[position % n])
     return indices
+
+
+def held_out_loss(model: Any, batches: list[dict[str, Any]], device: Any) -> float:
+    """Mean answer-token loss (nats per token) of ``model`` over collated ``batches``, in eval mode."""
+    import torch
+
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in batches:
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits[:, :-1]
+            labels = batch["labels"][:, 1:].to(device)
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                    ignore_index=IGNORE_INDEX, reduction="sum",
+                )
+            )
+            count += int((labels != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / max(count, 1)
 
 
 def _lora_config(config: DistillConfig) -> Any:
@@ -244,6 +314,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     base = TransformersEngineConfig.model_validate(loop_config["base"])
     config = DistillConfig.model_validate(loop_config["distill"])
     examples = [DistillExample.model_validate(e) for e in loop_config["examples"]]
+    eval_examples = [DistillExample.model_validate(e) for e in loop_config.get("eval_examples") or []]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config.cpus_per_worker)))
@@ -251,21 +322,34 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(base)
     encoded = [encode_example(tokenizer, e, config.max_seq_len, base.max_input_tokens) for e in examples]
+    eval_encoded = [encode_example(tokenizer, e, config.max_seq_len, base.max_input_tokens) for e in eval_examples]
+    eval_batches = [
+        _collate(eval_encoded[i : i + config.eval_batch_size], tokenizer.pad_token_id)
+        for i in range(0, len(eval_encoded), config.eval_batch_size)
+    ]
+    evaluating = config.eval_every is not None and bool(eval_batches)
+    lengths = [len(e.input_ids) for e in encoded] if config.group_by_length else None
     model = load_base_model(base, dtype="float32")
     model.config.use_cache = False
 
     state: dict[str, Any] = {"step": 0, "losses": []}
     optimizer_state = None
+    # The best evaluation's adapter lives on the worker's disk and travels in every checkpoint.
+    best_dir = Path(tempfile.mkdtemp(prefix="routenlp-best-adapter-"))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = json.loads((Path(folder) / STATE_FILE).read_text())
+            if (Path(folder) / BEST_ADAPTER_DIR).is_dir():
+                shutil.copytree(Path(folder) / BEST_ADAPTER_DIR, best_dir, dirs_exist_ok=True)
             saved = {k: state["distill"][k] for k in _LORA_SHAPE_FIELDS}
             wanted = {k: getattr(config, k) for k in _LORA_SHAPE_FIELDS}
             if saved != wanted:
                 raise ConfigError(f"the run's checkpoint was trained with LoRA {saved}, this call asks for {wanted}")
             model = PeftModel.from_pretrained(model, folder, is_trainable=True)
             optimizer_state = torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    elif loop_config.get("init_adapter"):
+        model = PeftModel.from_pretrained(model, loop_config["init_adapter"], is_trainable=True)
     else:
         model = get_peft_model(model, _lora_config(config))
     peft_model = model
@@ -280,13 +364,34 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     start_step = int(state["step"])
     losses: list[float] = [float(x) for x in state["losses"]][:start_step]
+    evaluations: list[list[float]] = [list(e) for e in state.get("evaluations", []) if e[0] <= start_step]
+    best_step: int | None = state.get("best_step")
+    stopped_early = bool(state.get("stopped_early", False))
     train_seconds = 0.0
     last_reported = start_step
+
+    def evaluate(step: int) -> None:
+        """Held-out loss at ``step``; a new best replaces the kept adapter."""
+        nonlocal best_step
+        loss = held_out_loss(peft_model, eval_batches, device)
+        previous = [e[1] for e in evaluations]
+        evaluations.append([step, loss])
+        if not previous or loss < min(previous):
+            best_step = step
+            shutil.rmtree(best_dir, ignore_errors=True)
+            peft_model.save_pretrained(str(best_dir))
+
+    def out_of_patience() -> bool:
+        if config.patience is None or best_step is None:
+            return False
+        return sum(1 for e in evaluations if e[0] > best_step) >= config.patience
 
     def report(step: int) -> None:
         nonlocal last_reported
         window = losses[last_reported:step] or losses[-1:]
         metrics = {"step": step, "loss": sum(window) / len(window) if window else float("nan")}
+        if evaluations and evaluations[-1][0] == step:
+            metrics["held_out_loss"] = evaluations[-1][1]
         last_reported = step
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
@@ -294,8 +399,13 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as folder:
             peft_model.save_pretrained(folder)
             torch.save(optimizer.state_dict(), Path(folder) / OPTIMIZER_FILE)
+            if best_step is not None:
+                shutil.copytree(best_dir, Path(folder) / BEST_ADAPTER_DIR)
             (Path(folder) / STATE_FILE).write_text(
-                json.dumps({"step": step, "losses": losses, "distill": config.model_dump(mode="json")})
+                json.dumps({
+                    "step": step, "losses": losses, "distill": config.model_dump(mode="json"),
+                    "evaluations": evaluations, "best_step": best_step, "stopped_early": stopped_early,
+                })
             )
             ray.train.report(
                 metrics,
@@ -304,10 +414,15 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             )
 
     model.train()
+    if evaluating and not evaluations:
+        evaluate(0)  # the base model's held-out loss: a student must beat it to be kept
     for step in range(start_step, config.max_steps):
+        if stopped_early:
+            break
         started = time.perf_counter()
         batch = _collate(
-            [encoded[i] for i in _batch_indices(step, rank, config.batch_size, world_size, len(encoded), config.seed)],
+            [encoded[i] for i in _batch_indices(step, rank, config.batch_size, world_size, len(encoded), config.seed,
+                                                lengths)],
             tokenizer.pad_token_id,
         )
         loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
@@ -322,20 +437,36 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             value /= world_size
         losses.append(float(value))
         train_seconds += time.perf_counter() - started
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.max_steps:
+        if evaluating and ((step + 1) % config.eval_every == 0 or step + 1 == config.max_steps):
+            evaluate(step + 1)
+            stopped_early = out_of_patience() and step + 1 < config.max_steps
+        if stopped_early or (step + 1) % config.checkpoint_every == 0 or step + 1 == config.max_steps:
             report(step + 1)
-    if start_step >= config.max_steps:
+    if start_step >= config.max_steps or (stopped_early and last_reported == start_step):
         report(start_step)  # already finished: re-register the final checkpoint so the result carries it
 
     return {
         "losses": losses,
         "start_step": start_step,
-        "steps": max(start_step, config.max_steps),
+        "steps": last_reported if stopped_early else max(start_step, config.max_steps),
         "train_seconds": train_seconds,
         "n_examples": len(encoded),
         "n_answer_tokens": sum(e.answer_tokens for e in encoded),
         "n_truncated": sum(e.truncated for e in encoded),
+        "evaluations": [tuple(e) for e in evaluations],
+        "best_step": best_step,
+        "stopped_early": stopped_early,
     }
+
+
+def _check_adapter_shape(adapter_dir: str | Path, config: DistillConfig) -> None:
+    """An adapter to continue from must have the LoRA shape the run is configured with."""
+    files = adapter_files(adapter_dir)
+    saved = json.loads(next(f for f in files if f.name == "adapter_config.json").read_text())
+    have = {"r": saved.get("r"), "alpha": saved.get("lora_alpha"), "target_modules": sorted(saved.get("target_modules") or [])}
+    want = {"r": config.r, "alpha": config.alpha, "target_modules": sorted(config.target_modules)}
+    if have != want:
+        raise ConfigError(f"init_adapter {str(adapter_dir)!r} has LoRA {have}; this run is configured for {want}")
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -346,8 +477,18 @@ def train_lora_adapter(
     output_dir: str | Path,
     storage_path: str | Path,
     run_name: str,
+    eval_examples: list[DistillExample] | None = None,
+    init_adapter: str | Path | None = None,
 ) -> DistillResult:
     """Fit a LoRA adapter for ``base`` on ``examples`` with Ray Train; write it to ``output_dir``.
+
+    With ``eval_examples`` and ``config.eval_every``, the held-out answer-token loss is measured
+    before training and every ``eval_every`` steps; the adapter written is the one with the
+    lowest held-out loss (none better than the base model fails), and ``config.patience`` stops
+    the run once that loss has not improved for so many evaluations.
+
+    ``init_adapter`` continues training an existing adapter (the tier's shipped one) instead of
+    starting a new one; its rank, alpha and target modules must be the config's.
 
     The run lives in ``storage_path/run_name``. If that run already has a checkpoint, training
     continues from it up to ``config.max_steps`` (a finished run is not trained again). The
@@ -364,7 +505,12 @@ def train_lora_adapter(
     if not examples:
         raise ValueError("train_lora_adapter needs at least one example, got none")
     if base.adapter_path is not None:
-        raise ConfigError(f"base.adapter_path is {base.adapter_path!r}; distil from the base model (adapter_path=None)")
+        raise ConfigError(
+            f"base.adapter_path is {base.adapter_path!r}; pass the base model (adapter_path=None), and the adapter "
+            "to continue from as init_adapter"
+        )
+    if init_adapter is not None:
+        _check_adapter_shape(init_adapter, config)
     started = time.perf_counter()
     resources: dict[str, float] = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
@@ -375,6 +521,8 @@ def train_lora_adapter(
             "base": base.model_dump(mode="json"),
             "distill": config.model_dump(mode="json"),
             "examples": [e.model_dump(mode="json") for e in examples],
+            "eval_examples": [e.model_dump(mode="json") for e in eval_examples or []],
+            "init_adapter": str(Path(init_adapter).resolve()) if init_adapter is not None else None,
         },
         scaling_config=ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources
@@ -391,16 +539,23 @@ def train_lora_adapter(
         raise RouteNLPError(f"distillation run {run_name!r} ended without a checkpoint (run folder {result.path})")
     info = result.return_value
 
+    if info.get("best_step") == 0 and init_adapter is None:
+        raise RouteNLPError(
+            f"distillation run {run_name!r}: no step beat the base model's held-out loss "
+            f"(evaluations {info['evaluations']}); nothing written to {str(output_dir)!r}"
+        )
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as folder:
-        for path in adapter_files(folder):
+        source = Path(folder) / BEST_ADAPTER_DIR if info.get("best_step") is not None else Path(folder)
+        for path in adapter_files(source):
             shutil.copy2(path, output / path.name)
     distill_result = DistillResult(
         adapter_dir=str(output),
         checkpoint_path=result.checkpoint.path,
         run_path=result.path,
         wall_seconds=time.perf_counter() - started,
+        init_adapter=str(Path(init_adapter).resolve()) if init_adapter is not None else None,
         **info,
     )
     (output / METADATA_FILE).write_text(

@@ -110,7 +110,14 @@ class Iteration:
         if not candidates:
             wanted = f"tier {name!r}" if name else "a cheaper tier"
             raise ConfigError(f"loop needs {wanted} with a transformers engine to distil into")
-        return candidates[0]
+        student = candidates[0]
+        # The tier as it serves now: the current release's adapter, or (as the tiers read a release
+        # without one) the configured adapter.
+        release = ReleaseStore(self.config.releases.path).current() if self.config.releases.path else None
+        released = release.adapter_for(student.name) if release is not None else None
+        adapter = str(released) if released is not None else student.engine.adapter_path
+        self.starts_from: dict[str, Any] = {"release": release.version if release else None, "adapter": adapter}
+        return student.model_copy(update={"engine": student.engine.model_copy(update={"adapter_path": adapter})})
 
     @functools.cached_property
     def frontier_call(self) -> Callable[[str, str], Awaitable[str | None]] | None:
@@ -202,9 +209,11 @@ class Iteration:
                 examples = [
                     DistillExample.for_task(self.config.task(e["task"]), e["input"], e["answer"]) for e in sets[variant]
                 ]
+                # Both students continue from the adapter the tier serves now (the last release), if any.
                 result = train_lora_adapter(
-                    self.student.engine, examples, self.settings.distill, self.run_dir / "adapters" / variant,
-                    storage_path=self.run_dir / "ray_train", run_name=f"{self.run_id}-{variant}",
+                    self.student.engine.model_copy(update={"adapter_path": None}), examples, self.settings.distill,
+                    self.run_dir / "adapters" / variant, storage_path=self.run_dir / "ray_train",
+                    run_name=f"{self.run_id}-{variant}", init_adapter=self.student.engine.adapter_path,
                 )
                 return result.model_dump(mode="json")
 
@@ -218,7 +227,8 @@ class Iteration:
             ]
             out: dict[str, Any] = {"tasks": tasks}
             for variant in VARIANTS:
-                adapter = trained[variant]["adapter_dir"] if variant != "base" else None
+                # "base" is the tier as it serves now: its current adapter, or the bare model.
+                adapter = trained[variant]["adapter_dir"] if variant != "base" else self.student.engine.adapter_path
                 tables = self._record(variant, adapter, tasks)
                 out[variant] = asdict(_cascade_metrics(tables, self.settings.alpha))
             return out
@@ -372,6 +382,7 @@ def build_report(
         "run_id": iteration.run_id,
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "student_tier": iteration.student.name,
+        "starts_from": iteration.starts_from,
         "mining": {
             "queries": mined["n_queries"],
             "failures": mined["n_failures"],

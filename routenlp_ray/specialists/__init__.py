@@ -1,6 +1,6 @@
 """Distilled task specialists: cheap tiers that are right on routine queries.
 
-Heads (label classifier, entity tagger, answer cache) share one frozen encoder and are
+Heads (label classifier with word n-gram features, entity tagger, answer cache) share one frozen encoder and are
 distilled from the frontier's answers in a Ray Train job into a versioned, checksummed artifact.
 """
 
@@ -14,6 +14,7 @@ from routenlp_ray.specialists.heads import (
     align_entities,
     load_head,
 )
+from routenlp_ray.specialists.lexical import LexicalFeatures
 from routenlp_ray.specialists.training import SpecialistTrainingConfig, TaskPairs, distill_specialists, fit_heads
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "EntitySpecialist",
     "HeadAnswer",
     "LabelSpecialist",
+    "LexicalFeatures",
     "SpecialistEncoder",
     "SpecialistManifest",
     "SpecialistTrainingConfig",

@@ -35,6 +35,7 @@ import numpy as np
 from routenlp_ray._exceptions import ArtifactError, MissingExtraError, NotFittedError
 from routenlp_ray.models.encoder import SentenceEncoder
 from routenlp_ray.specialists.artifact import HEAD_FILE, data_fingerprint, read_head
+from routenlp_ray.specialists.lexical import LexicalFeatures
 
 __all__ = [
     "HEADS",
@@ -138,6 +139,13 @@ class _LinearHead:
     def _holdout_score(self, model: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
         return float(np.mean(model.predict(X) == y))
 
+    def _load_extra(self, folder: Path) -> None:
+        """Load what a head keeps beside its weights (nothing, by default)."""
+
+    def _extra_width(self) -> int:
+        """Feature columns beyond the encoder's (none, by default)."""
+        return 0
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit or load first")
@@ -146,7 +154,7 @@ class _LinearHead:
         """Class probabilities, shape (len(X), len(classes_))."""
         self._check_fitted()
         if len(self.classes_) == 1:
-            return np.ones((len(X), 1), dtype=np.float32)
+            return np.ones((X.shape[0], 1), dtype=np.float32)
         logits = X @ self.coef_.T + self.intercept_
         if logits.shape[1] == 1:  # scikit-learn's binary form: one logit for classes_[1]
             logits = np.hstack([np.zeros_like(logits), logits])
@@ -185,7 +193,11 @@ class _LinearHead:
         self.classes_ = np.asarray(head["classes"])
         self.C_ = float(head["C"])
         self.holdout_scores_ = {float(k): v for k, v in head.get("holdout_scores", {}).items()}
-        expected = (len(self.classes_) if len(self.classes_) > 2 else 1, encoder.dim * cls._feature_width)
+        self._load_extra(source)
+        expected = (
+            len(self.classes_) if len(self.classes_) > 2 else 1,
+            encoder.dim * cls._feature_width + self._extra_width(),
+        )
         if self.coef_.shape != expected and len(self.classes_) > 1:
             raise ArtifactError(
                 f"specialist head {str(source / 'head.npz')!r} has weights of shape {self.coef_.shape}; "
@@ -195,27 +207,78 @@ class _LinearHead:
 
 
 class LabelSpecialist(_LinearHead):
-    """A classifier whose classes are the frontier's label answers, verbatim."""
+    """A classifier whose classes are the frontier's label answers, verbatim.
+
+    Its features are the encoder's sentence vector and, unless ``lexical_features`` is 0, the
+    query's word n-gram TF-IDF (:class:`~routenlp_ray.specialists.lexical.LexicalFeatures`,
+    at most that many columns).
+    """
 
     kind = "label"
     _feature_width = 1
 
+    def __init__(
+        self,
+        encoder: SpecialistEncoder,
+        *,
+        Cs: Sequence[float] = (1.0, 10.0, 100.0),
+        holdout: float = 0.1,
+        max_iter: int = 2000,
+        seed: int = 0,
+        lexical_features: int = 0,
+    ) -> None:
+        super().__init__(encoder, Cs=Cs, holdout=holdout, max_iter=max_iter, seed=seed)
+        self.lexical_features = lexical_features
+
+    def _features(self, texts: Sequence[str], vectors: np.ndarray) -> Any:
+        lexical = getattr(self, "lexical_", None)
+        if lexical is None:
+            return vectors
+        from scipy import sparse
+
+        return sparse.hstack([sparse.csr_matrix(vectors), lexical.transform(texts)], format="csr")
+
+    def _load_extra(self, folder: Path) -> None:
+        self.lexical_ = LexicalFeatures.load(folder)
+
+    def _extra_width(self) -> int:
+        lexical = getattr(self, "lexical_", None)
+        return 0 if lexical is None else lexical.n_features_
+
     def fit(self, texts: Sequence[str], answers: Sequence[str]) -> "LabelSpecialist":
         _check_pairs(texts, answers)
-        X = self.encoder.encode(list(texts))
+        texts = list(texts)
+        self.lexical_ = LexicalFeatures(self.lexical_features).fit(texts) if self.lexical_features else None
+        X = self._features(texts, self.encoder.encode(texts))
         self._fit_features(X, [a.strip() for a in answers], np.arange(len(texts)))
         return self
 
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        target = super().save(folder)
+        if getattr(self, "lexical_", None) is not None:
+            self.lexical_.save(target)
+        return target
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, shape (len(texts), len(classes_))."""
-        return self._proba(self.encoder.encode(list(texts)))
+        texts = list(texts)
+        return self._proba(self._features(texts, self.encoder.encode(texts)))
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [str(self.classes_[i]) for i in self.predict_proba(texts).argmax(axis=1)]
 
-    def answer_from_vectors(self, vectors: np.ndarray, top_k: int = 5) -> list[HeadAnswer]:
+    def answer_from_vectors(
+        self, vectors: np.ndarray, top_k: int = 5, texts: Sequence[str] | None = None
+    ) -> list[HeadAnswer]:
+        """Answers from already-encoded sentence vectors; ``texts`` too when the head has lexical features."""
+        if getattr(self, "lexical_", None) is not None:
+            if texts is None or len(texts) != len(vectors):
+                raise ValueError("this label head uses lexical features: pass the texts with their vectors")
+            features = self._features(list(texts), vectors)
+        else:
+            features = vectors
         answers = []
-        for row in self._proba(vectors):
+        for row in self._proba(features):
             logp = np.log(np.clip(row, 1e-12, 1.0))
             best = int(row.argmax())
             top = np.sort(logp)[::-1][:top_k]
@@ -223,7 +286,8 @@ class LabelSpecialist(_LinearHead):
         return answers
 
     def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
-        return self.answer_from_vectors(self.encoder.encode(list(texts)), top_k)
+        texts = list(texts)
+        return self.answer_from_vectors(self.encoder.encode(texts), top_k, texts)
 
 
 def _check_pairs(texts: Sequence[str], answers: Sequence[str]) -> None:

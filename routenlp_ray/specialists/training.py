@@ -62,6 +62,10 @@ class SpecialistTrainingConfig(StrictModel):
         description="Inverse regularisation strengths tried; the best on a held-out slice of the pairs is kept.",
     )
     holdout: float = Field(0.1, gt=0, lt=1, description="Share of the pairs held out to pick C (then refit on all).")
+    lexical_features: int = Field(
+        20_000, ge=0,
+        description="Word n-gram TF-IDF columns a label head adds to the sentence vector (0: the sentence vector only).",
+    )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs the worker reserves; also its torch thread count.")
     seed: int = Field(0, description="Seed of the held-out split.")
 
@@ -79,6 +83,8 @@ def fit_heads(
             raise ValueError(f"task {task!r}: {len(data.texts)} texts but {len(data.answers)} answers")
         started = time.perf_counter()
         params = {} if data.kind == "cache" else {"Cs": config.Cs, "holdout": config.holdout, "seed": config.seed}
+        if data.kind == "label":
+            params["lexical_features"] = config.lexical_features
         head = make_head(data.kind, encoder, **params).fit(data.texts, data.answers)
         if data.source is not None and data.kind == "cache":
             head.save(output_dir / task, source=data.source)

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from statistics import mean
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from routenlp_ray import ConfigError, RouteNLPError
 from routenlp_ray.config import TransformersEngineConfig
 from routenlp_ray.engines import GenerationRequest
 from routenlp_ray.loop.adapters import adapter_files, render_prompt
@@ -41,8 +43,14 @@ PAIRS = [
 EXAMPLES = [DistillExample.for_task(TASK, text, answer) for text, answer in PAIRS]
 # Batches of 4 over 8 examples: every two steps are one epoch, so epoch losses compare like with like.
 CONFIG = DistillConfig(
-    max_steps=4, batch_size=4, max_seq_len=128, learning_rate=1e-3, dropout=0.0, checkpoint_every=2, cpus_per_worker=1
+    max_steps=4, batch_size=4, max_seq_len=128, learning_rate=1e-3, dropout=0.0, checkpoint_every=2, cpus_per_worker=1,
+    eval_every=2,
 )
+REFUSAL = "I am sorry, but I cannot help you with that request today. Please contact your branch."
+# Held out for early stopping: the same kind of queries, answered as the training set answers them.
+HELD_OUT = [DistillExample.for_task(TASK, text, answer) for text, answer in [
+    ("my card has not come yet", "card_arrival"), ("top up by transfer please", "top_up_by_bank_transfer"),
+]]
 
 
 # -- pure checks ----------------------------------------------------------------------------
@@ -86,9 +94,11 @@ def ray_cluster() -> Iterator[None]:
 def runs(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[DistillResult, DistillResult]:
     """A run stopped after 4 steps, then the same run (same name and storage) asked to go on to 8."""
     root = tmp_path_factory.mktemp("distill")
-    first = train_lora_adapter(BASE, EXAMPLES, CONFIG, root / "adapter_4", root / "storage", "intent-lora")
+    first = train_lora_adapter(BASE, EXAMPLES, CONFIG, root / "adapter_4", root / "storage", "intent-lora",
+                               eval_examples=HELD_OUT)
     more = CONFIG.model_copy(update={"max_steps": 8})
-    second = train_lora_adapter(BASE, EXAMPLES, more, root / "adapter_8", root / "storage", "intent-lora")
+    second = train_lora_adapter(BASE, EXAMPLES, more, root / "adapter_8", root / "storage", "intent-lora",
+                                eval_examples=HELD_OUT)
     return first, second
 
 
@@ -112,6 +122,64 @@ def test_a_second_call_resumes_the_run_from_its_checkpoint(runs: tuple[DistillRe
     assert state["step"] == 8
     assert second.n_examples == 8 and second.n_truncated == 0 and second.n_answer_tokens > 8
     assert 0 < second.train_seconds < second.wall_seconds
+
+
+@pytest.mark.slow
+def test_held_out_loss_is_measured_across_resumes_and_the_best_adapter_kept(runs) -> None:
+    first, second = runs
+    assert [step for step, _ in first.evaluations] == [0, 2, 4]
+    assert [step for step, _ in second.evaluations] == [0, 2, 4, 6, 8]
+    assert second.evaluations[:3] == first.evaluations  # the history came back with the checkpoint
+    losses = dict(second.evaluations)
+    assert second.best_step == min(losses, key=losses.get) and second.best_step > 0
+    assert losses[second.best_step] < losses[0]  # the student beats the base model on held-out queries
+    assert not second.stopped_early
+    # The adapter written is the best evaluation's, which the final checkpoint carries.
+    best = Path(second.checkpoint_path) / "best_adapter"
+    for path in adapter_files(best):
+        assert (Path(second.adapter_dir) / path.name).read_bytes() == path.read_bytes()
+
+
+@pytest.mark.slow
+def test_training_stops_once_held_out_loss_stops_improving_and_never_ships_a_worse_student(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    # Held-out answers unlike anything in the training set (a sentence where it learns a bare
+    # label and EOS): every step makes them less likely.
+    contrary = [DistillExample.for_task(TASK, e.messages[-1]["content"], REFUSAL) for e in EXAMPLES[:4]]
+    config = CONFIG.model_copy(update={"max_steps": 20, "patience": 2, "eval_every": 1, "learning_rate": 3e-3})
+    with pytest.raises(RouteNLPError, match="no step beat the base model"):
+        train_lora_adapter(BASE, EXAMPLES[:4], config, tmp_path / "adapter", tmp_path / "storage", "contrary",
+                           eval_examples=contrary)
+    assert not (tmp_path / "adapter").exists()
+    [state_file] = sorted((tmp_path / "storage" / "contrary").glob("checkpoint_*/trainer_state.json"))[-1:]
+    state = json.loads(state_file.read_text())
+    assert state["stopped_early"] and state["step"] == 2 and state["best_step"] == 0
+    with pytest.raises(ValidationError, match="patience"):
+        DistillConfig(patience=2)
+
+
+@pytest.mark.slow
+def test_a_new_run_can_continue_from_a_shipped_adapter(runs, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    shipped = Path(runs[1].adapter_dir)
+    # A step too small to move the weights: the result is the shipped adapter, not a fresh one
+    # (a fresh LoRA starts with B = 0, the shipped one has learned B).
+    still = CONFIG.model_copy(update={"max_steps": 1, "learning_rate": 1e-12, "eval_every": None})
+    result = train_lora_adapter(BASE, EXAMPLES, still, tmp_path / "continued", tmp_path / "storage", "continued",
+                                init_adapter=shipped)
+    assert result.init_adapter == str(shipped.resolve()) and result.start_step == 0
+    before = load_file(str(shipped / "adapter_model.safetensors"))
+    after = load_file(str(tmp_path / "continued" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(np.abs(v).max() > 0 for k, v in before.items() if "lora_B" in k)
+    for key in before:
+        np.testing.assert_allclose(after[key], before[key], atol=1e-6)
+    # An adapter of another LoRA shape cannot be continued with this config.
+    with pytest.raises(ConfigError, match="init_adapter"):
+        train_lora_adapter(BASE, EXAMPLES, still.model_copy(update={"r": 4}), tmp_path / "x", tmp_path / "storage",
+                           "other-shape", init_adapter=shipped)
 
 
 @pytest.mark.slow

@@ -44,6 +44,8 @@ def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir:
     data["tiers"] = [t for t in data["tiers"] if t["name"] != "specialist"]
     tier_named(data, "frontier")["engine"]["records"] = [str(data_dir / t / "*.jsonl") for t in TASKS]
     tier_named(data, "smollm2")["limits"]["default_max_tokens"] = 12
+    # The loop starts from the bare model here; continuing from a release is checked below.
+    tier_named(data, "smollm2")["engine"]["adapter_path"] = None
     # The embedded default keeps SmolLM2 off the structured tasks; here it is the student for them.
     tier_named(data, "smollm2")["tasks"] = None
     # A threshold no answer can meet (a mean NLL is never negative): SmolLM2 is tried and escalates
@@ -131,6 +133,19 @@ def test_iteration_publishes_a_release_the_service_picks_up_and_rollback_restore
     # Running the same run id again changes nothing: every stage is cached and the version exists.
     again = Iteration(config, settings(), config.storage.log_uri, data_dir, app["tmp"] / "runs", "ci-1").run()
     assert again.published == "loop-ci-1" and app["store"].versions() == ["baseline", "loop-ci-1"]
+
+    # The next iteration starts from this release: its students continue the released adapter.
+    runs = app["tmp"] / "runs"
+    following = Iteration(config, settings(), config.storage.log_uri, data_dir, runs, "ci-next")
+    released = str(app["store"].get("loop-ci-1").adapter_for("smollm2"))
+    assert following.starts_from == {"release": "loop-ci-1", "adapter": released}
+    assert following.student.engine.adapter_path == released
+    for stage in ("mine", "training_sets"):
+        (runs / "ci-next" / "stages").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(runs / "ci-1" / "stages" / f"{stage}.json", runs / "ci-next" / "stages" / f"{stage}.json")
+    trained = following.train(following.training_sets(following.mine()))
+    assert {trained[v]["init_adapter"] for v in ("targeted", "untargeted")} == {str(Path(released).resolve())}
+    assert iteration.starts_from == {"release": "baseline", "adapter": None}
 
     # One command rolls back; the service follows, the tier drops the adapter.
     assert main(["release", "rollback", "--path", str(app["tmp"] / "releases")]) == 0

@@ -59,6 +59,30 @@ def test_a_head_round_trips_through_save_and_load(label_head: LabelSpecialist, e
     np.testing.assert_allclose(loaded.predict_proba(texts), label_head.predict_proba(texts), rtol=1e-5)
 
 
+def test_lexical_features_let_a_label_head_learn_the_deciding_word(encoder: SpecialistEncoder, tmp_path: Path) -> None:
+    # Two labels whose queries differ only in one rare word: the sentence vectors barely move,
+    # the word's TF-IDF column separates them.
+    texts = [f"please {verb} my {thing}" for verb in ("assign", "terminate") for thing in
+             ("contract", "agreement", "deal", "licence", "lease", "order")]
+    answers = ["Anti-Assignment"] * 6 + ["Termination"] * 6
+    head = LabelSpecialist(encoder, Cs=[100.0], lexical_features=50).fit(texts, answers)
+    assert 0 < head.lexical_.n_features_ <= 50
+    assert head.predict(["please assign my contract", "please terminate my lease"]) == ["Anti-Assignment", "Termination"]
+    head.save(tmp_path / "head")
+    assert (tmp_path / "head" / "lexical.json").is_file()
+    loaded = LabelSpecialist.load(tmp_path / "head", encoder)
+    probe = ["assign it", "terminate it now"]
+    np.testing.assert_allclose(loaded.predict_proba(probe), head.predict_proba(probe), rtol=1e-5)
+    with pytest.raises(ValueError, match="pass the texts"):
+        head.answer_from_vectors(encoder.encode(probe))
+    # A vocabulary that does not match the weights is refused, naming the file.
+    data = json.loads((tmp_path / "head" / "lexical.json").read_text())
+    data["idf"] = data["idf"][:-1]
+    (tmp_path / "head" / "lexical.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="lexical.json"):
+        LabelSpecialist.load(tmp_path / "head", encoder)
+
+
 def test_an_unfitted_head_says_so(encoder: SpecialistEncoder) -> None:
     with pytest.raises(NotFittedError, match="call fit or load"):
         LabelSpecialist(encoder).predict(["x"])
