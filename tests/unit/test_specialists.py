@@ -175,7 +175,7 @@ async def test_the_shipped_artifact_answers_like_any_engine_and_refuses_other_ta
     if not (DATA_DIR / "cs_response" / "train.jsonl").is_file():
         pytest.skip(f"the shipped cs_response cache reads its rows from {DATA_DIR} (set ROUTENLP_DATA)")
     config = SpecialistEngineConfig(
-        path=str(REPO_ROOT / "artifacts/specialists/embedded-v2"), exact_search_max=10, data_dir=str(DATA_DIR)
+        path=str(REPO_ROOT / "artifacts/specialists/embedded-v3"), exact_search_max=10, data_dir=str(DATA_DIR)
     )
     engine = SpecialistEngine(config, name="specialist", tasks=["cs_intent", "cs_response", "fin_ner"])
     assert engine.heads["cs_response"].index_ is not None  # the config's exact_search_max reached the cache
