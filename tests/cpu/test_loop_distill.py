@@ -46,7 +46,6 @@ CONFIG = DistillConfig(
     max_steps=4, batch_size=4, max_seq_len=128, learning_rate=1e-3, dropout=0.0, checkpoint_every=2, cpus_per_worker=1,
     eval_every=2,
 )
-REFUSAL = "I am sorry, but I cannot help you with that request today. Please contact your branch."
 # Held out for early stopping: the same kind of queries, answered as the training set answers them.
 HELD_OUT = [DistillExample.for_task(TASK, text, answer) for text, answer in [
     ("my card has not come yet", "card_arrival"), ("top up by transfer please", "top_up_by_bank_transfer"),
@@ -144,15 +143,13 @@ def test_held_out_loss_is_measured_across_resumes_and_the_best_adapter_kept(runs
 def test_training_stops_once_held_out_loss_stops_improving_and_never_ships_a_worse_student(
     ray_cluster: None, tmp_path: Path
 ) -> None:
-    # Held-out answers unlike anything in the training set (a sentence where it learns a bare
-    # label and EOS): every step makes them less likely.
-    contrary = [DistillExample.for_task(TASK, e.messages[-1]["content"], REFUSAL) for e in EXAMPLES[:4]]
-    config = CONFIG.model_copy(update={"max_steps": 20, "patience": 2, "eval_every": 1, "learning_rate": 3e-3})
+    # A learning rate that wrecks the model at the first step: no step can beat the base model.
+    config = CONFIG.model_copy(update={"max_steps": 20, "patience": 2, "eval_every": 1, "learning_rate": 1.0})
     with pytest.raises(RouteNLPError, match="no step beat the base model"):
-        train_lora_adapter(BASE, EXAMPLES[:4], config, tmp_path / "adapter", tmp_path / "storage", "contrary",
-                           eval_examples=contrary)
+        train_lora_adapter(BASE, EXAMPLES[:4], config, tmp_path / "adapter", tmp_path / "storage", "wrecked",
+                           eval_examples=EXAMPLES[4:])
     assert not (tmp_path / "adapter").exists()
-    [state_file] = sorted((tmp_path / "storage" / "contrary").glob("checkpoint_*/trainer_state.json"))[-1:]
+    [state_file] = sorted((tmp_path / "storage" / "wrecked").glob("checkpoint_*/trainer_state.json"))[-1:]
     state = json.loads(state_file.read_text())
     assert state["stopped_early"] and state["step"] == 2 and state["best_step"] == 0
     with pytest.raises(ValidationError, match="patience"):
