@@ -108,7 +108,7 @@ def test_training_ran_on_ray_train_and_wrote_a_checksummed_artifact(app: dict[st
     manifest = read_manifest(app["artifact"])
     head = manifest.tasks["cs_intent"]
     assert manifest.version == "ci-v1" and head.kind == "label" and head.n_examples == TRAIN_PER_TASK
-    assert set(head.files) == {"head.json", "head.npz"}
+    assert set(head.files) == {"head.json", "head.npz", "lexical.json"}  # weights, label map, word features
     assert any((app["tmp"] / "ray_train" / "specialists-ci-v1").glob("heads_*"))  # the Ray Train checkpoint
 
 
