@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# How the embedded default's artifacts and results/bench_tasks.* were made, in order.
+# Resumable: `record` skips rows it has, distill-student resumes its Ray Train run by name.
+# CPU times are for this project's 2-core machine, shared with other work.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=.venv/bin/routenlp
+
+# 1. Specialist heads on the frontier's answers to every train query (~15 min).
+$R distill-specialists --tier specialist --split train --cpus 1 --cache-rows-from-data \
+    --out artifacts/specialists/embedded-v3
+
+# 2. The SmolLM2 LoRA student on the frontier's answers to a seeded sample of each train split,
+#    8 held-out train queries per task for early stopping (~70 min on one core; stopped by hand
+#    at step 150 while still improving, then the same command with --steps 150 wrote the best
+#    adapter from the run's checkpoint).
+$R distill-student --tier smollm2 --tasks cs_intent legal_clause legal_risk fin_ner cs_response \
+    --limit 250 --limit-per-task cs_response=500 fin_ner=200 legal_clause=150 --holdout 8 \
+    --steps 400 --eval-every 25 --patience 3 --lr 1e-3 --cpus 1 \
+    --out artifacts/students/smollm2-v1 --run-name smollm2-v1
+
+# 3. Every tier's answers to the validation splits: the specialist and the frontier on all rows,
+#    the student on a seeded 300 per task (fin_ner has 136). The base model on cs_response too,
+#    for the base-vs-student comparison (a config whose smollm2 tier has no adapter).
+$R record --split validation --tiers specialist frontier --out var/records/embedded \
+    --tasks cs_intent legal_clause legal_risk fin_ner cs_response fin_summarization
+$R record --split validation --limit 300 --tiers smollm2 --out var/records/embedded \
+    --tasks cs_intent legal_clause legal_risk fin_ner cs_response
+
+# 4. Thresholds on all validation records (the shipped ones; in-sample for any check on validation).
+$R calibrate --method quality --delta 0.1 --version embedded-default-v4 \
+    --out artifacts/thresholds/embedded-default.json
+$R calibrate --method risk --epsilon 0.05 --delta 0.1 --version embedded-default-risk-v4 \
+    --out artifacts/thresholds/embedded-default-risk.json
+$R calibrate --alpha 0.1 --version embedded-default-coverage-v4 \
+    --out artifacts/thresholds/embedded-default-coverage.json
+
+# 5. Every policy fitted on one half of the records and read on the other.
+$R bench tasks --records var/records/embedded --out results/bench_tasks.json
