@@ -11,21 +11,30 @@ $R distill-specialists --tier specialist --split train --cpus 1 --cache-rows-fro
     --out artifacts/specialists/embedded-v3
 
 # 2. The SmolLM2 LoRA student on the frontier's answers to a seeded sample of each train split,
-#    8 held-out train queries per task for early stopping (~70 min on one core; stopped by hand
-#    at step 150 while still improving, then the same command with --steps 150 wrote the best
-#    adapter from the run's checkpoint).
+#    8 held-out train queries per task for early stopping. Stopped by hand for time at step 200
+#    (67 min on one core shared with other jobs) while held-out loss was still falling (2.01 for the
+#    base model, 1.44 at step 25, 1.17 at 100, 0.99 at 200); the same command with --steps 200 then
+#    wrote the best adapter from the run's checkpoint (1 min).
 $R distill-student --tier smollm2 --tasks cs_intent legal_clause legal_risk fin_ner cs_response \
     --limit 250 --limit-per-task cs_response=500 fin_ner=200 legal_clause=150 --holdout 8 \
     --steps 400 --eval-every 25 --patience 3 --lr 1e-3 --cpus 1 \
     --out artifacts/students/smollm2-v1 --run-name smollm2-v1
 
 # 3. Every tier's answers to the validation splits: the specialist and the frontier on all rows,
-#    the student on a seeded 300 per task (fin_ner has 136). The base model on cs_response too,
-#    for the base-vs-student comparison (a config whose smollm2 tier has no adapter).
+#    the student on a seeded 300 per task (fin_ner has 136).
 $R record --split validation --tiers specialist frontier --out var/records/embedded \
     --tasks cs_intent legal_clause legal_risk fin_ner cs_response fin_summarization
 $R record --split validation --limit 300 --tiers smollm2 --out var/records/embedded \
     --tasks cs_intent legal_clause legal_risk fin_ner cs_response
+
+# 3b. The base model on the same rows (a copy of the config without the adapter), and the comparison.
+mkdir -p var
+sed 's#^\( *\)adapter_path: artifacts/students/smollm2-v1#\1adapter_path: null#' serve_config.local.yaml \
+    > var/base_config.yaml
+$R record --config var/base_config.yaml --split validation --limit 300 --tiers smollm2 --out var/records/base \
+    --tasks cs_intent legal_clause legal_risk fin_ner cs_response
+.venv/bin/python benchmarks/student_vs_base.py --student var/records/embedded --base var/records/base \
+    --out results/student_vs_base.json
 
 # 4. Thresholds on all validation records (the shipped ones; in-sample for any check on validation).
 $R calibrate --method quality --delta 0.1 --version embedded-default-v4 \

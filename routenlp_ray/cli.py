@@ -293,6 +293,7 @@ def _per_task_score_name(config: Any) -> str:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import itertools
     import warnings
     from datetime import datetime, timezone
 
@@ -307,13 +308,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     correct: list[bool] = []
     tiers: list[str] = []
     task_names: list[str] = []
-    for table in _tables_from_args(args, config, score):
-        for k, tier in enumerate(table.tiers[:-1]):  # the last tier always accepts
-            if not table.served[k]:
+    # Each cheap tier is calibrated on every row it has answers for: a tier recorded on a sample
+    # (a slow LLM on 300 rows a task) must not shrink a fast tier's calibration set to that sample.
+    for cheap, task in itertools.product(config.tiers[:-1], benchmark_tasks(args, config)):
+        alone = config.model_copy(update={"tiers": [cheap, config.frontier]})
+        try:
+            tables = _tables_from_args(argparse.Namespace(**{**vars(args), "tasks": [task]}), alone, score)
+        except ValueError:  # no records of this tier for this task
+            continue
+        for table in tables:
+            if not table.served[0]:
                 continue  # skipped for this task when serving: nothing to calibrate
-            uncertainty += table.uncertainty[:, k].tolist()
-            correct += (table.correct[:, k] > 0).tolist()
-            tiers += [tier] * len(table.ids)
+            uncertainty += table.uncertainty[:, 0].tolist()
+            correct += (table.correct[:, 0] > 0).tolist()
+            tiers += [cheap.name] * len(table.ids)
             task_names += [table.task] * len(table.ids)
     # The quality rule's budget is each task's own 1 - quality_target unless --epsilon fixes one.
     budgets = {t.name: 1 - t.quality_target for t in config.tasks} if args.epsilon is None else None
