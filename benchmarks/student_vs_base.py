@@ -36,7 +36,7 @@ def main() -> None:
 
     config = load_config(args.config).with_absolute_paths(os.getcwd())
     # Only the one tier is read: a config with just it (and the frontier the tables need last).
-    tier = config.tier(args.tier)
+    tier = config.tier(args.tier).model_copy(update={"tasks": None})  # compared on every task, served or not
     only = config.model_copy(update={"tiers": [tier, config.frontier]})
     rows = []
     for task in TASKS:
