@@ -119,7 +119,7 @@ def test_threshold_pushed_through_user_config_forces_escalation_without_restart(
         model="routenlp/cs_intent", messages=[{"role": "user", "content": example["input"]}], max_tokens=8
     )
     routing = response.model_extra["routing"]
-    # SmolLM2 does not serve cs_intent in the embedded default: skipped, at no cost.
+    # SmolLM2 (with its student) serves chat only in the embedded default: skipped for cs_intent, at no cost.
     assert [(a["tier"], a["status"]) for a in routing["attempts"]] == [
         ("specialist", "escalated"), ("smollm2", "skipped"), ("frontier", "accepted")
     ]
