@@ -125,10 +125,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     from routenlp_ray.tasks.data import load_examples
 
     config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
-    max_tokens = dict(DEFAULT_RECORD_MAX_TOKENS)
-    for item in args.max_tokens or []:
-        task, _, value = item.partition("=")
-        max_tokens[task] = int(value)
+    max_tokens = {**DEFAULT_RECORD_MAX_TOKENS, **_task_counts(args.max_tokens, "--max-tokens")}
     recorder = Recorder(config, args.out, batch_size=args.batch_size, max_tokens=max_tokens)
     tasks = benchmark_tasks(args, config)
     for task in tasks:
@@ -184,7 +181,7 @@ def _cmd_distill_student(args: argparse.Namespace) -> int:
     if not isinstance(tier.engine, TransformersEngineConfig):
         raise ConfigError(f"--tier {args.tier!r} is a {tier.engine.type!r} tier; a LoRA student needs a transformers tier")
     base = tier.engine.model_copy(update={"adapter_path": None})
-    limits = _task_counts(args.limit_per_task, args.limit)
+    limits = _task_counts(args.limit_per_task, "--limit-per-task")
     teacher = make_engine(config.frontier)
     train, held_out, provenance = [], [], {}
     for name in args.tasks or benchmark_tasks(args, config):
@@ -218,13 +215,13 @@ def _cmd_distill_student(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_counts(items: list[str] | None, default: int) -> dict[str, int]:
-    """``TASK=N`` overrides as a mapping; a malformed one fails naming it."""
+def _task_counts(items: list[str] | None, option: str) -> dict[str, int]:
+    """``TASK=N`` overrides as a mapping; a malformed one fails naming the option and the item."""
     counts = {}
     for item in items or []:
         task, _, value = item.partition("=")
         if not task or not value.isdigit():
-            raise ConfigError(f"--limit-per-task takes TASK=N with N a whole number, got {item!r}")
+            raise ConfigError(f"{option} takes TASK=N with N a whole number, got {item!r}")
         counts[task] = int(value)
     return counts
 
