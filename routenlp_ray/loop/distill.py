@@ -28,7 +28,13 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from routenlp_ray._exceptions import ConfigError, RouteNLPError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.tiers import TransformersEngineConfig
-from routenlp_ray.loop.adapters import adapter_files, load_base_model, load_tokenizer, render_prompt
+from routenlp_ray.loop.adapters import (
+    ADAPTER_CONFIG_FILE,
+    adapter_files,
+    load_base_model,
+    load_tokenizer,
+    render_prompt,
+)
 from routenlp_ray.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -461,9 +467,10 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
 def _check_adapter_shape(adapter_dir: str | Path, config: DistillConfig) -> None:
     """An adapter to continue from must have the LoRA shape the run is configured with."""
-    files = adapter_files(adapter_dir)
-    saved = json.loads(next(f for f in files if f.name == "adapter_config.json").read_text())
-    have = {"r": saved.get("r"), "alpha": saved.get("lora_alpha"), "target_modules": sorted(saved.get("target_modules") or [])}
+    adapter_files(adapter_dir)  # raises, naming the folder, when it holds no adapter
+    saved = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_FILE).read_text())
+    have = {"r": saved.get("r"), "alpha": saved.get("lora_alpha"),
+            "target_modules": sorted(saved.get("target_modules") or [])}
     want = {"r": config.r, "alpha": config.alpha, "target_modules": sorted(config.target_modules)}
     if have != want:
         raise ConfigError(f"init_adapter {str(adapter_dir)!r} has LoRA {have}; this run is configured for {want}")
