@@ -88,6 +88,11 @@ def benchmark_tasks(args: argparse.Namespace, config: Any) -> list[str]:
     return args.tasks or [t.name for t in config.tasks if t.name in DEFAULT_RECORD_MAX_TOKENS]
 
 
+def _tasks_with_split(tasks: list[str], data_dir: str, split: str) -> list[str]:
+    """The tasks whose data folder has this split (traffic comes from train; fin_summarization has none)."""
+    return [task for task in tasks if (Path(data_dir) / task / f"{split}.jsonl").is_file()]
+
+
 def _add_records_arguments(
     parser: argparse.ArgumentParser, epochs: int | None = None, several: bool = False
 ) -> None:
@@ -474,15 +479,17 @@ def _cmd_bench_serving(args: argparse.Namespace) -> int:
         concurrency_levels=tuple(args.concurrency),
         rounds=args.rounds,
         memory_requests=args.memory_requests,
+        parts=tuple(args.only or ("overhead", "memory")),
     )
-    for level, result in report["ingress_overhead"].items():
+    for level, result in report.get("ingress_overhead", {}).items():
         print(
             f"{level}: router p50 {result['router']['p50_ms']:.1f} ms / p99 {result['router']['p99_ms']:.1f} ms; "
             f"direct p50 {result['direct']['p50_ms']:.1f} ms / p99 {result['direct']['p99_ms']:.1f} ms; "
             f"added p50 {result['added_p50_ms']:+.1f} ms, p99 {result['added_p99_ms']:+.1f} ms"
         )
-    memory = report["memory"]
-    print(f"memory: peak PSS {memory['peak_pss_sum_mb']:.0f} MB (RSS sum {memory['peak_rss_sum_mb']:.0f} MB)")
+    memory = report.get("memory")
+    if memory is not None:
+        print(f"memory: peak PSS {memory['peak_pss_sum_mb']:.0f} MB (RSS sum {memory['peak_rss_sum_mb']:.0f} MB)")
     print(f"wrote {args.out}")
     return 0
 
@@ -608,32 +615,42 @@ def _cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_engine_threads(config: Any, threads: int) -> Any:
+    """The transformers tiers run ``threads`` torch threads (the loop's student is read on a quiet machine)."""
+    tiers = [t.model_copy(update={"engine": t.engine.model_copy(update={"num_threads": threads})})
+             if t.engine.type == "transformers" else t for t in config.tiers]
+    return config.model_copy(update={"tiers": tiers})
+
+
 def _cmd_bench_loop(args: argparse.Namespace) -> int:
-    from routenlp_ray.bench.loop_bench import run_loop_benchmark
+    from routenlp_ray.bench.loop_experiment import LoopExperimentSettings, run_loop_experiment
+    from routenlp_ray.bench.loop_experiment_report import write_loop_experiment_report
     from routenlp_ray.config import load_config
-    from routenlp_ray.loop.iteration import LoopSettings
+    from routenlp_ray.loop.distill import DistillConfig
 
     config = load_config(args.config).with_absolute_paths(os.getcwd())
     run_dir = Path(args.workdir) / args.run_id
     storage = config.storage.model_copy(update={"log_uri": str((run_dir / "querylog").resolve()),
                                                 "spool_dir": str((run_dir / "spool").resolve())})
-    config = config.model_copy(update={"storage": storage})
-    tasks = benchmark_tasks(args, config)
-    settings = LoopSettings(
-        budget_examples=args.budget, eval_per_task=args.eval_per_task, eval_tasks=tasks,
-        top_clusters=args.top_clusters,
-        distill={"max_steps": args.steps, "batch_size": 4, "max_seq_len": 384, "checkpoint_every": 10},
+    # The experiment starts from the configured adapter and publishes only into its own store.
+    releases = config.releases.model_copy(update={"path": None})
+    config = config.model_copy(update={"storage": storage, "releases": releases})
+    if args.student_threads is not None:
+        config = _with_engine_threads(config, args.student_threads)
+    settings = LoopExperimentSettings(
+        tasks=_tasks_with_split(benchmark_tasks(args, config), args.data_dir, "train"), seeds=args.seeds, budgets=args.budgets,
+        traffic_per_task=args.traffic_per_task, n_clusters=args.clusters, top_cost_share=args.top_cost_share,
+        eval_per_task=args.eval_per_task, bootstrap=args.bootstrap, iterations=args.iterations,
+        gate_tolerance=args.gate_tolerance,
+        distill=DistillConfig(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                              max_seq_len=384, checkpoint_every=max(1, args.steps // 2),
+                              cpus_per_worker=args.cpus_per_worker),
     )
-    traffic, result = run_loop_benchmark(config, args.data_dir, args.workdir, settings, tasks, args.traffic_per_task,
-                                         args.run_id)
-    command = "routenlp bench loop " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "routenlp bench loop"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "traffic": traffic, **result.report}, indent=2, default=str))
-    markdown = Path(result.report_path).with_suffix(".md").read_text()
-    out.with_suffix(".md").write_text(f"Command: `{command}`\n\n{markdown}")
-    print(markdown)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    report = run_loop_experiment(config, args.data_dir, args.workdir, args.run_id, settings,
+                                 log=lambda line: print(line, flush=True))
+    command = "routenlp bench loop " + " ".join(sys.argv[3:])
+    markdown = write_loop_experiment_report(report, args.out, command.strip())
+    print(markdown.read_text())
     return 0
 
 
@@ -850,11 +867,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_records_arguments(loop_bench)
     loop_bench.add_argument("--workdir", default="var/loop-bench")
     loop_bench.add_argument("--run-id", default="bench")
-    loop_bench.add_argument("--traffic-per-task", type=int, default=40)
-    loop_bench.add_argument("--budget", type=int, default=48, help="training examples per student")
-    loop_bench.add_argument("--steps", type=int, default=30, help="LoRA steps per student")
-    loop_bench.add_argument("--eval-per-task", type=int, default=30)
-    loop_bench.add_argument("--top-clusters", type=int, default=3)
+    loop_bench.add_argument("--traffic-per-task", type=int, default=300, help="train queries per task sent as traffic")
+    loop_bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    loop_bench.add_argument("--budgets", type=int, nargs="+", default=[64],
+                            help="training examples per student; the first is the headline, the rest the budget curve")
+    loop_bench.add_argument("--steps", type=int, default=20, help="LoRA steps per student (the same for every budget)")
+    loop_bench.add_argument("--batch-size", type=int, default=8)
+    loop_bench.add_argument("--learning-rate", type=float, default=1e-3)
+    loop_bench.add_argument("--cpus-per-worker", type=float, default=1.0, help="also the torch threads of the worker")
+    loop_bench.add_argument("--student-threads", type=int, default=None,
+                            help="torch threads of the transformers tiers while students are evaluated")
+    loop_bench.add_argument("--clusters", type=int, default=12, help="failure clusters (fixed, so targeting is a choice)")
+    loop_bench.add_argument("--top-cost-share", type=float, default=0.4,
+                            help="targeted: the fewest costliest clusters covering this share of failure cost")
+    loop_bench.add_argument("--eval-per-task", type=int, default=60, help="validation rows per task (half calibrate)")
+    loop_bench.add_argument("--bootstrap", type=int, default=1000)
+    loop_bench.add_argument("--gate-tolerance", type=float, default=0.0,
+                            help="how far a task's retention may fall and the release still publish")
+    loop_bench.add_argument("--iterations", type=int, choices=[1, 2], default=1,
+                            help="2: publish the first release, serve fresh traffic, iterate again from it")
     loop_bench.add_argument("--out", default="results/loop_iteration.json")
     loop_bench.set_defaults(func=_cmd_bench_loop)
     loop_spec = benches.add_parser(
@@ -915,6 +946,8 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     serving.add_argument("--rounds", type=int, default=2)
     serving.add_argument("--memory-requests", type=int, default=24)
+    serving.add_argument("--only", nargs="+", choices=["overhead", "memory"], default=None,
+                         help="measure only these parts (default: both)")
     serving.set_defaults(func=_cmd_bench_serving)
     return parser
 

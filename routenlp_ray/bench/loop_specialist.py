@@ -33,7 +33,7 @@ import numpy as np
 
 from routenlp_ray.conformal.calibrator import ConformalCalibrator
 from routenlp_ray.engines.base import estimate_tokens
-from routenlp_ray.loop.mining import Failure, FailureClusterer, rank_clusters
+from routenlp_ray.loop.mining import Failure, FailureClusterer, rank_clusters, select_clusters
 from routenlp_ray.specialists.heads import HeadAnswer, SpecialistEncoder, make_head
 from routenlp_ray.specialists.training import head_kind_for_parser
 from routenlp_ray.tasks.data import answer_text, load_examples, task_file
@@ -309,15 +309,6 @@ def evaluate_student(calibration: Mapping[str, Answers], evaluation: Mapping[str
 
 
 # -- mining and budgets --------------------------------------------------------------------------
-def select_clusters(costs_in_rank_order: Sequence[float], fraction: float) -> int:
-    """How many of the costliest clusters it takes to cover ``fraction`` of the failure cost (at least 1)."""
-    total = float(sum(costs_in_rank_order))
-    if total <= 0:
-        return min(1, len(costs_in_rank_order))
-    covered = np.cumsum(costs_in_rank_order) / total
-    return int(min(len(covered), np.searchsorted(covered, fraction - 1e-12) + 1))
-
-
 def build_students(failures: Sequence[Failure], labels: np.ndarray, selected: Sequence[int],
                    traffic: Sequence[Query], seed: int) -> tuple[list[Query], list[Query]]:
     """(targeted, untargeted) extra examples of equal size.

@@ -343,23 +343,26 @@ def run_serving_benchmark(
     rounds: int = 2,
     memory_requests: int = 24,
     progress: Callable[[str], None] = print,
+    parts: tuple[str, ...] = ("overhead", "memory"),
 ) -> dict[str, Any]:
+    """``parts`` picks what to measure: the router's ``overhead``, the embedded default's ``memory``, or both."""
+    unknown = sorted(set(parts) - {"overhead", "memory"})
+    if unknown or not parts:
+        raise ValueError(f"parts must be 'overhead' and/or 'memory', got {list(parts)}")
     config = load_config(config_path)
+    body: dict[str, Any] = {"benchmark": "serving", "config": config_path,
+                            "targets": {"added_p50_ms": 10, "added_p99_ms": 30, "peak_memory_mb": 4096}}
     # Scratch space (a replay slice of the shared data, throwaway query logs): never in the repo.
     with _local_serve("routenlp-bench-serving-") as (port, work_dir):
-        progress(f"ingress overhead: {requests} requests x {rounds} rounds at concurrency {concurrency_levels}")
-        overhead = bench_ingress_overhead(
-            config, Path(data_dir), work_dir, port, requests, concurrency_levels, rounds, apps
-        )
-        progress("memory of the embedded default under load")
-        memory = bench_embedded_memory(config, port, work_dir, memory_requests, apps)
-    return _write_report(out, {
-        "benchmark": "serving",
-        "config": config_path,
-        "ingress_overhead": overhead,
-        "targets": {"added_p50_ms": 10, "added_p99_ms": 30, "peak_memory_mb": 4096},
-        "memory": memory,
-    })
+        if "overhead" in parts:
+            progress(f"ingress overhead: {requests} requests x {rounds} rounds at concurrency {concurrency_levels}")
+            body["ingress_overhead"] = bench_ingress_overhead(
+                config, Path(data_dir), work_dir, port, requests, concurrency_levels, rounds, apps
+            )
+        if "memory" in parts:
+            progress("memory of the embedded default under load")
+            body["memory"] = bench_embedded_memory(config, port, work_dir, memory_requests, apps)
+    return _write_report(out, body)
 
 
 def _cpu_count() -> int:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -42,6 +44,10 @@ class LoopSettings(StrictModel):
 
     student_tier: str | None = Field(None, description="Tier to distil into; default: the cheapest transformers tier.")
     top_clusters: int = Field(3, ge=1, description="Costliest failure clusters whose queries are distilled.")
+    top_cost_share: float | None = Field(
+        None, gt=0, le=1,
+        description="Instead of top_clusters: the fewest costliest clusters covering this share of failure cost.",
+    )
     n_clusters: int | None = Field(None, ge=1, description="Fixed cluster count; None picks it by silhouette.")
     since: str | None = Field(None, description="Only mine queries logged at or after this ISO time.")
     budget_examples: int = Field(64, ge=1, description="Training examples for each student (targeted and untargeted).")
@@ -56,7 +62,10 @@ class LoopSettings(StrictModel):
     gate_tolerance: float = Field(
         0.0, ge=0, description="How far a task's quality retention may fall below the current model's and still pass."
     )
-    seed: int = Field(0, description="Seed of the untargeted sample and the held-out slice.")
+    seed: int = Field(0, description="Seed of the clustering, the untargeted sample and the held-out slice.")
+    eval_seed: int | None = Field(
+        None, description="Seed of the held-out slice alone, so runs with different seeds read the same queries.",
+    )
 
 
 @dataclass
@@ -152,7 +161,7 @@ class Iteration:
             result = mine(
                 self.log_uri, self.config, self.encoder, top_k=self.settings.top_clusters,
                 since=self.settings.since, n_clusters=self.settings.n_clusters, frontier_call=self.frontier_call,
-                random_state=self.settings.seed,
+                random_state=self.settings.seed, top_cost_share=self.settings.top_cost_share,
             )
             write_cluster_report(
                 result.clusters, self.run_dir / "clusters.md", self.run_dir / "clusters.json",
@@ -185,7 +194,11 @@ class Iteration:
 
     def _random_traffic(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         """The same number of examples drawn uniformly from logged traffic, with the frontier as teacher."""
-        queries = [q for q in read_records(self.log_uri, "queries") if q.get("status") == "ok"]
+        from routenlp_ray.loop.mining import logged_since
+
+        # The same window of the log the targeted set was mined from.
+        queries = [q for q in logged_since(read_records(self.log_uri, "queries"), self.settings.since)
+                   if q.get("status") == "ok"]
         rng.shuffle(queries)
         frontier = self.config.frontier.name
         call = self.frontier_call
@@ -237,8 +250,24 @@ class Iteration:
 
     def _variant_config(self, adapter: str | None) -> RouteNLPConfig:
         engine = self.student.engine.model_copy(update={"adapter_path": adapter})
-        student = self.student.model_copy(update={"engine": engine})
+        # Judged on every task it could take on, not only those its tier serves today: a student
+        # that became right on a task is how that task gets a cheap tier.
+        student = self.student.model_copy(update={"engine": engine, "tasks": None})
         return self.config.model_copy(update={"tiers": [student, self.config.frontier]})
+
+    def records_dir(self, variant: str) -> Path:
+        if variant != "base":
+            return self.run_dir / "records" / variant
+        # The current model's answers depend only on its adapter and the held-out slice, so runs in
+        # one workdir that share both (seeds of one experiment, budgets) record them once.
+        s = self.settings
+        key = json.dumps([_adapter_fingerprint(self.student.engine.adapter_path), s.eval_split, s.eval_per_task,
+                          self._eval_seed])
+        return self.run_dir.parent / "base-records" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @property
+    def _eval_seed(self) -> int:
+        return self.settings.seed if self.settings.eval_seed is None else self.settings.eval_seed
 
     def _record(self, variant: str, adapter: str | None, tasks: list[str]) -> list[TaskTable]:
         from routenlp_ray.recording import Recorder
@@ -246,12 +275,12 @@ class Iteration:
         from routenlp_ray.tasks.data import load_examples
 
         config = self._variant_config(adapter)
-        folder = self.run_dir / "records" / variant
+        folder = self.records_dir(variant)
         recorder = Recorder(config, folder, max_tokens=DEFAULT_RECORD_MAX_TOKENS)
         for task in tasks:
             examples = load_examples(
                 config.task(task).data_file(self.data_dir, self.settings.eval_split),
-                limit=self.settings.eval_per_task, seed=self.settings.seed,
+                limit=self.settings.eval_per_task, seed=self._eval_seed,
             )
             recorder.record(task, self.settings.eval_split, examples, progress=False)
         return load_tables(config, [folder], self.data_dir, tasks, [self.settings.eval_split])
@@ -269,7 +298,7 @@ class Iteration:
     def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path:
         """Thresholds for the new student, calibrated on all of its held-out answers."""
         config = self._variant_config(trained["targeted"]["adapter_dir"])
-        tables = load_tables(config, [self.run_dir / "records" / "targeted"], self.data_dir, evaluation["tasks"],
+        tables = load_tables(config, [self.records_dir("targeted")], self.data_dir, evaluation["tasks"],
                              [self.settings.eval_split])
         # The student is the first tier of each table; the frontier (last) has no threshold.
         fitted = {t.task: calibrate_table(t, self.settings.alpha)[0] for t in tables}
@@ -288,7 +317,7 @@ class Iteration:
 
         config = self._variant_config(trained["targeted"]["adapter_dir"])
         policy, report = train_router_policy(
-            config, self.run_dir / "records" / "targeted", self.data_dir, evaluation["tasks"],
+            config, self.records_dir("targeted"), self.data_dir, evaluation["tasks"],
             split=self.settings.eval_split, seed=self.settings.seed, version=f"router-{self.run_id}",
         )
         return policy.save(self.run_dir / "router", metadata=report)
@@ -327,27 +356,54 @@ class Iteration:
 
 
 # -- evaluation -----------------------------------------------------------------------------------
-def _cascade_metrics(tables: list[TaskTable], alpha: float) -> VariantMetrics:
+@dataclass
+class HeldOutRows:
+    """One task's held-out half under a student's cascade, row by row."""
+
+    task: str
+    ids: list[str]
+    answered: np.ndarray  # tier index per row: 0 the student, 1 the frontier
+    paid: np.ndarray
+    quality: np.ndarray
+    frontier_cost: np.ndarray
+    frontier_quality: np.ndarray
+    threshold: float | None
+    cheap_accuracy: float
+
+
+def held_out_rows(tables: list[TaskTable], alpha: float) -> list[HeldOutRows]:
     """Calibrate on one half of each task's held-out rows, run the cascade on the other half."""
-    per_task: dict[str, dict[str, float]] = {}
-    cost = base_cost = quality = base_quality = right = rows = 0.0
+    out = []
     for table in tables:
         half = np.array([in_held_out_half(i) for i in table.ids])
         calib, test = table.rows(~half), table.rows(half)
         threshold = calibrate_table(calib, alpha)[0]
         answered, paid, got = cascade_outcome(test, [threshold, None])
-        frontier_cost, frontier_quality = test.cost[:, -1].sum(), test.quality[:, -1].sum()
+        out.append(HeldOutRows(
+            task=table.task, ids=list(test.ids), answered=answered, paid=paid, quality=got,
+            frontier_cost=test.cost[:, -1], frontier_quality=test.quality[:, -1],
+            threshold=None if threshold is None else float(threshold),
+            cheap_accuracy=float(table.correct[:, 0].mean()),
+        ))
+    return out
+
+
+def _cascade_metrics(tables: list[TaskTable], alpha: float) -> VariantMetrics:
+    per_task: dict[str, dict[str, float]] = {}
+    cost = base_cost = quality = base_quality = right = rows = 0.0
+    for table, held in zip(tables, held_out_rows(tables, alpha)):
+        frontier_cost, frontier_quality = held.frontier_cost.sum(), held.frontier_quality.sum()
         per_task[table.task] = {
-            "n_test": float(len(test.ids)),
-            "threshold": float("nan") if threshold is None else float(threshold),
-            "cheap_accuracy": float(table.correct[:, 0].mean()),
-            "cheap_answer_rate": float((answered == 0).mean()) if len(answered) else 0.0,
-            "cost_reduction": float(1 - paid.sum() / frontier_cost) if frontier_cost else 0.0,
-            "quality_retention": float(got.sum() / frontier_quality) if frontier_quality else 1.0,
+            "n_test": float(len(held.ids)),
+            "threshold": float("nan") if held.threshold is None else held.threshold,
+            "cheap_accuracy": held.cheap_accuracy,
+            "cheap_answer_rate": float((held.answered == 0).mean()) if len(held.ids) else 0.0,
+            "cost_reduction": float(1 - held.paid.sum() / frontier_cost) if frontier_cost else 0.0,
+            "quality_retention": float(held.quality.sum() / frontier_quality) if frontier_quality else 1.0,
         }
-        cost += paid.sum()
+        cost += held.paid.sum()
         base_cost += frontier_cost
-        quality += got.sum()
+        quality += held.quality.sum()
         base_quality += frontier_quality
         right += table.correct[:, 0].sum()
         rows += len(table.ids)
@@ -394,8 +450,12 @@ def build_report(
         "budget": {
             "examples_per_student": sets["budget"],
             "untargeted_examples": len(sets["untargeted"]),
+            "targeted_tasks": dict(Counter(e["task"] for e in sets["targeted"]).most_common()),
+            "untargeted_tasks": dict(Counter(e["task"] for e in sets["untargeted"]).most_common()),
             "distill": iteration.settings.distill.model_dump(mode="json"),
         },
+        "evaluation_adapters": {"base": iteration.student.engine.adapter_path,
+                                **{v: trained[v]["adapter_dir"] for v in ("targeted", "untargeted")}},
         "training": {v: {k: trained[v][k] for k in ("steps", "train_seconds", "wall_seconds", "n_examples")}
                      | {"first_loss": trained[v]["losses"][0], "last_loss": trained[v]["losses"][-1]}
                      for v in ("targeted", "untargeted")},
@@ -467,6 +527,17 @@ def _frontier_caller(config: RouteNLPConfig) -> Callable[[str, str], Awaitable[s
             return None
 
     return call
+
+
+def _adapter_fingerprint(adapter: str | None) -> str | None:
+    """The adapter's weights, by content: a folder retrained in place is a different model."""
+    if adapter is None:
+        return None
+    weights = sorted(Path(adapter).glob("*.safetensors")) or sorted(Path(adapter).glob("*.bin"))
+    digest = hashlib.sha256()
+    for path in weights:
+        digest.update(path.read_bytes())
+    return f"{Path(adapter).resolve()}:{digest.hexdigest()[:16]}"
 
 
 def _has_split(data_dir: Path, task: Any, split: str) -> bool:

@@ -335,6 +335,15 @@ def _truncate(text: str, limit: int = EXAMPLE_MAX_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def select_clusters(costs_in_rank_order: Sequence[float], fraction: float) -> int:
+    """How many of the costliest clusters it takes to cover ``fraction`` of the failure cost (at least 1)."""
+    total = float(sum(costs_in_rank_order))
+    if total <= 0:
+        return min(1, len(costs_in_rank_order))
+    covered = np.cumsum(costs_in_rank_order) / total
+    return int(min(len(covered), np.searchsorted(covered, fraction - 1e-12) + 1))
+
+
 def rank_clusters(failures: Sequence[Failure], labels: Sequence[int], price_gap_fn: PriceGapFn) -> list[ClusterSummary]:
     """One summary per cluster, costliest first (ties: larger first, then lower cluster id)."""
     if len(failures) != len(labels):
@@ -513,6 +522,14 @@ class MiningResult:
         return [f for f, label in zip(self.failures, self.labels) if int(label) in wanted]
 
 
+def logged_since(queries: list[dict[str, Any]], since: str | datetime | None) -> list[dict[str, Any]]:
+    """The queries logged at or after ``since`` (all of them when it is None)."""
+    if since is None:
+        return queries
+    start = _parse_ts(since)
+    return [q for q in queries if q.get("ts") and _parse_ts(q["ts"]) >= start]
+
+
 def _parse_ts(value: str | datetime) -> datetime:
     ts = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     # A naive time is taken as UTC, which is what the router logs.
@@ -528,19 +545,20 @@ def mine(
     n_clusters: int | None = None,
     frontier_call: FrontierCall | None = None,
     random_state: int = 0,
+    top_cost_share: float | None = None,
 ) -> MiningResult:
     """Read the log, find and cluster cheap-tier failures, rank them, and gather teacher data
-    for the ``top_k`` costliest clusters. ``since`` keeps queries logged at or after it."""
-    queries = read_records(log_uri, "queries")
-    if since is not None:
-        start = _parse_ts(since)
-        queries = [q for q in queries if q.get("ts") and _parse_ts(q["ts"]) >= start]
+    for the ``top_k`` costliest clusters, or, with ``top_cost_share``, for the fewest costliest
+    clusters that cover that share of the failure cost. ``since`` keeps queries logged at or after it."""
+    queries = logged_since(read_records(log_uri, "queries"), since)
     # Feedback is not filtered: a verdict only matters through its query, which is.
     feedback = read_records(log_uri, "feedback")
     cheap = [tier.name for tier in config.tiers[:-1]]
     failures = find_failures(queries, feedback, cheap, config.frontier.name)
     clusterer = FailureClusterer(encoder, n_clusters=n_clusters, random_state=random_state).fit(failures)
     clusters = rank_clusters(failures, clusterer.labels_, price_gap_from_config(config))
+    if top_cost_share is not None:
+        top_k = select_clusters([c.cost_usd for c in clusters], top_cost_share)
     top = [s.cluster for s in clusters[:top_k]]
     result = MiningResult(
         failures=failures,

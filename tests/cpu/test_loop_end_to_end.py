@@ -102,6 +102,8 @@ def test_iteration_publishes_a_release_the_service_picks_up_and_rollback_restore
     report = result.report
     assert result.gate_passed and result.published == "loop-ci-1"
     assert report["mining"]["failures"] == 12 and report["budget"]["examples_per_student"] == 6
+    # Same budget for both students: as many examples, as many steps.
+    assert report["budget"]["untargeted_examples"] == 6
     assert set(report["training"]) == {"targeted", "untargeted"}
     assert all(report["training"][v]["steps"] == 3 for v in ("targeted", "untargeted"))
     for variant in ("base", "targeted", "untargeted"):

@@ -307,3 +307,17 @@ def test_real_encoder_separates_two_topics() -> None:
     assert clusterer.n_clusters_ >= 2
     # Every cluster holds one topic only.
     assert not set(labels[: len(cards)]) & set(labels[len(cards):]), labels
+
+
+def test_a_cost_share_selects_the_fewest_costliest_clusters_and_teaches_only_their_failures(log_uri: str,
+                                                                                            config) -> None:
+    everything = mine(log_uri, config, TopicEncoder(), top_k=len(QUERIES))
+    shares = [c.share for c in everything.clusters]
+    # Just over the costliest cluster's share needs the second one too; at most its share needs it alone.
+    for share, wanted in ((shares[0], 1), (shares[0] + 1e-6, 2), (1.0, len(shares))):
+        result = mine(log_uri, config, TopicEncoder(), top_cost_share=share, frontier_call=lambda task, text: text)
+        assert result.top_clusters == [c.cluster for c in result.clusters[:wanted]]
+        selected = {q for c in result.clusters[:wanted] for q in c.query_ids}
+        taught = {e.query_id for e in result.teacher.examples}
+        assert taught and taught <= selected
+        assert taught == {f.query_id for f in result.failures_in(result.top_clusters)}

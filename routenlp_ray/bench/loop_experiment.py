@@ -1,0 +1,346 @@
+"""Targeted vs untargeted distillation into the LoRA student, through the real loop, over seeds and budgets.
+
+One experiment (``routenlp bench loop``):
+
+1. Traffic: a seeded sample of each task's train split goes through ``RouterService`` with the
+   config's real engines in process (``loop_bench.generate_traffic``), so the query log is the one
+   the served router writes.
+2. For each budget (examples per student) and seed, one ``Iteration`` runs as ``routenlp loop run``
+   does, without publishing: mine the log with a fixed number of clusters, take the fewest costliest
+   clusters covering ``top_cost_share`` of the failure cost, distil a targeted and an untargeted
+   student (same size, same steps, both continuing the adapter the tier serves now), and read both
+   and the current model on one held-out validation slice that no traffic query came from
+   (thresholds recalibrated for each student on one half, the cascade read on the other).
+3. Statistics: per-seed gains, mean ± sd, and a bootstrap 95% CI of the targeted/untargeted ratio
+   and of their difference, over seeds and the held-out queries (paired across students).
+4. For each student, the learned start router is retrained on its answers; the report gives the
+   share of held-out queries it starts at each tier.
+5. Optionally a second iteration: the first seed's headline targeted student is published into a
+   release store of the experiment's own, fresh traffic is served and logged, and an iteration mined
+   from that log only continues from the release.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from routenlp_ray.bench.loop_bench import generate_traffic
+from routenlp_ray.bench.loop_specialist import bootstrap_ratio
+from routenlp_ray.config._base import StrictModel
+from routenlp_ray.config.app import RouteNLPConfig
+from routenlp_ray.loop.distill import DistillConfig
+from routenlp_ray.loop.iteration import HeldOutRows, Iteration, LoopSettings, held_out_rows
+from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
+from routenlp_ray.releases import ReleaseStore
+
+STUDENTS = ("targeted", "untargeted")
+
+
+class LoopExperimentSettings(StrictModel):
+    """What the experiment spends; every student gets the same ``distill`` settings."""
+
+    tasks: list[str]
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    budgets: list[int] = Field(default_factory=lambda: [64], min_length=1,
+                               description="Examples per student; the first is the headline.")
+    traffic_per_task: int = Field(300, ge=1)
+    traffic_seed: int = 1
+    n_clusters: int = Field(12, ge=2)
+    top_cost_share: float = Field(0.4, gt=0, le=1)
+    eval_per_task: int = Field(60, ge=4)
+    eval_seed: int = 0
+    alpha: float = Field(0.1, gt=0, lt=1)
+    gate_tolerance: float = Field(0.0, ge=0)
+    distill: DistillConfig
+    bootstrap: int = Field(1000, ge=10)
+    iterations: int = Field(1, ge=1, le=2)
+
+
+def _loop_settings(settings: LoopExperimentSettings, budget: int, seed: int, since: str | None = None) -> LoopSettings:
+    return LoopSettings(
+        top_cost_share=settings.top_cost_share, n_clusters=settings.n_clusters, budget_examples=budget,
+        distill=settings.distill.model_copy(update={"seed": seed}), eval_tasks=settings.tasks,
+        eval_per_task=settings.eval_per_task, eval_seed=settings.eval_seed, alpha=settings.alpha, seed=seed,
+        since=since, gate_tolerance=settings.gate_tolerance,
+    )
+
+
+def _traffic_once(config: RouteNLPConfig, data_dir: Path, settings: LoopExperimentSettings, folder: Path,
+                  seed: int) -> dict[str, Any]:
+    """The log is the experiment's input: sent once, also across resumes."""
+    marker = folder / f"traffic-{seed}.done"
+    if marker.exists():
+        return {**json.loads(marker.read_text()), "reused": True}
+    started_at = datetime.now(timezone.utc).isoformat()
+    traffic = generate_traffic(config, data_dir, settings.tasks, settings.traffic_per_task, seed=seed)
+    traffic["started_at"] = started_at
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(traffic))
+    return traffic
+
+
+def _variant_rows(iteration: Iteration, trained: dict[str, Any], tasks: list[str], alpha: float
+                  ) -> dict[str, dict[str, HeldOutRows]]:
+    out = {}
+    for variant in ("base", *STUDENTS):
+        tables = _variant_tables(iteration, trained, variant, tasks)
+        out[variant] = {rows.task: rows for rows in held_out_rows(tables, alpha)}
+    return out
+
+
+def _variant_tables(iteration: Iteration, trained: dict[str, Any], variant: str, tasks: list[str]) -> list[TaskTable]:
+    adapter = trained[variant]["adapter_dir"] if variant != "base" else iteration.student.engine.adapter_path
+    config = iteration._variant_config(adapter)
+    return load_tables(config, [iteration.records_dir(variant)], iteration.data_dir, tasks,
+                       [iteration.settings.eval_split])
+
+
+def paired_cost_rows(rows: dict[str, dict[str, HeldOutRows]], tasks: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per held-out query, each variant's cost and the frontier's, aligned by id across variants."""
+    out: dict[str, list[float]] = {"frontier": [], "base": [], "targeted": [], "untargeted": []}
+    for task in tasks:
+        base = rows["base"][task]
+        common = set(base.ids).intersection(*(rows[v][task].ids for v in STUDENTS))
+        for i in sorted(common):
+            at = base.ids.index(i)
+            out["frontier"].append(float(base.frontier_cost[at]))
+            for variant in ("base", *STUDENTS):
+                held = rows[variant][task]
+                out[variant].append(float(held.paid[held.ids.index(i)]))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def router_start_shares(iteration: Iteration, trained: dict[str, Any], variant: str, tasks: list[str],
+                        encoder: Any, seed: int) -> dict[str, Any]:
+    """Retrain the learned start router on this student's answers, and where it starts held-out queries.
+
+    Fitted and its per-task targets chosen on the calibration half only; the shares and the
+    router + cascade cost are read on the other half (the one every cascade figure is read on).
+    """
+    from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
+    from routenlp_ray.routing.learned_policy import choose_targets, start_indices
+    from routenlp_ray.routing.training import train_router
+
+    tables = _variant_tables(iteration, trained, variant, tasks)
+    halves = [np.array([in_held_out_half(i) for i in t.ids]) for t in tables]
+    fit = [t.rows(~h) for t, h in zip(tables, halves)]
+    test = [t.rows(h) for t, h in zip(tables, halves)]
+    X = {t.task: encoder.encode(t.inputs) for t in fit}
+    router = train_router(fit, X, fit[0].tiers, seed, epochs=150)
+    fit_proba = np.concatenate([router.predict_proba(X[t.task], [t.task] * len(t.ids)) for t in fit])
+    targets = choose_targets(
+        fit_proba, np.concatenate([t.correct for t in fit]), np.concatenate([t.cost for t in fit]),
+        [t.task for t in fit for _ in t.ids], {task: iteration.config.task(task).quality_target for task in tasks},
+    )
+    starts, paid, frontier = [], 0.0, 0.0
+    for calib, held in zip(fit, test):
+        proba = router.predict_proba(encoder.encode(held.inputs), [held.task] * len(held.ids))
+        start = start_indices(proba, [targets[held.task]] * len(held.ids))
+        threshold = calibrate_table(calib, iteration.settings.alpha)[0]
+        _, cascade_paid, _ = cascade_outcome(held, [threshold, None])
+        # Starting at the frontier skips the student; starting at the student runs the cascade.
+        paid += float(np.where(start == 0, cascade_paid, held.cost[:, -1]).sum())
+        frontier += float(held.cost[:, -1].sum())
+        starts.append(start)
+    start_all = np.concatenate(starts)
+    tiers = fit[0].tiers
+    return {
+        "targets": targets,
+        "start_share": {tier: float((start_all == k).mean()) for k, tier in enumerate(tiers)},
+        "router_cascade_cost_reduction": 1 - paid / frontier if frontier else 0.0,
+    }
+
+
+def _reduction(cost: np.ndarray, frontier: np.ndarray) -> float:
+    return float(1 - cost.sum() / frontier.sum()) if frontier.sum() else 0.0
+
+
+def _mean_sd(values: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": int(len(arr))}
+
+
+def run_loop_experiment(
+    config: RouteNLPConfig,
+    data_dir: str | Path,
+    workdir: str | Path,
+    run_id: str,
+    settings: LoopExperimentSettings,
+    encoder: Any = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) the whole experiment; every stage is cached under ``workdir/run_id``."""
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    folder = Path(workdir) / run_id
+    if encoder is None:
+        from routenlp_ray.models.encoder import SentenceEncoder
+
+        encoder = SentenceEncoder()
+    traffic = _traffic_once(config, data_dir, settings, folder, settings.traffic_seed)
+    log(f"traffic: {traffic}")
+
+    runs: dict[int, list[dict[str, Any]]] = {}
+    iterations = None
+
+    def one_budget(budget: int) -> Iteration:
+        for seed in settings.seeds:
+            log(f"budget {budget}, seed {seed}")
+            iteration = Iteration(config, _loop_settings(settings, budget, seed), config.storage.log_uri, data_dir,
+                                  folder / "runs", f"b{budget}-s{seed}", encoder=encoder)
+            result = iteration.run(publish=False)
+            runs.setdefault(budget, []).append(_seed_record(iteration, result.report, settings, encoder, seed,
+                                                            with_router=budget == settings.budgets[0]))
+        return iteration
+
+    first = one_budget(settings.budgets[0])
+    # The second iteration before the rest of the curve: it needs the headline run, not the curve.
+    if settings.iterations > 1:
+        iterations = _second_iteration(config, data_dir, folder, settings, encoder, log)
+    for budget in settings.budgets[1:]:
+        one_budget(budget)
+    report: dict[str, Any] = {
+        "settings": settings.model_dump(mode="json"),
+        "traffic": traffic,
+        "student_tier": first.student.name,
+        "starts_from": first.starts_from,
+        "curve": [_summarise_budget(budget, runs[budget], settings) for budget in settings.budgets],
+    }
+    report["headline"] = report["curve"][0]
+    if iterations is not None:
+        report["iterations"] = iterations
+    report["wall_s"] = time.perf_counter() - started
+    return report
+
+
+def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExperimentSettings, encoder: Any,
+                 seed: int, with_router: bool) -> dict[str, Any]:
+    """What one seed's iteration showed, with the per-query rows the bootstrap needs."""
+    trained = {v: {"adapter_dir": report["evaluation_adapters"][v]} for v in ("base", *STUDENTS)}
+    rows = _variant_rows(iteration, trained, settings.tasks, settings.alpha)
+    paired = paired_cost_rows(rows, settings.tasks)
+    evaluation = report["evaluation"]
+    record: dict[str, Any] = {
+        "seed": seed,
+        "budget": report["budget"]["examples_per_student"],
+        "mining": {k: report["mining"][k] for k in ("queries", "failures", "clusters")},
+        "selected_clusters": [
+            {k: c[k] for k in ("cluster", "size", "tasks", "share", "cost_usd")} for c in report["mining"]["top_clusters"]
+        ],
+        "selected_cost_share": sum(c["share"] for c in report["mining"]["top_clusters"]),
+        "targeted_tasks": report["budget"]["targeted_tasks"],
+        "untargeted_tasks": report["budget"]["untargeted_tasks"],
+        "cost_reduction": {v: evaluation[v]["cost_reduction"] for v in ("base", *STUDENTS)},
+        "quality_retention": {v: evaluation[v]["quality_retention"] for v in ("base", *STUDENTS)},
+        "gain": {v: _reduction(paired[v], paired["frontier"]) - _reduction(paired["base"], paired["frontier"])
+                 for v in STUDENTS},
+        "per_task": {task: {v: evaluation[v]["per_task"][task] for v in ("base", *STUDENTS)} for task in settings.tasks},
+        "gate": report["gate"],
+        "training": report["training"],
+        "_rows": paired,
+    }
+    if with_router:
+        record["router"] = {v: router_start_shares(iteration, trained, v, settings.tasks, encoder, seed)
+                            for v in ("base", *STUDENTS)}
+    return record
+
+
+def _summarise_budget(budget: int, seeds: list[dict[str, Any]], settings: LoopExperimentSettings) -> dict[str, Any]:
+    gains = {v: [s["gain"][v] for s in seeds] for v in STUDENTS}
+    mean_t, mean_u = float(np.mean(gains["targeted"])), float(np.mean(gains["untargeted"]))
+    summary = {
+        "budget_asked": budget,
+        "examples": _mean_sd([s["budget"] for s in seeds]),
+        "selected_cost_share": _mean_sd([s["selected_cost_share"] for s in seeds]),
+        "gain": {v: _mean_sd(gains[v]) for v in STUDENTS},
+        "ratio": mean_t / mean_u if mean_u != 0 else None,
+        "bootstrap": bootstrap_ratio([s["_rows"] for s in seeds], settings.bootstrap),
+        "cost_reduction": {v: _mean_sd([s["cost_reduction"][v] for s in seeds]) for v in ("base", *STUDENTS)},
+        "quality_retention": {v: _mean_sd([s["quality_retention"][v] for s in seeds]) for v in ("base", *STUDENTS)},
+        "per_task": {
+            task: {
+                "base_cost_reduction": _mean_sd([s["per_task"][task]["base"]["cost_reduction"] for s in seeds]),
+                **{f"{v}_gain": _mean_sd([s["per_task"][task][v]["cost_reduction"]
+                                          - s["per_task"][task]["base"]["cost_reduction"] for s in seeds])
+                   for v in STUDENTS},
+                "targeted_examples": _mean_sd([s["targeted_tasks"].get(task, 0) for s in seeds]),
+                "untargeted_examples": _mean_sd([s["untargeted_tasks"].get(task, 0) for s in seeds]),
+            }
+            for task in settings.tasks
+        },
+        "seeds": [{k: v for k, v in s.items() if k != "_rows"} for s in seeds],
+    }
+    if all("router" in s for s in seeds):
+        summary["router"] = {
+            v: {
+                "start_share": {tier: _mean_sd([s["router"][v]["start_share"][tier] for s in seeds])
+                                for tier in seeds[0]["router"][v]["start_share"]},
+                "router_cascade_cost_reduction": _mean_sd([s["router"][v]["router_cascade_cost_reduction"]
+                                                           for s in seeds]),
+            }
+            for v in ("base", *STUDENTS)
+        }
+    return summary
+
+
+def _second_iteration(config: RouteNLPConfig, data_dir: Path, folder: Path, settings: LoopExperimentSettings,
+                      encoder: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Publish the first iteration's targeted student, serve fresh traffic, and iterate from that release."""
+    store_path = folder / "releases"
+    looped = config.model_copy(update={"releases": config.releases.model_copy(update={"path": str(store_path)})})
+    budget, seed = settings.budgets[0], settings.seeds[0]
+    runs = folder / "runs"
+    store = ReleaseStore(store_path)
+    if store.current() is None:
+        # Built before anything is published, so it starts where the first iteration started; its
+        # stages are cached, so this only recalibrates and publishes.
+        first = Iteration(looped, _loop_settings(settings, budget, seed), config.storage.log_uri, data_dir, runs,
+                          f"b{budget}-s{seed}", encoder=encoder)
+        if first.run(publish=True).published is None:
+            return {"published": None, "second": None, "first": _iteration_summary(_report(runs / f"b{budget}-s{seed}")),
+                    "note": "the first iteration's gate failed, so there is no release to continue from"}
+    release = store.current()
+    first_report = _report(runs / f"b{budget}-s{seed}")
+    # The second traffic is served by the release, so its log is the one the release produced.
+    student = first_report["student_tier"]
+    adapter = str(release.adapter_for(student))
+    tiers = [t.model_copy(update={"engine": t.engine.model_copy(update={"adapter_path": adapter})})
+             if t.name == student else t for t in looped.tiers]
+    traffic = _traffic_once(looped.model_copy(update={"tiers": tiers}), data_dir, settings, folder,
+                            settings.traffic_seed + 1)
+    log(f"second traffic: {traffic}")
+    second = Iteration(looped, _loop_settings(settings, budget, seed, since=traffic["started_at"]),
+                       config.storage.log_uri, data_dir, runs, f"iteration2-b{budget}-s{seed}", encoder=encoder)
+    result = second.run(publish=True)
+    return {
+        "release_1": release.version,
+        "traffic_2": traffic,
+        "first": _iteration_summary(first_report),
+        "second": _iteration_summary(result.report),
+    }
+
+
+def _report(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def _iteration_summary(report: dict[str, Any]) -> dict[str, Any]:
+    ev = report["evaluation"]
+    return {
+        "run_id": report["run_id"],
+        "starts_from": report["starts_from"],
+        "queries_mined": report["mining"]["queries"],
+        "failures": report["mining"]["failures"],
+        "cost_reduction": {v: ev[v]["cost_reduction"] for v in ("base", *STUDENTS)},
+        "quality_retention": {v: ev[v]["quality_retention"] for v in ("base", *STUDENTS)},
+        "gate": report["gate"],
+        "published": report["published"],
+    }

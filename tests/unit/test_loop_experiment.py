@@ -1,0 +1,80 @@
+"""The LoRA loop experiment's statistics and report, on hand-made per-query rows (no models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from routenlp_ray.bench.loop_experiment import LoopExperimentSettings, _summarise_budget, paired_cost_rows
+from routenlp_ray.bench.loop_experiment_report import loop_experiment_markdown
+from routenlp_ray.loop.iteration import HeldOutRows
+
+
+def held(task: str, ids: list[str], paid: list[float], frontier: list[float]) -> HeldOutRows:
+    n = len(ids)
+    return HeldOutRows(task=task, ids=ids, answered=np.zeros(n, dtype=int), paid=np.asarray(paid),
+                       quality=np.ones(n), frontier_cost=np.asarray(frontier), frontier_quality=np.ones(n),
+                       threshold=1.0, cheap_accuracy=1.0)
+
+
+def test_paired_rows_align_each_query_across_students_whatever_their_order() -> None:
+    rows = {
+        "base": {"t": held("t", ["a", "b", "c"], [1.0, 2.0, 3.0], [10.0, 20.0, 30.0])},
+        "targeted": {"t": held("t", ["c", "a", "b"], [0.3, 0.1, 0.2], [30.0, 10.0, 20.0])},
+        # A query one student has no answer for is left out for all, so the pairs stay paired.
+        "untargeted": {"t": held("t", ["b", "a"], [0.02, 0.01], [20.0, 10.0])},
+    }
+    paired = paired_cost_rows(rows, ["t"])
+    assert paired["frontier"].tolist() == [10.0, 20.0]
+    assert paired["base"].tolist() == [1.0, 2.0]
+    assert paired["targeted"].tolist() == [0.1, 0.2]
+    assert paired["untargeted"].tolist() == [0.01, 0.02]
+
+
+def seed_record(seed: int, targeted_cost: float, untargeted_cost: float) -> dict:
+    frontier = np.full(50, 1.0)
+    rows = {"frontier": frontier, "base": np.full(50, 0.5), "targeted": np.full(50, targeted_cost),
+            "untargeted": np.full(50, untargeted_cost)}
+    per_task = {"t": {v: {"cost_reduction": 1 - rows[v].mean()} for v in ("base", "targeted", "untargeted")}}
+    return {
+        "seed": seed, "budget": 8, "selected_cost_share": 0.4,
+        "selected_clusters": [{"cluster": 0, "size": 5, "tasks": {"t": 5}, "share": 0.4, "cost_usd": 1.0}],
+        "targeted_tasks": {"t": 8}, "untargeted_tasks": {"t": 8},
+        "cost_reduction": {v: 1 - rows[v].mean() for v in ("base", "targeted", "untargeted")},
+        "quality_retention": {v: 1.0 for v in ("base", "targeted", "untargeted")},
+        "gain": {"targeted": 0.5 - targeted_cost, "untargeted": 0.5 - untargeted_cost},
+        "per_task": per_task, "gate": {"passed": True, "reasons": []}, "_rows": rows,
+    }
+
+
+@pytest.fixture()
+def settings() -> LoopExperimentSettings:
+    return LoopExperimentSettings(tasks=["t"], budgets=[8], bootstrap=50,
+                                  distill={"max_steps": 2, "batch_size": 2})
+
+
+def test_a_budget_summary_gives_the_gains_their_ratio_and_a_ci_around_it(settings) -> None:
+    # Targeted saves 0.2 and 0.3 of the frontier's cost over base; untargeted 0.1 each time.
+    summary = _summarise_budget(8, [seed_record(0, 0.3, 0.4), seed_record(1, 0.2, 0.4)], settings)
+    assert summary["gain"]["targeted"]["mean"] == pytest.approx(0.25)
+    assert summary["gain"]["targeted"]["sd"] == pytest.approx(np.std([0.2, 0.3], ddof=1))
+    assert summary["gain"]["untargeted"]["mean"] == pytest.approx(0.1)
+    assert summary["ratio"] == pytest.approx(2.5)
+    low, high = summary["bootstrap"]["ratio_ci95"]
+    assert 2.0 - 1e-9 <= low <= 2.5 <= high <= 3.0 + 1e-9
+    assert summary["per_task"]["t"]["targeted_gain"]["mean"] == pytest.approx(0.25)
+    assert all("_rows" not in seed for seed in summary["seeds"])
+
+
+def test_the_report_states_the_ratio_and_warns_when_its_ci_reaches_zero(settings) -> None:
+    def report(seeds: list[dict]) -> dict:
+        point = _summarise_budget(8, seeds, settings)
+        return {"settings": settings.model_dump(mode="json"), "headline": point, "curve": [point], "wall_s": 60.0,
+                "student_tier": "smollm2", "starts_from": {"release": None, "adapter": "a"}}
+
+    clear = loop_experiment_markdown(report([seed_record(0, 0.3, 0.4), seed_record(1, 0.2, 0.4)]), "cmd")
+    assert "**2.50×**" in clear and "carries no information" not in clear
+    assert "| 0 | 8 |" in clear and "+20.00" in clear  # the per-seed table
+    # Untargeted gains of opposite signs: the ratio's CI spans 0 and the report says to read the difference.
+    noisy = loop_experiment_markdown(report([seed_record(0, 0.3, 0.45), seed_record(1, 0.2, 0.56)]), "cmd")
+    assert "carries no information" in noisy
