@@ -96,6 +96,13 @@ def test_the_raycronjob_parses_and_runs_the_loop() -> None:
     assert "routenlp loop run" in job["spec"]["jobTemplate"]["entrypoint"]
 
 
+def test_the_scheduled_loop_settings_are_valid_loop_settings() -> None:
+    from routenlp_ray.loop.iteration import LoopSettings
+
+    settings = LoopSettings.model_validate(yaml.safe_load((REPO_ROOT / "deploy" / "loop.yaml").read_text()))
+    assert settings.top_cost_share == 0.4 and settings.distill.use_gpu
+
+
 def test_the_local_config_keeps_two_router_replicas() -> None:
     from routenlp_ray.config import load_config
 
