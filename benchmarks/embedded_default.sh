@@ -46,3 +46,15 @@ $R calibrate --alpha 0.1 --version embedded-default-coverage-v4 \
 
 # 5. Every policy fitted on one half of the records and read on the other.
 $R bench tasks --records var/records/embedded --out results/bench_tasks.json
+
+# 6. The served default under load, its memory, and the specialist engine alone (v2 against v3: see
+#    results/bench_specialist_v2_vs_v3.json for how that side-by-side was run).
+$R bench load --no-faults --out results/bench_load_nofaults.json
+$R bench serving --only memory --out results/bench_serving_memory.json
+$R bench specialist --per-task 60 --rounds 1 --out var/bench_specialist.json
+
+# 7. The loop into the LoRA student: targeted vs untargeted over 2 seeds and 3 budgets, then a
+#    second iteration from the first one's release (resumable: rerun the same line).
+$R bench loop --run-id lora --traffic-per-task 300 --seeds 0 1 --curve-seeds 0 --budgets 48 24 96 --steps 12 --batch-size 8 \
+    --learning-rate 1e-3 --cpus-per-worker 2 --student-threads 2 --clusters 12 --top-cost-share 0.4 \
+    --eval-per-task 40 --iterations 2 --gate-tolerance 0.02 --out results/loop_iteration.json

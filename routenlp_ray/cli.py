@@ -638,7 +638,8 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
     if args.student_threads is not None:
         config = _with_engine_threads(config, args.student_threads)
     settings = LoopExperimentSettings(
-        tasks=_tasks_with_split(benchmark_tasks(args, config), args.data_dir, "train"), seeds=args.seeds, budgets=args.budgets,
+        tasks=_tasks_with_split(benchmark_tasks(args, config), args.data_dir, "train"),
+        seeds=args.seeds, curve_seeds=args.curve_seeds, budgets=args.budgets,
         traffic_per_task=args.traffic_per_task, n_clusters=args.clusters, top_cost_share=args.top_cost_share,
         eval_per_task=args.eval_per_task, bootstrap=args.bootstrap, iterations=args.iterations,
         gate_tolerance=args.gate_tolerance,
@@ -869,6 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop_bench.add_argument("--run-id", default="bench")
     loop_bench.add_argument("--traffic-per-task", type=int, default=300, help="train queries per task sent as traffic")
     loop_bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    loop_bench.add_argument("--curve-seeds", type=int, nargs="+", default=None,
+                            help="seeds of the budgets after the first (default: --seeds)")
     loop_bench.add_argument("--budgets", type=int, nargs="+", default=[64],
                             help="training examples per student; the first is the headline, the rest the budget curve")
     loop_bench.add_argument("--steps", type=int, default=20, help="LoRA steps per student (the same for every budget)")

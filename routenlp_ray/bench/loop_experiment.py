@@ -49,6 +49,8 @@ class LoopExperimentSettings(StrictModel):
 
     tasks: list[str]
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    curve_seeds: list[int] | None = Field(
+        None, min_length=1, description="Seeds of the budgets after the first; default: ``seeds``.")
     budgets: list[int] = Field(default_factory=lambda: [64], min_length=1,
                                description="Examples per student; the first is the headline.")
     traffic_per_task: int = Field(300, ge=1)
@@ -191,8 +193,8 @@ def run_loop_experiment(
     runs: dict[int, list[dict[str, Any]]] = {}
     iterations = None
 
-    def one_budget(budget: int) -> Iteration:
-        for seed in settings.seeds:
+    def one_budget(budget: int, seeds: list[int]) -> Iteration:
+        for seed in seeds:
             log(f"budget {budget}, seed {seed}")
             iteration = Iteration(config, _loop_settings(settings, budget, seed), config.storage.log_uri, data_dir,
                                   folder / "runs", f"b{budget}-s{seed}", encoder=encoder)
@@ -201,12 +203,12 @@ def run_loop_experiment(
                                                             with_router=budget == settings.budgets[0]))
         return iteration
 
-    first = one_budget(settings.budgets[0])
+    first = one_budget(settings.budgets[0], settings.seeds)
     # The second iteration before the rest of the curve: it needs the headline run, not the curve.
     if settings.iterations > 1:
         iterations = _second_iteration(config, data_dir, folder, settings, encoder, log)
     for budget in settings.budgets[1:]:
-        one_budget(budget)
+        one_budget(budget, settings.curve_seeds or settings.seeds)
     report: dict[str, Any] = {
         "settings": settings.model_dump(mode="json"),
         "traffic": traffic,

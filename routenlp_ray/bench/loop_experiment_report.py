@@ -87,12 +87,13 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
         lines.append(f"| {seed['seed']} | {seed['budget']} | {clusters} | {seed['gain']['targeted'] * 100:+.2f} | "
                      f"{seed['gain']['untargeted'] * 100:+.2f} | {'passed' if seed['gate']['passed'] else 'failed'} |")
     lines += ["", "## Budget curve", "",
-              "| budget asked | examples | targeted gain | untargeted gain | ratio | ratio 95% CI | t − u 95% CI |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "| budget asked | seeds | examples | targeted gain | untargeted gain | ratio | ratio 95% CI | t − u 95% CI |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for point in report["curve"]:
         ratio = "n/a" if point["ratio"] is None else f"{point['ratio']:.2f}×"
         boot = point["bootstrap"]
-        lines.append(f"| {point['budget_asked']} | {point['examples']['mean']:.0f} | {_pp(point['gain']['targeted'])} | "
+        lines.append(f"| {point['budget_asked']} | {len(point['seeds'])} | {point['examples']['mean']:.0f} | "
+                     f"{_pp(point['gain']['targeted'])} | "
                      f"{_pp(point['gain']['untargeted'])} | {ratio} | {_ci(boot['ratio_ci95'])} | "
                      f"{_ci(boot['difference_ci95'], 100, ' pp')} |")
     lines += ["", f"## Per task (budget {head['budget_asked']})", "",
