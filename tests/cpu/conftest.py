@@ -92,3 +92,18 @@ def prometheus_text(*required: str, timeout_s: float = 60.0) -> str:
             break
         time.sleep(2)
     return text
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """Reuse a running Ray; otherwise start one for this module (Ray Train jobs) and stop it afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="routenlp-tests")
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from statistics import mean
 
@@ -74,21 +73,6 @@ def test_example_applies_the_task_and_checks_messages() -> None:
 
 
 # -- Ray Train runs -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """Reuse a running Ray; otherwise start one for this module and stop it afterwards."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="routenlp-tests")
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def runs(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[DistillResult, DistillResult]:
     """A run stopped after 4 steps, then the same run (same name and storage) asked to go on to 8."""
