@@ -242,6 +242,8 @@ def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExp
         "untargeted_tasks": report["budget"]["untargeted_tasks"],
         "cost_reduction": {v: evaluation[v]["cost_reduction"] for v in ("base", *STUDENTS)},
         "quality_retention": {v: evaluation[v]["quality_retention"] for v in ("base", *STUDENTS)},
+        # Threshold-free: the share of held-out queries the student itself answers right.
+        "accuracy": {v: evaluation[v]["cheap_accuracy"] for v in ("base", *STUDENTS)},
         "gain": {v: _reduction(paired[v], paired["frontier"]) - _reduction(paired["base"], paired["frontier"])
                  for v in STUDENTS},
         "per_task": {task: {v: evaluation[v]["per_task"][task] for v in ("base", *STUDENTS)} for task in settings.tasks},
@@ -267,9 +269,17 @@ def _summarise_budget(budget: int, seeds: list[dict[str, Any]], settings: LoopEx
         "bootstrap": bootstrap_ratio([s["_rows"] for s in seeds], settings.bootstrap),
         "cost_reduction": {v: _mean_sd([s["cost_reduction"][v] for s in seeds]) for v in ("base", *STUDENTS)},
         "quality_retention": {v: _mean_sd([s["quality_retention"][v] for s in seeds]) for v in ("base", *STUDENTS)},
+        "accuracy": {v: _mean_sd([s["accuracy"][v] for s in seeds]) for v in ("base", *STUDENTS)},
+        "accuracy_gain": {v: _mean_sd([s["accuracy"][v] - s["accuracy"]["base"] for s in seeds]) for v in STUDENTS},
         "per_task": {
             task: {
                 "base_cost_reduction": _mean_sd([s["per_task"][task]["base"]["cost_reduction"] for s in seeds]),
+                "base_accuracy": _mean_sd([s["per_task"][task]["base"]["cheap_accuracy"] for s in seeds]),
+                **{f"{v}_accuracy_gain": _mean_sd([s["per_task"][task][v]["cheap_accuracy"]
+                                                   - s["per_task"][task]["base"]["cheap_accuracy"] for s in seeds])
+                   for v in STUDENTS},
+                **{f"{v}_retention": _mean_sd([s["per_task"][task][v]["quality_retention"] for s in seeds])
+                   for v in ("base", *STUDENTS)},
                 **{f"{v}_gain": _mean_sd([s["per_task"][task][v]["cost_reduction"]
                                           - s["per_task"][task]["base"]["cost_reduction"] for s in seeds])
                    for v in STUDENTS},

@@ -74,6 +74,9 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
         f"{_pp(head['gain']['targeted'])}, untargeted {_pp(head['gain']['untargeted'])} "
         f"({head['examples']['mean']:.0f} examples; the selected clusters cover "
         f"{head['selected_cost_share']['mean']:.0%} ± {head['selected_cost_share']['sd']:.0%} of failure cost).",
+        f"- The student's own accuracy on the held-out rows (threshold-free), gain over the current student: "
+        f"targeted {_pp(head['accuracy_gain']['targeted'])}, untargeted {_pp(head['accuracy_gain']['untargeted'])} "
+        f"(current {_pct(head['accuracy']['base'])}).",
         "- Cost reduction vs frontier-only: " + ", ".join(f"{v} {_pct(head['cost_reduction'][v])}" for v in VARIANTS)
         + "; quality retention: " + ", ".join(f"{v} {_pct(head['quality_retention'][v])}" for v in VARIANTS) + ".",
         "",
@@ -97,12 +100,18 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
                      f"{_pp(point['gain']['untargeted'])} | {ratio} | {_ci(boot['ratio_ci95'])} | "
                      f"{_ci(boot['difference_ci95'], 100, ' pp')} |")
     lines += ["", f"## Per task (budget {head['budget_asked']})", "",
-              "| task | current cost reduction | targeted examples | untargeted examples | targeted gain | untargeted gain |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "Cost gain and accuracy gain are over the current student; retention is current → targeted / untargeted.",
+              "",
+              "| task | examples t / u | current cost red. | targeted cost gain | untargeted cost gain | current accuracy "
+              "| targeted acc. gain | untargeted acc. gain | retention |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for task, row in head["per_task"].items():
-        lines.append(f"| {task} | {_pct(row['base_cost_reduction'])} | {row['targeted_examples']['mean']:.0f} | "
-                     f"{row['untargeted_examples']['mean']:.0f} | {_pp(row['targeted_gain'])} | "
-                     f"{_pp(row['untargeted_gain'])} |")
+        lines.append(
+            f"| {task} | {row['targeted_examples']['mean']:.0f} / {row['untargeted_examples']['mean']:.0f} | "
+            f"{_pct(row['base_cost_reduction'])} | {_pp(row['targeted_gain'])} | {_pp(row['untargeted_gain'])} | "
+            f"{_pct(row['base_accuracy'])} | {_pp(row['targeted_accuracy_gain'])} | "
+            f"{_pp(row['untargeted_accuracy_gain'])} | {row['base_retention']['mean']:.1%} → "
+            f"{row['targeted_retention']['mean']:.1%} / {row['untargeted_retention']['mean']:.1%} |")
     if "router" in head:
         lines += ["", "## Start router retrained for each student", "",
                   "Fitted, and its per-task targets chosen, on the calibration half of each student's answers; "

@@ -35,13 +35,15 @@ def seed_record(seed: int, targeted_cost: float, untargeted_cost: float) -> dict
     frontier = np.full(50, 1.0)
     rows = {"frontier": frontier, "base": np.full(50, 0.5), "targeted": np.full(50, targeted_cost),
             "untargeted": np.full(50, untargeted_cost)}
-    per_task = {"t": {v: {"cost_reduction": 1 - rows[v].mean()} for v in ("base", "targeted", "untargeted")}}
+    per_task = {"t": {v: {"cost_reduction": 1 - rows[v].mean(), "cheap_accuracy": 0.5, "quality_retention": 1.0}
+                      for v in ("base", "targeted", "untargeted")}}
     return {
         "seed": seed, "budget": 8, "selected_cost_share": 0.4,
         "selected_clusters": [{"cluster": 0, "size": 5, "tasks": {"t": 5}, "share": 0.4, "cost_usd": 1.0}],
         "targeted_tasks": {"t": 8}, "untargeted_tasks": {"t": 8},
         "cost_reduction": {v: 1 - rows[v].mean() for v in ("base", "targeted", "untargeted")},
         "quality_retention": {v: 1.0 for v in ("base", "targeted", "untargeted")},
+        "accuracy": {"base": 0.5, "targeted": 0.6, "untargeted": 0.55},
         "gain": {"targeted": 0.5 - targeted_cost, "untargeted": 0.5 - untargeted_cost},
         "per_task": per_task, "gate": {"passed": True, "reasons": []}, "_rows": rows,
     }
@@ -63,6 +65,7 @@ def test_a_budget_summary_gives_the_gains_their_ratio_and_a_ci_around_it(setting
     low, high = summary["bootstrap"]["ratio_ci95"]
     assert 2.0 - 1e-9 <= low <= 2.5 <= high <= 3.0 + 1e-9
     assert summary["per_task"]["t"]["targeted_gain"]["mean"] == pytest.approx(0.25)
+    assert summary["accuracy_gain"]["targeted"]["mean"] == pytest.approx(0.1)
     assert all("_rows" not in seed for seed in summary["seeds"])
 
 
