@@ -55,6 +55,6 @@ $R bench specialist --per-task 60 --rounds 1 --out var/bench_specialist.json
 
 # 7. The loop into the LoRA student: targeted vs untargeted over 2 seeds and 3 budgets, then a
 #    second iteration from the first one's release (resumable: rerun the same line).
-$R bench loop --run-id lora --traffic-per-task 300 --seeds 0 1 --curve-seeds 0 --budgets 48 24 96 --steps 12 --batch-size 8 \
-    --learning-rate 1e-3 --cpus-per-worker 2 --student-threads 2 --clusters 12 --top-cost-share 0.4 \
+$R bench loop --run-id lora --traffic-per-task 300 --seeds 0 1 --curve-seeds 0 --budget 48 --top-cost-shares 0.4 0.2 0.75 --steps 12 --batch-size 8 \
+    --learning-rate 1e-3 --cpus-per-worker 2 --student-threads 2 --clusters 12 \
     --eval-per-task 40 --iterations 2 --gate-tolerance 0.02 --out results/loop_iteration.json

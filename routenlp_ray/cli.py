@@ -639,8 +639,9 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
         config = _with_engine_threads(config, args.student_threads)
     settings = LoopExperimentSettings(
         tasks=_tasks_with_split(benchmark_tasks(args, config), args.data_dir, "train"),
-        seeds=args.seeds, curve_seeds=args.curve_seeds, budgets=args.budgets,
-        traffic_per_task=args.traffic_per_task, n_clusters=args.clusters, top_cost_share=args.top_cost_share,
+        seeds=args.seeds, curve_seeds=args.curve_seeds, budget=args.budget,
+        top_cost_shares=args.top_cost_shares,
+        traffic_per_task=args.traffic_per_task, n_clusters=args.clusters,
         eval_per_task=args.eval_per_task, bootstrap=args.bootstrap, iterations=args.iterations,
         gate_tolerance=args.gate_tolerance,
         distill=DistillConfig(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -871,9 +872,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop_bench.add_argument("--traffic-per-task", type=int, default=300, help="train queries per task sent as traffic")
     loop_bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     loop_bench.add_argument("--curve-seeds", type=int, nargs="+", default=None,
-                            help="seeds of the budgets after the first (default: --seeds)")
-    loop_bench.add_argument("--budgets", type=int, nargs="+", default=[64],
-                            help="training examples per student; the first is the headline, the rest the budget curve")
+                            help="seeds of the budget sizes after the first (default: --seeds)")
+    loop_bench.add_argument("--budget", type=int, default=48, help="most training examples per student")
     loop_bench.add_argument("--steps", type=int, default=20, help="LoRA steps per student (the same for every budget)")
     loop_bench.add_argument("--batch-size", type=int, default=8)
     loop_bench.add_argument("--learning-rate", type=float, default=1e-3)
@@ -881,8 +881,9 @@ def build_parser() -> argparse.ArgumentParser:
     loop_bench.add_argument("--student-threads", type=int, default=None,
                             help="torch threads of the transformers tiers while students are evaluated")
     loop_bench.add_argument("--clusters", type=int, default=12, help="failure clusters (fixed, so targeting is a choice)")
-    loop_bench.add_argument("--top-cost-share", type=float, default=0.4,
-                            help="targeted: the fewest costliest clusters covering this share of failure cost")
+    loop_bench.add_argument("--top-cost-shares", type=float, nargs="+", default=[0.4],
+                            help="budget sizes: the targeted set is the failures of the fewest costliest clusters "
+                                 "covering this share of failure cost; the first is the headline")
     loop_bench.add_argument("--eval-per-task", type=int, default=60, help="validation rows per task (half calibrate)")
     loop_bench.add_argument("--bootstrap", type=int, default=1000)
     loop_bench.add_argument("--gate-tolerance", type=float, default=0.0,

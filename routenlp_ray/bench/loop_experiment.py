@@ -5,10 +5,11 @@ One experiment (``routenlp bench loop``):
 1. Traffic: a seeded sample of each task's train split goes through ``RouterService`` with the
    config's real engines in process (``loop_bench.generate_traffic``), so the query log is the one
    the served router writes.
-2. For each budget (examples per student) and seed, one ``Iteration`` runs as ``routenlp loop run``
-   does, without publishing: mine the log with a fixed number of clusters, take the fewest costliest
-   clusters covering ``top_cost_share`` of the failure cost, distil a targeted and an untargeted
-   student (same size, same steps, both continuing the adapter the tier serves now), and read both
+2. For each budget size and seed, one ``Iteration`` runs as ``routenlp loop run`` does, without
+   publishing: mine the log with a fixed number of clusters, take the fewest costliest clusters
+   covering a share f of the failure cost, distil a targeted student on their failures (at most
+   ``budget`` examples) and an untargeted one on as many queries from all traffic (same steps, both
+   continuing the adapter the tier serves now), and read both
    and the current model on one held-out validation slice that no traffic query came from
    (thresholds recalibrated for each student on one half, the cascade read on the other).
 3. Statistics: per-seed gains, mean ± sd, and a bootstrap 95% CI of the targeted/untargeted ratio
@@ -50,13 +51,14 @@ class LoopExperimentSettings(StrictModel):
     tasks: list[str]
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     curve_seeds: list[int] | None = Field(
-        None, min_length=1, description="Seeds of the budgets after the first; default: ``seeds``.")
-    budgets: list[int] = Field(default_factory=lambda: [64], min_length=1,
-                               description="Examples per student; the first is the headline.")
+        None, min_length=1, description="Seeds of the budget sizes after the first; default: ``seeds``.")
+    budget: int = Field(48, ge=1, description="Most examples per student.")
+    top_cost_shares: list[float] = Field(
+        default_factory=lambda: [0.4], min_length=1,
+        description="Budget sizes: the share f of failure cost the targeted clusters cover; the first is the headline.")
     traffic_per_task: int = Field(300, ge=1)
     traffic_seed: int = 1
     n_clusters: int = Field(12, ge=2)
-    top_cost_share: float = Field(0.4, gt=0, le=1)
     eval_per_task: int = Field(60, ge=4)
     eval_seed: int = 0
     alpha: float = Field(0.1, gt=0, lt=1)
@@ -66,9 +68,9 @@ class LoopExperimentSettings(StrictModel):
     iterations: int = Field(1, ge=1, le=2)
 
 
-def _loop_settings(settings: LoopExperimentSettings, budget: int, seed: int, since: str | None = None) -> LoopSettings:
+def _loop_settings(settings: LoopExperimentSettings, share: float, seed: int, since: str | None = None) -> LoopSettings:
     return LoopSettings(
-        top_cost_share=settings.top_cost_share, n_clusters=settings.n_clusters, budget_examples=budget,
+        top_cost_share=share, n_clusters=settings.n_clusters, budget_examples=settings.budget,
         distill=settings.distill.model_copy(update={"seed": seed}), eval_tasks=settings.tasks,
         eval_per_task=settings.eval_per_task, eval_seed=settings.eval_seed, alpha=settings.alpha, seed=seed,
         since=since, gate_tolerance=settings.gate_tolerance,
@@ -193,28 +195,28 @@ def run_loop_experiment(
     runs: dict[int, list[dict[str, Any]]] = {}
     iterations = None
 
-    def one_budget(budget: int, seeds: list[int]) -> Iteration:
+    def one_budget(share: float, seeds: list[int]) -> Iteration:
         for seed in seeds:
-            log(f"budget {budget}, seed {seed}")
-            iteration = Iteration(config, _loop_settings(settings, budget, seed), config.storage.log_uri, data_dir,
-                                  folder / "runs", f"b{budget}-s{seed}", encoder=encoder)
+            log(f"cost share {share}, seed {seed}")
+            iteration = Iteration(config, _loop_settings(settings, share, seed), config.storage.log_uri, data_dir,
+                                  folder / "runs", _run_id(settings, share, seed), encoder=encoder)
             result = iteration.run(publish=False)
-            runs.setdefault(budget, []).append(_seed_record(iteration, result.report, settings, encoder, seed,
-                                                            with_router=budget == settings.budgets[0]))
+            runs.setdefault(share, []).append(_seed_record(iteration, result.report, settings, encoder, seed,
+                                                           with_router=share == settings.top_cost_shares[0]))
         return iteration
 
-    first = one_budget(settings.budgets[0], settings.seeds)
+    first = one_budget(settings.top_cost_shares[0], settings.seeds)
     # The second iteration before the rest of the curve: it needs the headline run, not the curve.
     if settings.iterations > 1:
         iterations = _second_iteration(config, data_dir, folder, settings, encoder, log)
-    for budget in settings.budgets[1:]:
-        one_budget(budget, settings.curve_seeds or settings.seeds)
+    for share in settings.top_cost_shares[1:]:
+        one_budget(share, settings.curve_seeds or settings.seeds)
     report: dict[str, Any] = {
         "settings": settings.model_dump(mode="json"),
         "traffic": traffic,
         "student_tier": first.student.name,
         "starts_from": first.starts_from,
-        "curve": [_summarise_budget(budget, runs[budget], settings) for budget in settings.budgets],
+        "curve": [_summarise_budget(share, runs[share], settings) for share in settings.top_cost_shares],
     }
     report["headline"] = report["curve"][0]
     if iterations is not None:
@@ -257,11 +259,18 @@ def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExp
     return record
 
 
-def _summarise_budget(budget: int, seeds: list[dict[str, Any]], settings: LoopExperimentSettings) -> dict[str, Any]:
+def _run_id(settings: LoopExperimentSettings, share: float, seed: int) -> str:
+    # The headline keeps the short name, so its runs serve every curve that shares it.
+    suffix = "" if share == settings.top_cost_shares[0] else f"-f{round(share * 100)}"
+    return f"b{settings.budget}{suffix}-s{seed}"
+
+
+def _summarise_budget(share: float, seeds: list[dict[str, Any]], settings: LoopExperimentSettings) -> dict[str, Any]:
     gains = {v: [s["gain"][v] for s in seeds] for v in STUDENTS}
     mean_t, mean_u = float(np.mean(gains["targeted"])), float(np.mean(gains["untargeted"]))
     summary = {
-        "budget_asked": budget,
+        "top_cost_share": share,
+        "budget_cap": settings.budget,
         "examples": _mean_sd([s["budget"] for s in seeds]),
         "selected_cost_share": _mean_sd([s["selected_cost_share"] for s in seeds]),
         "gain": {v: _mean_sd(gains[v]) for v in STUDENTS},
@@ -308,19 +317,20 @@ def _second_iteration(config: RouteNLPConfig, data_dir: Path, folder: Path, sett
     """Publish the first iteration's targeted student, serve fresh traffic, and iterate from that release."""
     store_path = folder / "releases"
     looped = config.model_copy(update={"releases": config.releases.model_copy(update={"path": str(store_path)})})
-    budget, seed = settings.budgets[0], settings.seeds[0]
+    share, seed = settings.top_cost_shares[0], settings.seeds[0]
+    name = _run_id(settings, share, seed)
     runs = folder / "runs"
     store = ReleaseStore(store_path)
     if store.current() is None:
         # Built before anything is published, so it starts where the first iteration started; its
         # stages are cached, so this only recalibrates and publishes.
-        first = Iteration(looped, _loop_settings(settings, budget, seed), config.storage.log_uri, data_dir, runs,
-                          f"b{budget}-s{seed}", encoder=encoder)
+        first = Iteration(looped, _loop_settings(settings, share, seed), config.storage.log_uri, data_dir, runs,
+                          name, encoder=encoder)
         if first.run(publish=True).published is None:
-            return {"published": None, "second": None, "first": _iteration_summary(_report(runs / f"b{budget}-s{seed}")),
+            return {"published": None, "second": None, "first": _iteration_summary(_report(runs / name)),
                     "note": "the first iteration's gate failed, so there is no release to continue from"}
     release = store.current()
-    first_report = _report(runs / f"b{budget}-s{seed}")
+    first_report = _report(runs / name)
     # The second traffic is served by the release, so its log is the one the release produced.
     student = first_report["student_tier"]
     adapter = str(release.adapter_for(student))
@@ -329,8 +339,8 @@ def _second_iteration(config: RouteNLPConfig, data_dir: Path, folder: Path, sett
     traffic = _traffic_once(looped.model_copy(update={"tiers": tiers}), data_dir, settings, folder,
                             settings.traffic_seed + 1)
     log(f"second traffic: {traffic}")
-    second = Iteration(looped, _loop_settings(settings, budget, seed, since=traffic["started_at"]),
-                       config.storage.log_uri, data_dir, runs, f"iteration2-b{budget}-s{seed}", encoder=encoder)
+    second = Iteration(looped, _loop_settings(settings, share, seed, since=traffic["started_at"]),
+                       config.storage.log_uri, data_dir, runs, f"iteration2-{name}", encoder=encoder)
     result = second.run(publish=True)
     return {
         "release_1": release.version,

@@ -60,14 +60,16 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
         f"{settings['traffic_per_task']} train queries per task ({', '.join(settings['tasks'])}; equal mix) sent "
         "through `RouterService` with the embedded default's engines in process, so the log is the served router's. "
         f"Mining: {settings['n_clusters']} clusters; the targeted set is the frontier's answers to the failures of the "
-        f"fewest costliest clusters covering {settings['top_cost_share']:.0%} of failure cost, cut to the budget; the "
+        f"fewest costliest clusters covering a share f of failure cost (headline f = {settings['top_cost_shares'][0]}), "
+        f"at most {settings['budget']}; the "
         "untargeted set is as many queries drawn from all traffic. Every student: "
         f"{distill['max_steps']} LoRA steps of {distill['batch_size']}, learning rate {distill['learning_rate']}, "
         f"from the shipped adapter. Evaluation: {settings['eval_per_task']} validation rows per task (no traffic query "
         "comes from validation), the same rows for every seed and student; each student's threshold is recalibrated "
         f"(split-conformal, α = {settings['alpha']}) on one half and its cascade (student → frontier) read on the other.",
         "",
-        f"## Headline (budget {head['budget_asked']} examples per student, {len(head['seeds'])} seeds)",
+        f"## Headline (clusters covering f = {head['top_cost_share']:.0%} of failure cost, at most "
+        f"{head['budget_cap']} examples per student, {len(head['seeds'])} seeds)",
         "",
         "- " + _ratio_line(head),
         f"- Cost-reduction improvement over the current student, mean ± sd over seeds: targeted "
@@ -90,16 +92,21 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
         lines.append(f"| {seed['seed']} | {seed['budget']} | {clusters} | {seed['gain']['targeted'] * 100:+.2f} | "
                      f"{seed['gain']['untargeted'] * 100:+.2f} | {'passed' if seed['gate']['passed'] else 'failed'} |")
     lines += ["", "## Budget curve", "",
-              "| budget asked | seeds | examples | targeted gain | untargeted gain | ratio | ratio 95% CI | t − u 95% CI |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "Budget size: the targeted clusters cover a share f of the failure cost; their failures, at most "
+              f"{head['budget_cap']}, are the targeted set, and the untargeted set is as large.",
+              "",
+              "| f | seeds | examples | targeted gain | untargeted gain | ratio | ratio 95% CI | t − u 95% CI "
+              "| targeted acc. gain | untargeted acc. gain |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for point in report["curve"]:
         ratio = "n/a" if point["ratio"] is None else f"{point['ratio']:.2f}×"
         boot = point["bootstrap"]
-        lines.append(f"| {point['budget_asked']} | {len(point['seeds'])} | {point['examples']['mean']:.0f} | "
+        lines.append(f"| {point['top_cost_share']:.2f} | {len(point['seeds'])} | {point['examples']['mean']:.0f} | "
                      f"{_pp(point['gain']['targeted'])} | "
                      f"{_pp(point['gain']['untargeted'])} | {ratio} | {_ci(boot['ratio_ci95'])} | "
-                     f"{_ci(boot['difference_ci95'], 100, ' pp')} |")
-    lines += ["", f"## Per task (budget {head['budget_asked']})", "",
+                     f"{_ci(boot['difference_ci95'], 100, ' pp')} | {_pp(point['accuracy_gain']['targeted'])} | "
+                     f"{_pp(point['accuracy_gain']['untargeted'])} |")
+    lines += ["", f"## Per task (f = {head['top_cost_share']:.2f})", "",
               "Cost gain and accuracy gain are over the current student; retention is current → targeted / untargeted.",
               "",
               "| task | examples t / u | current cost red. | targeted cost gain | untargeted cost gain | current accuracy "

@@ -38,8 +38,8 @@ def experiment(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory, data
     data["monitoring"]["enabled"] = False
     config = parse_config(data)
     settings = LoopExperimentSettings(
-        tasks=TASKS, seeds=[0, 1], curve_seeds=[0], budgets=[3, 2], traffic_per_task=5, n_clusters=2,
-        top_cost_share=0.5, eval_per_task=4, bootstrap=20, iterations=2, gate_tolerance=1.0,
+        tasks=TASKS, seeds=[0, 1], curve_seeds=[0], budget=3, top_cost_shares=[0.5, 1.0],
+        traffic_per_task=5, n_clusters=2, eval_per_task=4, bootstrap=20, iterations=2, gate_tolerance=1.0,
         distill={"max_steps": 1, "batch_size": 2, "max_seq_len": 128, "checkpoint_every": 1},
     )
     report = run_loop_experiment(config, data_dir, tmp / "work", "tiny", settings, log=lambda line: None)
@@ -52,11 +52,12 @@ def stage(run: Path, name: str) -> dict[str, Any]:
 
 
 def test_targeted_examples_come_only_from_the_selected_clusters_and_untargeted_match_them(experiment) -> None:
-    for run in ("b3-s0", "b3-s1", "b2-s0"):
+    for run in ("b3-s0", "b3-s1", "b3-f100-s0"):
         mined = stage(experiment["runs"] / run, "mine")
         selected = {q for c in mined["clusters"] if c["cluster"] in mined["top_clusters"] for q in c["query_ids"]}
         sets = stage(experiment["runs"] / run, "training_sets")
         assert sets["targeted"] and {e["query_id"] for e in sets["targeted"]} <= selected
+        assert sets["budget"] <= 3
         assert len(sets["untargeted"]) == len(sets["targeted"]) == sets["budget"]
         # The same steps for both students, each continuing the shipped adapter.
         trained = [stage(experiment["runs"] / run, f"train_{v}") for v in ("targeted", "untargeted")]
@@ -68,7 +69,7 @@ def test_the_report_has_seeds_a_paired_ci_a_budget_curve_and_start_shares(experi
     report = experiment["report"]
     head = report["headline"]
     assert [s["seed"] for s in head["seeds"]] == [0, 1]
-    assert [p["budget_asked"] for p in report["curve"]] == [3, 2] and len(report["curve"][1]["seeds"]) == 1
+    assert [p["top_cost_share"] for p in report["curve"]] == [0.5, 1.0] and len(report["curve"][1]["seeds"]) == 1
     assert len(head["bootstrap"]["difference_ci95"]) == 2
     for variant in ("base", "targeted", "untargeted"):
         shares = head["router"][variant]["start_share"]

@@ -51,13 +51,13 @@ def seed_record(seed: int, targeted_cost: float, untargeted_cost: float) -> dict
 
 @pytest.fixture()
 def settings() -> LoopExperimentSettings:
-    return LoopExperimentSettings(tasks=["t"], budgets=[8], bootstrap=50,
+    return LoopExperimentSettings(tasks=["t"], budget=8, top_cost_shares=[0.4], bootstrap=50,
                                   distill={"max_steps": 2, "batch_size": 2})
 
 
 def test_a_budget_summary_gives_the_gains_their_ratio_and_a_ci_around_it(settings) -> None:
     # Targeted saves 0.2 and 0.3 of the frontier's cost over base; untargeted 0.1 each time.
-    summary = _summarise_budget(8, [seed_record(0, 0.3, 0.4), seed_record(1, 0.2, 0.4)], settings)
+    summary = _summarise_budget(0.4, [seed_record(0, 0.3, 0.4), seed_record(1, 0.2, 0.4)], settings)
     assert summary["gain"]["targeted"]["mean"] == pytest.approx(0.25)
     assert summary["gain"]["targeted"]["sd"] == pytest.approx(np.std([0.2, 0.3], ddof=1))
     assert summary["gain"]["untargeted"]["mean"] == pytest.approx(0.1)
@@ -71,7 +71,7 @@ def test_a_budget_summary_gives_the_gains_their_ratio_and_a_ci_around_it(setting
 
 def test_the_report_states_the_ratio_and_warns_when_its_ci_reaches_zero(settings) -> None:
     def report(seeds: list[dict]) -> dict:
-        point = _summarise_budget(8, seeds, settings)
+        point = _summarise_budget(0.4, seeds, settings)
         return {"settings": settings.model_dump(mode="json"), "headline": point, "curve": [point], "wall_s": 60.0,
                 "student_tier": "smollm2", "starts_from": {"release": None, "adapter": "a"}}
 
