@@ -250,6 +250,8 @@ def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExp
                  for v in STUDENTS},
         "per_task": {task: {v: evaluation[v]["per_task"][task] for v in ("base", *STUDENTS)} for task in settings.tasks},
         "gate": report["gate"],
+        # What the same gate would say of the untargeted student, had it been the candidate.
+        "untargeted_gate": dict(zip(("passed", "reasons"), iteration.gate(evaluation, "untargeted"))),
         "training": report["training"],
         "_rows": paired,
     }

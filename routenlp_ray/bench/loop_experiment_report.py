@@ -26,6 +26,12 @@ def _ci(interval: list[float] | None, scale: float = 1.0, unit: str = "") -> str
     return f"[{interval[0] * scale:+.2f}, {interval[1] * scale:+.2f}]{unit}"
 
 
+def _verdict(gate: Mapping[str, Any] | None) -> str:
+    if gate is None:
+        return "n/a"
+    return "passed" if gate["passed"] else "failed (" + "; ".join(gate["reasons"]) + ")"
+
+
 def write_loop_experiment_report(report: dict[str, Any], out: str | Path, command: str) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,13 +90,14 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
         "",
         "Per seed (cost-reduction gain over the current student, pp):",
         "",
-        "| seed | examples | clusters selected (of failures' cost) | targeted | untargeted | gate |",
+        "| seed | examples | clusters selected (of failures' cost) | targeted | untargeted | gate: targeted / untargeted |",
         "|---:|---:|---|---:|---:|---|",
     ]
     for seed in head["seeds"]:
         clusters = ", ".join(f"{'/'.join(c['tasks'])} {c['share']:.0%}" for c in seed["selected_clusters"])
         lines.append(f"| {seed['seed']} | {seed['budget']} | {clusters} | {seed['gain']['targeted'] * 100:+.2f} | "
-                     f"{seed['gain']['untargeted'] * 100:+.2f} | {'passed' if seed['gate']['passed'] else 'failed'} |")
+                     f"{seed['gain']['untargeted'] * 100:+.2f} | {_verdict(seed['gate'])} / "
+                     f"{_verdict(seed.get('untargeted_gate'))} |")
     lines += ["", "## Budget curve", "",
               "Budget size: the targeted clusters cover a share f of the failure cost; their failures, at most "
               f"{head['budget_cap']}, are the targeted set, and the untargeted set is as large.",

@@ -285,10 +285,10 @@ class Iteration:
             recorder.record(task, self.settings.eval_split, examples, progress=False)
         return load_tables(config, [folder], self.data_dir, tasks, [self.settings.eval_split])
 
-    def gate(self, evaluation: dict[str, Any]) -> tuple[bool, list[str]]:
-        """The targeted student must not lower any task's quality retention against the current model."""
+    def gate(self, evaluation: dict[str, Any], variant: str = "targeted") -> tuple[bool, list[str]]:
+        """The targeted student (or ``variant``) must not lower any task's quality retention against the current model."""
         reasons = []
-        base, new = evaluation["base"]["per_task"], evaluation["targeted"]["per_task"]
+        base, new = evaluation["base"]["per_task"], evaluation[variant]["per_task"]
         for task in evaluation["tasks"]:
             before, after = base[task]["quality_retention"], new[task]["quality_retention"]
             if after < before - self.settings.gate_tolerance:
