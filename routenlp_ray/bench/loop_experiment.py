@@ -338,11 +338,14 @@ def _second_iteration(config: RouteNLPConfig, data_dir: Path, folder: Path, sett
     adapter = str(release.adapter_for(student))
     tiers = [t.model_copy(update={"engine": t.engine.model_copy(update={"adapter_path": adapter})})
              if t.name == student else t for t in looped.tiers]
-    traffic = _traffic_once(looped.model_copy(update={"tiers": tiers}), data_dir, settings, folder,
-                            settings.traffic_seed + 1)
+    # A log of its own: the first traffic's runs (the budget curve among them) must never mine it.
+    storage = looped.storage.model_copy(update={"log_uri": str(folder / "querylog-iteration2"),
+                                                "spool_dir": str(folder / "spool-iteration2")})
+    traffic = _traffic_once(looped.model_copy(update={"tiers": tiers, "storage": storage}), data_dir, settings,
+                            folder, settings.traffic_seed + 1)
     log(f"second traffic: {traffic}")
     second = Iteration(looped, _loop_settings(settings, share, seed, since=traffic["started_at"]),
-                       config.storage.log_uri, data_dir, runs, f"iteration2-{name}", encoder=encoder)
+                       storage.log_uri, data_dir, runs, f"iteration2-{name}", encoder=encoder)
     result = second.run(publish=True)
     return {
         "release_1": release.version,
