@@ -347,10 +347,14 @@ def _second_iteration(config: RouteNLPConfig, data_dir: Path, folder: Path, sett
     second = Iteration(looped, _loop_settings(settings, share, seed, since=traffic["started_at"]),
                        storage.log_uri, data_dir, runs, f"iteration2-{name}", encoder=encoder)
     result = second.run(publish=True)
+    first = _iteration_summary(first_report)
+    # The headline runs rewrite the first run's report unpublished on every resume; the store knows.
+    if release.version == f"loop-{name}":
+        first["published"] = release.version
     return {
         "release_1": release.version,
         "traffic_2": traffic,
-        "first": _iteration_summary(first_report),
+        "first": first,
         "second": _iteration_summary(result.report),
     }
 
