@@ -60,7 +60,8 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
     lines = [
         "# The loop at real scale: targeted vs untargeted distillation into the LoRA student",
         "",
-        f"Command: `{command}` ({report['wall_s'] / 60:.1f} min on the shared 2-core CPU).",
+        f"Command: `{command}` (this invocation: {report['wall_s'] / 60:.1f} min on the shared 2-core CPU; a "
+        "rerun reuses every stage cached under the workdir, so its time is not the experiment's).",
         "",
         f"Student tier `{report['student_tier']}`, continuing `{report['starts_from']['adapter']}`. Traffic: "
         f"{settings['traffic_per_task']} train queries per task ({', '.join(settings['tasks'])}; equal mix) sent "
