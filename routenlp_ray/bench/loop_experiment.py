@@ -102,7 +102,7 @@ def _variant_rows(iteration: Iteration, trained: dict[str, Any], tasks: list[str
 
 def _variant_tables(iteration: Iteration, trained: dict[str, Any], variant: str, tasks: list[str]) -> list[TaskTable]:
     adapter = trained[variant]["adapter_dir"] if variant != "base" else iteration.student.engine.adapter_path
-    config = iteration._variant_config(adapter)
+    config = iteration.variant_config(adapter)
     return load_tables(config, [iteration.records_dir(variant)], iteration.data_dir, tasks,
                        [iteration.settings.eval_split])
 

@@ -248,7 +248,7 @@ class Iteration:
 
         return self._stage("evaluate", compute)
 
-    def _variant_config(self, adapter: str | None) -> RouteNLPConfig:
+    def variant_config(self, adapter: str | None) -> RouteNLPConfig:
         engine = self.student.engine.model_copy(update={"adapter_path": adapter})
         # Judged on every task it could take on, not only those its tier serves today: a student
         # that became right on a task is how that task gets a cheap tier.
@@ -274,7 +274,7 @@ class Iteration:
         from routenlp_ray.recording.recorder import DEFAULT_RECORD_MAX_TOKENS
         from routenlp_ray.tasks.data import load_examples
 
-        config = self._variant_config(adapter)
+        config = self.variant_config(adapter)
         folder = self.records_dir(variant)
         recorder = Recorder(config, folder, max_tokens=DEFAULT_RECORD_MAX_TOKENS)
         for task in tasks:
@@ -297,7 +297,7 @@ class Iteration:
 
     def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path:
         """Thresholds for the new student, calibrated on all of its held-out answers."""
-        config = self._variant_config(trained["targeted"]["adapter_dir"])
+        config = self.variant_config(trained["targeted"]["adapter_dir"])
         tables = load_tables(config, [self.records_dir("targeted")], self.data_dir, evaluation["tasks"],
                              [self.settings.eval_split])
         # The student is the first tier of each table; the frontier (last) has no threshold.
@@ -315,7 +315,7 @@ class Iteration:
             return None
         from routenlp_ray.routing.training import train_router_policy
 
-        config = self._variant_config(trained["targeted"]["adapter_dir"])
+        config = self.variant_config(trained["targeted"]["adapter_dir"])
         policy, report = train_router_policy(
             config, self.records_dir("targeted"), self.data_dir, evaluation["tasks"],
             split=self.settings.eval_split, seed=self.settings.seed, version=f"router-{self.run_id}",
