@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field
 
 from routenlp_ray.bench.loop_bench import generate_traffic
-from routenlp_ray.bench.loop_specialist import bootstrap_ratio
+from routenlp_ray.bench.loop_specialist import _reduction, bootstrap_ratio
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.loop.distill import DistillConfig
@@ -111,14 +111,12 @@ def paired_cost_rows(rows: dict[str, dict[str, HeldOutRows]], tasks: Sequence[st
     """Per held-out query, each variant's cost and the frontier's, aligned by id across variants."""
     out: dict[str, list[float]] = {"frontier": [], "base": [], "targeted": [], "untargeted": []}
     for task in tasks:
-        base = rows["base"][task]
-        common = set(base.ids).intersection(*(rows[v][task].ids for v in STUDENTS))
+        position = {v: {i: k for k, i in enumerate(rows[v][task].ids)} for v in ("base", *STUDENTS)}
+        common = set(position["base"]).intersection(*(position[v] for v in STUDENTS))
         for i in sorted(common):
-            at = base.ids.index(i)
-            out["frontier"].append(float(base.frontier_cost[at]))
+            out["frontier"].append(float(rows["base"][task].frontier_cost[position["base"][i]]))
             for variant in ("base", *STUDENTS):
-                held = rows[variant][task]
-                out[variant].append(float(held.paid[held.ids.index(i)]))
+                out[variant].append(float(rows[variant][task].paid[position[variant][i]]))
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -161,10 +159,6 @@ def router_start_shares(iteration: Iteration, trained: dict[str, Any], variant: 
         "start_share": {tier: float((start_all == k).mean()) for k, tier in enumerate(tiers)},
         "router_cascade_cost_reduction": 1 - paid / frontier if frontier else 0.0,
     }
-
-
-def _reduction(cost: np.ndarray, frontier: np.ndarray) -> float:
-    return float(1 - cost.sum() / frontier.sum()) if frontier.sum() else 0.0
 
 
 def _mean_sd(values: Sequence[float]) -> dict[str, float]:
