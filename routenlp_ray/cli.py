@@ -559,7 +559,7 @@ def _cmd_loop_run(args: argparse.Namespace) -> int:
     config = load_config(args.config).with_absolute_paths(os.getcwd())
     settings_data = yaml.safe_load(Path(args.settings).read_text()) if args.settings else {}
     overrides = {"budget_examples": args.budget, "eval_per_task": args.eval_per_task, "eval_tasks": args.tasks,
-                 "top_clusters": args.top_clusters, "since": args.since}
+                 "top_clusters": args.top_clusters, "since": args.since, "student_tier": args.student_tier}
     settings_data.update({k: v for k, v in overrides.items() if v is not None})
     if args.steps is not None:
         settings_data.setdefault("distill", {})["max_steps"] = args.steps
@@ -639,6 +639,7 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
         config = _with_engine_threads(config, args.student_threads)
     settings = LoopExperimentSettings(
         tasks=_tasks_with_split(benchmark_tasks(args, config), args.data_dir, "train"),
+        student_tier=args.student_tier, specialist={"cpus_per_worker": args.cpus_per_worker},
         seeds=args.seeds, curve_seeds=args.curve_seeds, budget=args.budget,
         top_cost_shares=args.top_cost_shares,
         traffic_per_task=args.traffic_per_task, n_clusters=args.clusters,
@@ -814,6 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop_run.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="held-out evaluation data")
     loop_run.add_argument("--workdir", default="var/loop", help="run folders (stages, adapters, reports)")
     loop_run.add_argument("--run-id", default=None, help="same id = resume that run (default: UTC time)")
+    loop_run.add_argument("--student-tier", default=None,
+                          help="cheap tier to distil into, a transformers or specialist tier (default: the settings')")
     loop_run.add_argument("--budget", type=int, default=None, help="training examples per student")
     loop_run.add_argument("--steps", type=int, default=None, help="LoRA optimizer steps per student")
     loop_run.add_argument("--eval-per-task", type=int, default=None)
@@ -873,6 +876,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop_bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     loop_bench.add_argument("--curve-seeds", type=int, nargs="+", default=None,
                             help="seeds of the budget sizes after the first (default: --seeds)")
+    loop_bench.add_argument("--student-tier", default=None,
+                            help="tier distilled into: the LoRA tier (default) or a specialist tier, e.g. specialist")
     loop_bench.add_argument("--budget", type=int, default=48, help="most training examples per student")
     loop_bench.add_argument("--steps", type=int, default=20, help="LoRA steps per student (the same for every budget)")
     loop_bench.add_argument("--batch-size", type=int, default=8)

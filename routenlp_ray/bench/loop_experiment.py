@@ -39,6 +39,7 @@ from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.loop.distill import DistillConfig
 from routenlp_ray.loop.iteration import HeldOutRows, Iteration, LoopSettings, held_out_rows
+from routenlp_ray.loop.specialist_student import SpecialistRefitSettings
 from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
 from routenlp_ray.releases import ReleaseStore
 
@@ -49,6 +50,8 @@ class LoopExperimentSettings(StrictModel):
     """What the experiment spends; every student gets the same ``distill`` settings."""
 
     tasks: list[str]
+    student_tier: str | None = Field(None, description="The tier distilled into; default: LoopSettings' default.")
+    specialist: SpecialistRefitSettings = Field(default_factory=SpecialistRefitSettings)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     curve_seeds: list[int] | None = Field(
         None, min_length=1, description="Seeds of the budget sizes after the first; default: ``seeds``.")
@@ -70,6 +73,7 @@ class LoopExperimentSettings(StrictModel):
 
 def _loop_settings(settings: LoopExperimentSettings, share: float, seed: int, since: str | None = None) -> LoopSettings:
     return LoopSettings(
+        student_tier=settings.student_tier, specialist=settings.specialist,
         top_cost_share=share, n_clusters=settings.n_clusters, budget_examples=settings.budget,
         distill=settings.distill.model_copy(update={"seed": seed}), eval_tasks=settings.tasks,
         eval_per_task=settings.eval_per_task, eval_seed=settings.eval_seed, alpha=settings.alpha, seed=seed,
@@ -101,8 +105,8 @@ def _variant_rows(iteration: Iteration, trained: dict[str, Any], tasks: list[str
 
 
 def _variant_tables(iteration: Iteration, trained: dict[str, Any], variant: str, tasks: list[str]) -> list[TaskTable]:
-    adapter = trained[variant]["adapter_dir"] if variant != "base" else iteration.student.engine.adapter_path
-    config = iteration.variant_config(adapter)
+    artifact = trained[variant]["artifact_dir"] if variant != "base" else iteration.current_artifact
+    config = iteration.variant_config(artifact)
     return load_tables(config, [iteration.records_dir(variant)], iteration.data_dir, tasks,
                        [iteration.settings.eval_split])
 
@@ -209,6 +213,7 @@ def run_loop_experiment(
         "settings": settings.model_dump(mode="json"),
         "traffic": traffic,
         "student_tier": first.student.name,
+        "student_kind": "specialist" if first.is_specialist else "lora",
         "starts_from": first.starts_from,
         "curve": [_summarise_budget(share, runs[share], settings) for share in settings.top_cost_shares],
     }
@@ -222,7 +227,7 @@ def run_loop_experiment(
 def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExperimentSettings, encoder: Any,
                  seed: int, with_router: bool) -> dict[str, Any]:
     """What one seed's iteration showed, with the per-query rows the bootstrap needs."""
-    trained = {v: {"adapter_dir": report["evaluation_adapters"][v]} for v in ("base", *STUDENTS)}
+    trained = {v: {"artifact_dir": report["evaluation_artifacts"][v]} for v in ("base", *STUDENTS)}
     rows = _variant_rows(iteration, trained, settings.tasks, settings.alpha)
     paired = paired_cost_rows(rows, settings.tasks)
     evaluation = report["evaluation"]
@@ -329,8 +334,8 @@ def _second_iteration(config: RouteNLPConfig, data_dir: Path, folder: Path, sett
     first_report = _report(runs / name)
     # The second traffic is served by the release, so its log is the one the release produced.
     student = first_report["student_tier"]
-    adapter = str(release.adapter_for(student))
-    tiers = [t.model_copy(update={"engine": t.engine.model_copy(update={"adapter_path": adapter})})
+    artifact = str(release.adapter_for(student))
+    tiers = [t.model_copy(update={"engine": t.engine.model_copy(update={t.release_artifact_field(): artifact})})
              if t.name == student else t for t in looped.tiers]
     # A log of its own: the first traffic's runs (the budget curve among them) must never mine it.
     storage = looped.storage.model_copy(update={"log_uri": str(folder / "querylog-iteration2"),

@@ -57,21 +57,28 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
     settings = report["settings"]
     head = report["headline"]
     distill = settings["distill"]
+    specialist = report.get("student_kind") == "specialist"
+    if specialist:
+        spend = ("each touched head refitted on the pairs it was fitted on plus the student's, with the C its base "
+                 "chose (a Ray Train job); heads of other tasks carried over unchanged")
+    else:
+        spend = (f"{distill['max_steps']} LoRA steps of {distill['batch_size']}, learning rate "
+                 f"{distill['learning_rate']}, from the shipped adapter")
     lines = [
-        "# The loop at real scale: targeted vs untargeted distillation into the LoRA student",
+        "# The loop at real scale: targeted vs untargeted distillation into the "
+        + ("specialist tier" if specialist else "LoRA student"),
         "",
         f"Command: `{command}` (this invocation: {report['wall_s'] / 60:.1f} min on the shared 2-core CPU; a "
         "rerun reuses every stage cached under the workdir, so its time is not the experiment's).",
         "",
-        f"Student tier `{report['student_tier']}`, continuing `{report['starts_from']['adapter']}`. Traffic: "
+        f"Student tier `{report['student_tier']}`, continuing `{report['starts_from']['artifact']}`. Traffic: "
         f"{settings['traffic_per_task']} train queries per task ({', '.join(settings['tasks'])}; equal mix) sent "
         "through `RouterService` with the embedded default's engines in process, so the log is the served router's. "
         f"Mining: {settings['n_clusters']} clusters; the targeted set is the frontier's answers to the failures of the "
         f"fewest costliest clusters covering a share f of failure cost (headline f = {settings['top_cost_shares'][0]}), "
         f"at most {settings['budget']}; the "
         "untargeted set is as many queries drawn from all traffic. Every student: "
-        f"{distill['max_steps']} LoRA steps of {distill['batch_size']}, learning rate {distill['learning_rate']}, "
-        f"from the shipped adapter. Evaluation: {settings['eval_per_task']} validation rows per task (no traffic query "
+        f"{spend}. Evaluation: {settings['eval_per_task']} validation rows per task (no traffic query "
         "comes from validation), the same rows for every seed and student; each student's threshold is recalibrated "
         f"(split-conformal, α = {settings['alpha']}) on one half and its cascade (student → frontier) read on the other.",
         "",
@@ -153,7 +160,7 @@ def _iterations_lines(iterations: dict[str, Any]) -> list[str]:
         it = iterations[name]
         start = it["starts_from"]
         lines.append(
-            f"| {name} | {start['release'] or 'configured'} (`{start['adapter']}`) | {it['queries_mined']} | "
+            f"| {name} | {start['release'] or 'configured'} (`{start['artifact']}`) | {it['queries_mined']} | "
             f"{it['failures']} | {it['cost_reduction']['base']:.1%} | {it['cost_reduction']['targeted']:.1%} | "
             f"{it['quality_retention']['base']:.1%} → {it['quality_retention']['targeted']:.1%} | "
             f"{'passed' if it['gate']['passed'] else 'failed'} | {it['published'] or 'nothing'} |")

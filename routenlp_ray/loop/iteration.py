@@ -1,5 +1,10 @@
 """One iteration of the closed loop: mine, distil (targeted and untargeted), evaluate, gate, publish.
 
+The student is one cheap tier: a transformers tier gets a LoRA adapter that continues the one it
+serves, a specialist tier a new artifact whose touched heads are refitted on their pairs plus the
+mined ones (:mod:`routenlp_ray.loop.specialist_student`). Either way the result is a folder that a
+release carries for that tier, which the tier's replicas hot-swap to.
+
 Each stage writes its result under ``<workdir>/<run_id>/``; running the same ``run_id``
 again skips finished stages and resumes Ray Train runs from their checkpoints, so a run that
 died half-way picks up where it stopped and a finished run changes nothing.
@@ -29,6 +34,7 @@ from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.conformal.thresholds import load_thresholds
 from routenlp_ray.loop.distill import DistillConfig, DistillExample, train_lora_adapter
+from routenlp_ray.loop.specialist_student import SpecialistRefitSettings
 from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
 from routenlp_ray.releases import ReleaseStore
@@ -42,7 +48,11 @@ VARIANTS = ("base", "targeted", "untargeted")
 class LoopSettings(StrictModel):
     """What one iteration spends and how it judges the result."""
 
-    student_tier: str | None = Field(None, description="Tier to distil into; default: the cheapest transformers tier.")
+    student_tier: str | None = Field(
+        None,
+        description="Cheap tier to distil into (transformers or specialist); default: the cheapest transformers tier, "
+                    "else the cheapest specialist tier.",
+    )
     top_clusters: int = Field(3, ge=1, description="Costliest failure clusters whose queries are distilled.")
     top_cost_share: float | None = Field(
         None, gt=0, le=1,
@@ -54,6 +64,9 @@ class LoopSettings(StrictModel):
     distill: DistillConfig = Field(
         default_factory=lambda: DistillConfig(max_steps=40, batch_size=4, max_seq_len=384, checkpoint_every=20),
         description="LoRA and Ray Train settings, shared by both students so the budgets are equal.",
+    )
+    specialist: SpecialistRefitSettings = Field(
+        default_factory=SpecialistRefitSettings, description="How a specialist student tier is refitted.",
     )
     eval_tasks: list[str] | None = Field(None, description="Tasks to evaluate; default: tasks with a metric.")
     eval_split: str = Field("validation", description="Data split the held-out slice comes from.")
@@ -113,20 +126,41 @@ class Iteration:
     # -- plumbing ---------------------------------------------------------------------------
     def _student_tier(self) -> TierConfig:
         name = self.settings.student_tier
-        candidates = [t for t in self.config.tiers[:-1] if t.engine.type == "transformers"]
+        cheap = [t for t in self.config.tiers[:-1] if t.release_artifact_field() is not None]
         if name is not None:
-            candidates = [t for t in candidates if t.name == name]
+            candidates = [t for t in cheap if t.name == name]
+        else:  # the LoRA student first, as before specialist tiers could be distilled into
+            candidates = sorted(cheap, key=lambda t: t.engine.type != "transformers")
         if not candidates:
             wanted = f"tier {name!r}" if name else "a cheaper tier"
-            raise ConfigError(f"loop needs {wanted} with a transformers engine to distil into")
+            raise ConfigError(f"loop needs {wanted} with a transformers or specialist engine to distil into")
         student = candidates[0]
-        # The tier as it serves now: the current release's adapter, or (as the tiers read a release
-        # without one) the configured adapter.
+        field = student.release_artifact_field()
+        # The tier as it serves now: the current release's artifact, or (as the tiers read a release
+        # without one) the configured one.
         release = ReleaseStore(self.config.releases.path).current() if self.config.releases.path else None
         released = release.adapter_for(student.name) if release is not None else None
-        adapter = str(released) if released is not None else student.engine.adapter_path
-        self.starts_from: dict[str, Any] = {"release": release.version if release else None, "adapter": adapter}
-        return student.model_copy(update={"engine": student.engine.model_copy(update={"adapter_path": adapter})})
+        artifact = str(released) if released is not None else getattr(student.engine, field)
+        self.starts_from: dict[str, Any] = {"release": release.version if release else None, "artifact": artifact}
+        return student.model_copy(update={"engine": student.engine.model_copy(update={field: artifact})})
+
+    @property
+    def is_specialist(self) -> bool:
+        return self.student.engine.type == "specialist"
+
+    @property
+    def current_artifact(self) -> str | None:
+        """What the student tier serves now: its LoRA adapter (or None, the bare model) or specialist artifact."""
+        return getattr(self.student.engine, self.student.release_artifact_field())
+
+    @functools.cached_property
+    def student_tasks(self) -> set[str] | None:
+        """Tasks the student can learn: a specialist's heads; None (every task) for a LoRA student."""
+        if not self.is_specialist:
+            return None
+        from routenlp_ray.specialists.artifact import read_manifest
+
+        return set(read_manifest(self.current_artifact).tasks)
 
     @functools.cached_property
     def frontier_call(self) -> Callable[[str, str], Awaitable[str | None]] | None:
@@ -162,6 +196,7 @@ class Iteration:
                 self.log_uri, self.config, self.encoder, top_k=self.settings.top_clusters,
                 since=self.settings.since, n_clusters=self.settings.n_clusters, frontier_call=self.frontier_call,
                 random_state=self.settings.seed, top_cost_share=self.settings.top_cost_share,
+                tasks=self.student_tasks,
             )
             write_cluster_report(
                 result.clusters, self.run_dir / "clusters.md", self.run_dir / "clusters.json",
@@ -180,7 +215,7 @@ class Iteration:
 
     def training_sets(self, mined: dict[str, Any]) -> dict[str, Any]:
         def compute() -> dict[str, Any]:
-            targeted = [e for e in mined["teacher"] if e["task"] in {t.name for t in self.config.tasks}]
+            targeted = [e for e in mined["teacher"] if self._learnable(e["task"])]
             rng = random.Random(self.settings.seed)
             rng.shuffle(targeted)
             budget = min(self.settings.budget_examples, len(targeted))
@@ -192,13 +227,17 @@ class Iteration:
 
         return self._stage("training_sets", compute)
 
+    def _learnable(self, task: str) -> bool:
+        known = any(t.name == task for t in self.config.tasks)
+        return known and (self.student_tasks is None or task in self.student_tasks)
+
     def _random_traffic(self, n: int, rng: random.Random) -> list[dict[str, Any]]:
         """The same number of examples drawn uniformly from logged traffic, with the frontier as teacher."""
         from routenlp_ray.loop.mining import logged_since
 
         # The same window of the log the targeted set was mined from.
         queries = [q for q in logged_since(read_records(self.log_uri, "queries"), self.settings.since)
-                   if q.get("status") == "ok"]
+                   if q.get("status") == "ok" and self._learnable(q["task"])]
         rng.shuffle(queries)
         frontier = self.config.frontier.name
         call = self.frontier_call
@@ -216,6 +255,9 @@ class Iteration:
         return out
 
     def train(self, sets: dict[str, Any]) -> dict[str, Any]:
+        """Both students, with equal data; each result's ``artifact_dir`` is the folder a release would carry."""
+        if self.is_specialist:
+            return self._train_specialists(sets)
         results = {}
         for variant in ("targeted", "untargeted"):
             def compute(variant: str = variant) -> dict[str, Any]:
@@ -231,6 +273,28 @@ class Iteration:
                 return result.model_dump(mode="json")
 
             results[variant] = self._stage(f"train_{variant}", compute)
+            results[variant]["artifact_dir"] = results[variant]["adapter_dir"]
+        return results
+
+    def _train_specialists(self, sets: dict[str, Any]) -> dict[str, Any]:
+        from routenlp_ray.loop.specialist_student import base_pairs, refit_specialist
+
+        artifact = self.current_artifact
+        touched = sorted({e["task"] for v in ("targeted", "untargeted") for e in sets[v]})
+        pairs = None
+        results = {}
+        for variant in ("targeted", "untargeted"):
+            def compute(variant: str = variant) -> dict[str, Any]:
+                nonlocal pairs
+                if pairs is None:  # read once for both students; a finished stage never needs them
+                    pairs = base_pairs(artifact, touched, self.config, self.data_dir, self.settings.specialist)
+                return refit_specialist(
+                    artifact, pairs, sets[variant], self.run_dir / "specialists" / variant,
+                    f"loop-{self.run_id}-{variant}", self.settings.specialist,
+                    storage_path=self.run_dir / "ray_train", run_name=f"{self.run_id}-{variant}",
+                )
+
+            results[variant] = self._stage(f"train_{variant}", compute)
         return results
 
     def evaluate(self, trained: dict[str, Any]) -> dict[str, Any]:
@@ -240,19 +304,22 @@ class Iteration:
             ]
             out: dict[str, Any] = {"tasks": tasks}
             for variant in VARIANTS:
-                # "base" is the tier as it serves now: its current adapter, or the bare model.
-                adapter = trained[variant]["adapter_dir"] if variant != "base" else self.student.engine.adapter_path
-                tables = self._record(variant, adapter, tasks)
+                # "base" is the tier as it serves now: its current artifact (or, for a LoRA tier, the bare model).
+                artifact = trained[variant]["artifact_dir"] if variant != "base" else self.current_artifact
+                tables = self._record(variant, artifact, tasks)
                 out[variant] = asdict(_cascade_metrics(tables, self.settings.alpha))
             return out
 
         return self._stage("evaluate", compute)
 
-    def variant_config(self, adapter: str | None) -> RouteNLPConfig:
-        engine = self.student.engine.model_copy(update={"adapter_path": adapter})
+    def variant_config(self, artifact: str | None) -> RouteNLPConfig:
+        """The student (serving ``artifact``) in front of the frontier: the two-tier cascade a student is judged in."""
+        engine = self.student.engine.model_copy(update={self.student.release_artifact_field(): artifact})
         # Judged on every task it could take on, not only those its tier serves today: a student
-        # that became right on a task is how that task gets a cheap tier.
-        student = self.student.model_copy(update={"engine": engine, "tasks": None})
+        # that became right on a task is how that task gets a cheap tier. A specialist takes on
+        # only the tasks it has heads for.
+        tasks = sorted(self.student_tasks) if self.student_tasks is not None else None
+        student = self.student.model_copy(update={"engine": engine, "tasks": tasks})
         return self.config.model_copy(update={"tiers": [student, self.config.frontier]})
 
     def records_dir(self, variant: str) -> Path:
@@ -261,7 +328,7 @@ class Iteration:
         # The current model's answers depend only on its adapter and the held-out slice, so runs in
         # one workdir that share both (seeds of one experiment, budgets) record them once.
         s = self.settings
-        key = json.dumps([_adapter_fingerprint(self.student.engine.adapter_path), s.eval_split, s.eval_per_task,
+        key = json.dumps([_artifact_fingerprint(self.current_artifact), s.eval_split, s.eval_per_task,
                           self._eval_seed])
         return self.run_dir.parent / "base-records" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -269,12 +336,12 @@ class Iteration:
     def _eval_seed(self) -> int:
         return self.settings.seed if self.settings.eval_seed is None else self.settings.eval_seed
 
-    def _record(self, variant: str, adapter: str | None, tasks: list[str]) -> list[TaskTable]:
+    def _record(self, variant: str, artifact: str | None, tasks: list[str]) -> list[TaskTable]:
         from routenlp_ray.recording import Recorder
         from routenlp_ray.recording.recorder import DEFAULT_RECORD_MAX_TOKENS
         from routenlp_ray.tasks.data import load_examples
 
-        config = self.variant_config(adapter)
+        config = self.variant_config(artifact)
         folder = self.records_dir(variant)
         recorder = Recorder(config, folder, max_tokens=DEFAULT_RECORD_MAX_TOKENS)
         for task in tasks:
@@ -297,7 +364,7 @@ class Iteration:
 
     def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path:
         """Thresholds for the new student, calibrated on all of its held-out answers."""
-        config = self.variant_config(trained["targeted"]["adapter_dir"])
+        config = self.variant_config(trained["targeted"]["artifact_dir"])
         tables = load_tables(config, [self.records_dir("targeted")], self.data_dir, evaluation["tasks"],
                              [self.settings.eval_split])
         # The student is the first tier of each table; the frontier (last) has no threshold.
@@ -315,7 +382,7 @@ class Iteration:
             return None
         from routenlp_ray.routing.training import train_router_policy
 
-        config = self.variant_config(trained["targeted"]["adapter_dir"])
+        config = self.variant_config(trained["targeted"]["artifact_dir"])
         policy, report = train_router_policy(
             config, self.records_dir("targeted"), self.data_dir, evaluation["tasks"],
             split=self.settings.eval_split, seed=self.settings.seed, version=f"router-{self.run_id}",
@@ -327,7 +394,7 @@ class Iteration:
         mined = self.mine()
         sets = self.training_sets(mined)
         trained = self.train(sets)
-        trained["base"] = {"adapter_dir": None}
+        trained["base"] = {"artifact_dir": None}
         evaluation = self.evaluate(trained)
         passed, reasons = self.gate(evaluation)
         published = None
@@ -343,7 +410,7 @@ class Iteration:
                 else:
                     published = store.publish(
                         version,
-                        adapters={self.student.name: Path(trained["targeted"]["adapter_dir"])},
+                        adapters={self.student.name: Path(trained["targeted"]["artifact_dir"])},
                         thresholds=thresholds,
                         router=router_path,
                         report=_summary(evaluation),
@@ -454,11 +521,9 @@ def build_report(
             "untargeted_tasks": dict(Counter(e["task"] for e in sets["untargeted"]).most_common()),
             "distill": iteration.settings.distill.model_dump(mode="json"),
         },
-        "evaluation_adapters": {"base": iteration.student.engine.adapter_path,
-                                **{v: trained[v]["adapter_dir"] for v in ("targeted", "untargeted")}},
-        "training": {v: {k: trained[v][k] for k in ("steps", "train_seconds", "wall_seconds", "n_examples")}
-                     | {"first_loss": trained[v]["losses"][0], "last_loss": trained[v]["losses"][-1]}
-                     for v in ("targeted", "untargeted")},
+        "evaluation_artifacts": {"base": iteration.current_artifact,
+                                 **{v: trained[v]["artifact_dir"] for v in ("targeted", "untargeted")}},
+        "training": {v: _training_summary(trained[v]) for v in ("targeted", "untargeted")},
         "evaluation": evaluation,
         "cost_improvement": {"targeted": gain["targeted"], "untargeted": gain["untargeted"],
                              "targeted_over_untargeted": ratio},
@@ -470,13 +535,16 @@ def build_report(
 
 def report_markdown(report: dict[str, Any]) -> str:
     ev = report["evaluation"]
+    training = report["training"]["targeted"]
+    spent = (f"{report['budget']['distill']['max_steps']} LoRA steps each" if "steps" in training else
+             "heads refitted with their base C: " + ", ".join(
+                 f"{t} {r['base_pairs']} + {r['new_pairs']}" for t, r in training["refitted_tasks"].items()))
     lines = [
         f"# Loop iteration {report['run_id']}",
         "",
         f"Student tier `{report['student_tier']}`; {report['mining']['queries']} logged queries, "
         f"{report['mining']['failures']} cheap-tier failures in {report['mining']['clusters']} clusters; "
-        f"{report['budget']['examples_per_student']} training examples per student, "
-        f"{report['budget']['distill']['max_steps']} LoRA steps each.",
+        f"{report['budget']['examples_per_student']} training examples per student, {spent} (targeted).",
         "",
         "| student | cost reduction | quality retention | cheap-tier accuracy |",
         "|---|---|---|---|",
@@ -529,15 +597,27 @@ def _frontier_caller(config: RouteNLPConfig) -> Callable[[str, str], Awaitable[s
     return call
 
 
-def _adapter_fingerprint(adapter: str | None) -> str | None:
-    """The adapter's weights, by content: a folder retrained in place is a different model."""
-    if adapter is None:
+def _training_summary(trained: dict[str, Any]) -> dict[str, Any]:
+    if "losses" in trained:  # a LoRA run
+        return {k: trained[k] for k in ("steps", "train_seconds", "wall_seconds", "n_examples")} | {
+            "first_loss": trained["losses"][0], "last_loss": trained["losses"][-1]}
+    return {k: trained[k] for k in ("n_examples", "refitted_tasks", "task_Cs", "wall_seconds")}
+
+
+def _artifact_fingerprint(artifact: str | None) -> str | None:
+    """The artifact by content: a folder retrained in place is a different model.
+
+    A specialist artifact's manifest checksums every file; a LoRA adapter is hashed by its weights.
+    """
+    if artifact is None:
         return None
-    weights = sorted(Path(adapter).glob("*.safetensors")) or sorted(Path(adapter).glob("*.bin"))
+    folder = Path(artifact)
+    files = ([folder / "manifest.json"] if (folder / "manifest.json").is_file() else
+             sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")))
     digest = hashlib.sha256()
-    for path in weights:
+    for path in files:
         digest.update(path.read_bytes())
-    return f"{Path(adapter).resolve()}:{digest.hexdigest()[:16]}"
+    return f"{folder.resolve()}:{digest.hexdigest()[:16]}"
 
 
 def _has_split(data_dir: Path, task: Any, split: str) -> bool:

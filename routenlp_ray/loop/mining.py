@@ -546,15 +546,20 @@ def mine(
     frontier_call: FrontierCall | None = None,
     random_state: int = 0,
     top_cost_share: float | None = None,
+    tasks: Iterable[str] | None = None,
 ) -> MiningResult:
     """Read the log, find and cluster cheap-tier failures, rank them, and gather teacher data
     for the ``top_k`` costliest clusters, or, with ``top_cost_share``, for the fewest costliest
-    clusters that cover that share of the failure cost. ``since`` keeps queries logged at or after it."""
+    clusters that cover that share of the failure cost. ``since`` keeps queries logged at or after it;
+    ``tasks`` keeps only failures of those tasks (a student that can learn only some of them)."""
     queries = logged_since(read_records(log_uri, "queries"), since)
     # Feedback is not filtered: a verdict only matters through its query, which is.
     feedback = read_records(log_uri, "feedback")
     cheap = [tier.name for tier in config.tiers[:-1]]
     failures = find_failures(queries, feedback, cheap, config.frontier.name)
+    if tasks is not None:
+        wanted = set(tasks)
+        failures = [f for f in failures if f.task in wanted]
     clusterer = FailureClusterer(encoder, n_clusters=n_clusters, random_state=random_state).fit(failures)
     clusters = rank_clusters(failures, clusterer.labels_, price_gap_from_config(config))
     if top_cost_share is not None:

@@ -33,6 +33,9 @@ from routenlp_ray.models.sources import resolve_model_source
 
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.json"
+# The (query, frontier answer) pairs a head was fitted on, one JSON list per line: the loop refits
+# a head on them plus its newly mined pairs. A head built by reference to data rows has none.
+PAIRS_FILE = "pairs.jsonl"
 ARTIFACT_FORMAT = 1
 
 HeadKind = Literal["label", "entities", "cache"]
@@ -86,6 +89,26 @@ def data_fingerprint(texts: list[str], answers: list[str]) -> str:
     for text, answer in zip(texts, answers):
         digest.update(json.dumps([text, answer], ensure_ascii=False).encode())
     return digest.hexdigest()
+
+
+def write_pairs(task_folder: Path, texts: list[str], answers: list[str]) -> Path:
+    path = Path(task_folder) / PAIRS_FILE
+    with path.open("w") as handle:
+        for text, answer in zip(texts, answers):
+            handle.write(json.dumps([text, answer], ensure_ascii=False) + "\n")
+    return path
+
+
+def read_pairs(task_folder: Path) -> tuple[list[str], list[str]] | None:
+    """The pairs a head's folder carries, or None when it carries none."""
+    path = Path(task_folder) / PAIRS_FILE
+    if not path.is_file():
+        return None
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [str(r[0]) for r in rows], [str(r[1]) for r in rows]
+    except (ValueError, IndexError, TypeError) as exc:
+        raise ArtifactError(f"specialist artifact: {str(path)!r} is not a list of [query, answer] rows: {exc}") from None
 
 
 def write_artifact(

@@ -19,7 +19,14 @@ from pydantic import Field
 from routenlp_ray._exceptions import RouteNLPError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.models.encoder import MINILM_SOURCE
-from routenlp_ray.specialists.artifact import HeadEntry, HeadKind, data_fingerprint, write_artifact
+from routenlp_ray.specialists.artifact import (
+    HeadEntry,
+    HeadKind,
+    data_fingerprint,
+    read_manifest,
+    write_artifact,
+    write_pairs,
+)
 
 __all__ = [
     "SpecialistTrainingConfig",
@@ -61,6 +68,10 @@ class SpecialistTrainingConfig(StrictModel):
         min_length=1,
         description="Inverse regularisation strengths tried; the best on a held-out slice of the pairs is kept.",
     )
+    task_Cs: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="Per-task Cs instead of Cs (a loop refit keeps the C its base head chose, so students differ only in data).",
+    )
     holdout: float = Field(0.1, gt=0, lt=1, description="Share of the pairs held out to pick C (then refit on all).")
     lexical_features: int = Field(
         20_000, ge=0,
@@ -82,14 +93,16 @@ def fit_heads(
         if len(data.texts) != len(data.answers):
             raise ValueError(f"task {task!r}: {len(data.texts)} texts but {len(data.answers)} answers")
         started = time.perf_counter()
-        params = {} if data.kind == "cache" else {"Cs": config.Cs, "holdout": config.holdout, "seed": config.seed}
+        Cs = config.task_Cs.get(task, config.Cs)
+        params = {} if data.kind == "cache" else {"Cs": Cs, "holdout": config.holdout, "seed": config.seed}
         if data.kind == "label":
             params["lexical_features"] = config.lexical_features
         head = make_head(data.kind, encoder, **params).fit(data.texts, data.answers)
         if data.source is not None and data.kind == "cache":
             head.save(output_dir / task, source=data.source)
         else:
-            head.save(output_dir / task)
+            # The pairs travel with the head, so the loop can refit it on them plus what it mines.
+            write_pairs(head.save(output_dir / task), data.texts, data.answers)
         metrics: dict[str, float] = {"fit_seconds": time.perf_counter() - started}
         if data.kind != "cache":
             metrics.update({"C": head.C_, **{f"holdout_at_C={c:g}": v for c, v in head.holdout_scores_.items()}})
@@ -124,8 +137,13 @@ def distill_specialists(
     config: SpecialistTrainingConfig | None = None,
     storage_path: str | Path = "var/ray_train",
     run_name: str | None = None,
+    carry_from: str | Path | None = None,
 ) -> Path:
     """Fit the heads in a Ray Train job and write the artifact ``output_dir`` (which must not exist yet).
+
+    With ``carry_from`` (an artifact on the same encoder), its heads for tasks not in ``pairs``
+    join the new artifact unchanged, manifest entries and all: a refit of some tasks is still a
+    whole tier.
 
     Starts Ray (``ray.init()``) when it is not running yet; on a cluster, submit the command that
     calls this with ``ray job submit`` and the worker lands wherever a CPU is free.
@@ -136,6 +154,13 @@ def distill_specialists(
     if not pairs:
         raise ValueError("distill_specialists needs pairs for at least one task, got none")
     config = config or SpecialistTrainingConfig()
+    carried: dict[str, tuple[Path, HeadEntry]] = {}
+    if carry_from is not None:
+        base = read_manifest(carry_from)
+        if base.encoder.source != config.encoder_source:
+            raise ValueError(f"carry_from {str(carry_from)!r} sits on encoder {base.encoder.source!r}, "
+                             f"not {config.encoder_source!r}: its heads cannot join this artifact")
+        carried = {task: (Path(carry_from) / task, entry) for task, entry in base.tasks.items() if task not in pairs}
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
@@ -165,4 +190,4 @@ def distill_specialists(
             )
             for task, info in summary.items()
         }
-        return write_artifact(output_dir, version, config.encoder_source, heads)
+        return write_artifact(output_dir, version, config.encoder_source, {**carried, **heads})

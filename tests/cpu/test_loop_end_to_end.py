@@ -140,14 +140,14 @@ def test_iteration_publishes_a_release_the_service_picks_up_and_rollback_restore
     runs = app["tmp"] / "runs"
     following = Iteration(config, settings(), config.storage.log_uri, data_dir, runs, "ci-next")
     released = str(app["store"].get("loop-ci-1").adapter_for("smollm2"))
-    assert following.starts_from == {"release": "loop-ci-1", "adapter": released}
+    assert following.starts_from == {"release": "loop-ci-1", "artifact": released}
     assert following.student.engine.adapter_path == released
     for stage in ("mine", "training_sets"):
         (runs / "ci-next" / "stages").mkdir(parents=True, exist_ok=True)
         shutil.copy2(runs / "ci-1" / "stages" / f"{stage}.json", runs / "ci-next" / "stages" / f"{stage}.json")
     trained = following.train(following.training_sets(following.mine()))
     assert {trained[v]["init_adapter"] for v in ("targeted", "untargeted")} == {str(Path(released).resolve())}
-    assert iteration.starts_from == {"release": "baseline", "adapter": None}
+    assert iteration.starts_from == {"release": "baseline", "artifact": None}
 
     # One command rolls back; the service follows, the tier drops the adapter.
     assert main(["release", "rollback", "--path", str(app["tmp"] / "releases")]) == 0

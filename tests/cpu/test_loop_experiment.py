@@ -89,7 +89,7 @@ def test_the_second_iteration_continues_from_the_first_ones_release(experiment) 
     assert iterations["first"]["published"] == iterations["release_1"] == "loop-b3-s0"
     second = iterations["second"]
     assert second["starts_from"] == {"release": "loop-b3-s0",
-                                     "adapter": str(store.get("loop-b3-s0").adapter_for("smollm2"))}
+                                     "artifact": str(store.get("loop-b3-s0").adapter_for("smollm2"))}
     # Mined from the second traffic only, which the release served, and the first traffic's runs never saw it.
     assert second["queries_mined"] == 5 * len(TASKS)
     for run in ("b3-s0", "b3-f100-s0"):

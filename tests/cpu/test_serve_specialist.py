@@ -3,12 +3,17 @@
 Covers the specialist issue's must-shows: a sure cs_intent query is accepted by the specialist
 and shows the saving; a forced-low threshold escalates it; an unserved task skips the tier at
 no cost; a corrupt artifact published as a release is refused and the running version stays.
+And the loop distils into it: an iteration mines the served log, refits the specialist on its
+pairs plus the targeted failures' frontier answers, gates, publishes a release the tier swaps to
+live, and a rollback swaps it back.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +22,13 @@ import pytest
 from openai import OpenAI
 
 from routenlp_ray.cascade import SKIP_UNSERVED
+from routenlp_ray.cli import main
+from routenlp_ray.config import parse_config
 from routenlp_ray.conformal import ThresholdTable
+from routenlp_ray.loop.iteration import Iteration, LoopSettings
 from routenlp_ray.releases import ReleaseStore
-from routenlp_ray.specialists import TaskPairs, distill_specialists, read_manifest
+from routenlp_ray.specialists import TaskPairs, distill_specialists, read_manifest, verify_artifact
+from routenlp_ray.specialists.artifact import read_pairs
 from routenlp_ray.tasks.data import load_examples, task_file
 from tests.cpu.conftest import wait_for
 
@@ -44,7 +53,8 @@ def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir:
     pairs = train_pairs(data_dir)
     artifact = distill_specialists({"cs_intent": pairs}, tmp / "artifacts" / "ci-v1", "ci-v1",
                                    storage_path=tmp / "ray_train")
-    replay = [str(data_dir / "cs_intent" / "train.jsonl"), str(data_dir / "legal_risk" / "validation.jsonl")]
+    replay = [str(data_dir / "cs_intent" / s) for s in ("train.jsonl", "validation.jsonl")] + [
+        str(data_dir / "legal_risk" / "validation.jsonl")]
     config = {
         "tiers": [
             {
@@ -72,7 +82,7 @@ def app(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir:
         "releases": {"path": str(tmp / "releases"), "poll_interval_s": 0.5},
     }
     serve.run(build_routenlp_app(config), name=APP, route_prefix="/")
-    yield {"port": serve_instance, "tmp": tmp, "artifact": artifact, "pairs": pairs}
+    yield {"port": serve_instance, "tmp": tmp, "artifact": artifact, "pairs": pairs, "config": config}
     serve.delete(APP)
 
 
@@ -98,6 +108,10 @@ def ask(client: OpenAI, task: str, text: str) -> tuple[str, dict[str, Any]]:
     return response.choices[0].message.content, response.model_extra["routing"]
 
 
+def pairs_of(app: dict[str, Any]) -> TaskPairs:
+    return app["pairs"]
+
+
 def sure_query(app: dict[str, Any]) -> tuple[str, str]:
     """A training query, which the specialist has seen answered: it is sure of it."""
     pairs = app["pairs"]
@@ -108,7 +122,9 @@ def test_training_ran_on_ray_train_and_wrote_a_checksummed_artifact(app: dict[st
     manifest = read_manifest(app["artifact"])
     head = manifest.tasks["cs_intent"]
     assert manifest.version == "ci-v1" and head.kind == "label" and head.n_examples == TRAIN_PER_TASK
-    assert set(head.files) == {"head.json", "head.npz", "lexical.json"}  # weights, label map, word features
+    # Weights and label map, word features, and the pairs it was fitted on (what a loop refit starts from).
+    assert set(head.files) == {"head.json", "head.npz", "lexical.json", "pairs.jsonl"}
+    assert read_pairs(Path(app["artifact"]) / "cs_intent") == (pairs_of(app).texts, pairs_of(app).answers)
     assert any((app["tmp"] / "ray_train" / "specialists-ci-v1").glob("heads_*"))  # the Ray Train checkpoint
 
 
@@ -168,3 +184,87 @@ def test_a_forced_low_threshold_escalates_and_a_corrupt_release_is_refused(
     wait_for(lambda: tier_status()["release"] == "good", timeout_s=60)
     assert tier_status()["artifact"].endswith("good/adapters/specialist")
     assert ask(client, "cs_intent", text)[1]["answered_by"] == "specialist"
+
+
+def test_the_loop_refits_the_specialist_and_the_tier_swaps_to_its_release_and_back(
+    client: OpenAI, app: dict[str, Any], data_dir: Path
+) -> None:
+    store = ReleaseStore(app["tmp"] / "releases")
+    # The tier as the loop finds it: the trained artifact, with thresholds no answer meets, so
+    # every query is escalated and the log is full of failures to mine.
+    strict = ThresholdTable(version="loop-strict", thresholds={"specialist": {"cs_intent": 1e-9}}).save(
+        app["tmp"] / "loop-strict.json")
+    store.publish("before-loop", adapters={"specialist": app["artifact"]}, thresholds=strict)
+    wait_for(lambda: tier_status()["release"] == "before-loop", timeout_s=60)
+    served = tier_status()["artifact"]
+    since = datetime.now(timezone.utc).isoformat()  # mine only the traffic below
+    # Train queries the specialist was not fitted on (past the first TRAIN_PER_TASK of the same shuffle).
+    unseen = load_examples(task_file(data_dir, "cs_intent", "train"), seed=0)[TRAIN_PER_TASK : TRAIN_PER_TASK + 24]
+    for example in unseen:
+        assert ask(client, "cs_intent", example.input)[1]["answered_by"] == "frontier"
+
+    config = parse_config(app["config"])
+    settings = LoopSettings(
+        student_tier="specialist", since=since, n_clusters=3, top_cost_share=0.5, budget_examples=6, eval_tasks=["cs_intent"],
+        eval_per_task=12, gate_tolerance=1.0, specialist={"cpus_per_worker": 0.5},
+    )
+    runs = app["tmp"] / "loop"
+    iteration = Iteration(config, settings, config.storage.log_uri, data_dir, runs, "spec-1")
+    assert iteration.starts_from == {"release": "before-loop", "artifact": served}
+    result = iteration.run()
+
+    # Targeted: only the selected clusters' failures; untargeted: as many, from all traffic.
+    stages = runs / "spec-1" / "stages"
+    mined = json.loads((stages / "mine.json").read_text())
+    sets = json.loads((stages / "training_sets.json").read_text())
+    selected = {q for c in mined["clusters"] if c["cluster"] in mined["top_clusters"] for q in c["query_ids"]}
+    assert mined["n_failures"] == 24 and 0 < len(mined["top_clusters"]) < 3
+    assert sets["targeted"] and {e["query_id"] for e in sets["targeted"]} <= selected
+    assert len(sets["untargeted"]) == len(sets["targeted"]) == sets["budget"] <= 6
+
+    # Each student is the served head refitted on its pairs plus the new ones, with the C it chose.
+    base_c = read_manifest(served).tasks["cs_intent"].metrics["C"]
+    for variant in ("targeted", "untargeted"):
+        trained = json.loads((stages / f"train_{variant}.json").read_text())
+        assert trained["init_artifact"] == str(Path(served).resolve())
+        assert trained["task_Cs"] == {"cs_intent": [base_c]}
+        refit = Path(trained["artifact_dir"])
+        manifest = verify_artifact(refit, ["cs_intent"])
+        assert manifest.tasks["cs_intent"].metrics["C"] == base_c
+        texts, answers = read_pairs(refit / "cs_intent")
+        added = sets[variant]
+        assert texts == pairs_of(app).texts + [e["input"] for e in added]
+        assert answers[len(pairs_of(app).answers):] == [e["answer"] for e in added]
+
+    # Gated, published for the specialist tier, and swapped in live.
+    assert result.gate_passed and result.published == "loop-spec-1"
+    release = store.get("loop-spec-1")
+    assert release.adapter_for("specialist").name == "specialist" and release.thresholds_path is not None
+    wait_for(lambda: tier_status()["release"] == "loop-spec-1", timeout_s=120)
+    status = tier_status()
+    assert status["artifact"].endswith("loop-spec-1/adapters/specialist")
+    assert (status["refused"] or {}).get("version") != "loop-spec-1"
+    text, label = sure_query(app)
+    assert ask(client, "cs_intent", text)[0] == label
+
+    # One command rolls back; the tier swaps back to the artifact it served before.
+    assert main(["release", "rollback", "--path", str(app["tmp"] / "releases")]) == 0
+    wait_for(lambda: tier_status()["release"] == "before-loop", timeout_s=120)
+    assert tier_status()["artifact"] == served
+
+
+def test_a_failed_specialist_gate_publishes_nothing(app: dict[str, Any], data_dir: Path) -> None:
+    runs = app["tmp"] / "loop"
+    shutil.copytree(runs / "spec-1" / "stages", runs / "spec-2" / "stages")
+    evaluation_path = runs / "spec-2" / "stages" / "evaluate.json"
+    evaluation = json.loads(evaluation_path.read_text())
+    evaluation["base"]["per_task"]["cs_intent"]["quality_retention"] = 1.0
+    evaluation["targeted"]["per_task"]["cs_intent"]["quality_retention"] = 0.5
+    evaluation_path.write_text(json.dumps(evaluation))
+    store = ReleaseStore(app["tmp"] / "releases")
+    before = store.versions()
+    config = parse_config(app["config"])
+    settings = LoopSettings(student_tier="specialist", eval_tasks=["cs_intent"], eval_per_task=12)
+    result = Iteration(config, settings, config.storage.log_uri, data_dir, runs, "spec-2").run()
+    assert not result.gate_passed and result.published is None
+    assert store.versions() == before and tier_status()["release"] == "before-loop"

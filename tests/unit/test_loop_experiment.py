@@ -73,7 +73,7 @@ def test_the_report_states_the_ratio_and_warns_when_its_ci_reaches_zero(settings
     def report(seeds: list[dict]) -> dict:
         point = _summarise_budget(0.4, seeds, settings)
         return {"settings": settings.model_dump(mode="json"), "headline": point, "curve": [point], "wall_s": 60.0,
-                "student_tier": "smollm2", "starts_from": {"release": None, "adapter": "a"}}
+                "student_tier": "smollm2", "starts_from": {"release": None, "artifact": "a"}}
 
     clear = loop_experiment_markdown(report([seed_record(0, 0.3, 0.4), seed_record(1, 0.2, 0.4)]), "cmd")
     assert "**2.50×**" in clear and "carries no information" not in clear

@@ -280,6 +280,10 @@ def test_mine_ties_it_together(log_uri: str, config) -> None:
     # Queries older than `since` are left out (q1..q3 are logged at seconds 1..3).
     later = mine(log_uri, config, TopicEncoder(), since="2026-01-01T00:00:04+00:00")
     assert [f.query_id for f in later.failures] == ["q4", "q11"] and later.n_queries == len(QUERIES) - 3
+    # A student that can learn only some tasks (a specialist's heads) mines only their failures.
+    cards = mine(log_uri, config, TopicEncoder(), tasks=["cs_intent"], frontier_call=lambda task, text: text)
+    assert [f.query_id for f in cards.failures] == CARD
+    assert {e.task for e in cards.teacher.examples} == {"cs_intent"}
 
 
 @pytest.mark.slow

