@@ -616,9 +616,9 @@ def _cmd_release(args: argparse.Namespace) -> int:
 
 
 def _with_engine_threads(config: Any, threads: int) -> Any:
-    """The transformers tiers run ``threads`` torch threads (the loop's student is read on a quiet machine)."""
+    """The student tiers (transformers, specialist) run ``threads`` torch threads while the loop reads them."""
     tiers = [t.model_copy(update={"engine": t.engine.model_copy(update={"num_threads": threads})})
-             if t.engine.type == "transformers" else t for t in config.tiers]
+             if t.engine.type in ("transformers", "specialist") else t for t in config.tiers]
     return config.model_copy(update={"tiers": tiers})
 
 
