@@ -559,7 +559,7 @@ def _cmd_loop_run(args: argparse.Namespace) -> int:
     config = load_config(args.config).with_absolute_paths(os.getcwd())
     settings_data = yaml.safe_load(Path(args.settings).read_text()) if args.settings else {}
     overrides = {"budget_examples": args.budget, "eval_per_task": args.eval_per_task, "eval_tasks": args.tasks,
-                 "top_clusters": args.top_clusters, "since": args.since, "student_tier": args.student_tier}
+                 "top_clusters": args.top_clusters, "since": args.since}
     settings_data.update({k: v for k, v in overrides.items() if v is not None})
     if args.steps is not None:
         settings_data.setdefault("distill", {})["max_steps"] = args.steps
@@ -568,15 +568,22 @@ def _cmd_loop_run(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise ConfigError(f"invalid loop settings: {exc}") from None
     run_id = args.run_id or datetime_run_id()
-    iteration = Iteration(config, settings, args.log_uri or config.storage.log_uri, args.data_dir, args.workdir, run_id)
-    result = iteration.run(publish=not args.no_publish)
-    print(Path(result.report_path).with_suffix(".md").read_text())
-    print(f"report: {result.report_path}")
-    if not result.gate_passed:
-        print("gate failed: nothing was published")
-        return 2
-    print(f"published: {result.published}" if result.published else "not published (no releases.path or --no-publish)")
-    return 0
+    tiers = args.student_tier or [settings.student_tier]
+    status = 0
+    for tier in tiers:
+        # Built only now: an iteration starts from the release the one before it published.
+        iteration = Iteration(config, settings.model_copy(update={"student_tier": tier}),
+                              args.log_uri or config.storage.log_uri, args.data_dir, args.workdir,
+                              run_id if len(tiers) == 1 else f"{run_id}-{tier}")
+        result = iteration.run(publish=not args.no_publish)
+        print(Path(result.report_path).with_suffix(".md").read_text())
+        print(f"report: {result.report_path}")
+        if not result.gate_passed:
+            print(f"{iteration.student.name}: gate failed, nothing was published")
+            status = 2
+            continue
+        print(f"published: {result.published}" if result.published else "not published (no releases.path or --no-publish)")
+    return status
 
 
 def datetime_run_id() -> str:
@@ -815,8 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
     loop_run.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="held-out evaluation data")
     loop_run.add_argument("--workdir", default="var/loop", help="run folders (stages, adapters, reports)")
     loop_run.add_argument("--run-id", default=None, help="same id = resume that run (default: UTC time)")
-    loop_run.add_argument("--student-tier", default=None,
-                          help="cheap tier to distil into, a transformers or specialist tier (default: the settings')")
+    loop_run.add_argument("--student-tier", nargs="+", default=None,
+                          help="cheap tier(s) to distil into, transformers or specialist (default: the settings'); "
+                               "with several, one iteration per tier in turn, each from the release the last published")
     loop_run.add_argument("--budget", type=int, default=None, help="training examples per student")
     loop_run.add_argument("--steps", type=int, default=None, help="LoRA optimizer steps per student")
     loop_run.add_argument("--eval-per-task", type=int, default=None)
