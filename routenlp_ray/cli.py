@@ -647,6 +647,7 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
     settings = LoopExperimentSettings(
         tasks=_tasks_with_split(benchmark_tasks(args, config), args.data_dir, "train"),
         student_tier=args.student_tier, specialist={"cpus_per_worker": args.cpus_per_worker},
+        specialist_base_share=args.specialist_base_share,
         seeds=args.seeds, curve_seeds=args.curve_seeds, budget=args.budget,
         top_cost_shares=args.top_cost_shares,
         traffic_per_task=args.traffic_per_task, n_clusters=args.clusters,
@@ -886,6 +887,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="seeds of the budget sizes after the first (default: --seeds)")
     loop_bench.add_argument("--student-tier", default=None,
                             help="tier distilled into: the LoRA tier (default) or a specialist tier, e.g. specialist")
+    loop_bench.add_argument("--specialist-base-share", type=float, default=None,
+                            help="specialist student: distil its base on this share of each train split first, "
+                                 "and send traffic from the rest only")
     loop_bench.add_argument("--budget", type=int, default=48, help="most training examples per student")
     loop_bench.add_argument("--steps", type=int, default=20, help="LoRA steps per student (the same for every budget)")
     loop_bench.add_argument("--batch-size", type=int, default=8)

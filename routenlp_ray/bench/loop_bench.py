@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from routenlp_ray.telemetry.querylog import QueryLog
 
 
 async def _send(service: RouterService, data_dir: Path, tasks: list[str], per_task: int,
-                seed: int, concurrency: int = 8) -> int:
+                seed: int, concurrency: int = 8, exclude: Mapping[str, set[str]] | None = None) -> int:
     limiter = asyncio.Semaphore(concurrency)
     sent = 0
 
@@ -45,20 +46,24 @@ async def _send(service: RouterService, data_dir: Path, tasks: list[str], per_ta
         # and a task with no train split (fin_summarization) must not be distilled on it.
         if not (data_dir / task / "train.jsonl").is_file():
             continue
-        for example in load_examples(task_file(data_dir, task, "train"), limit=per_task, seed=seed):
+        examples = load_examples(task_file(data_dir, task, "train"), seed=seed)
+        # Rows a student was distilled on are no traffic: the loop must see queries new to it.
+        kept = [e for e in examples if e.id not in (exclude or {}).get(task, set())]
+        for example in kept[:per_task]:
             jobs.append(one(task, example.input))
     await asyncio.gather(*jobs)
     return sent
 
 
-def generate_traffic(config: RouteNLPConfig, data_dir: Path, tasks: list[str], per_task: int, seed: int = 1) -> dict[str, Any]:
-    """Send the sample through the router; returns counts and timing."""
+def generate_traffic(config: RouteNLPConfig, data_dir: Path, tasks: list[str], per_task: int, seed: int = 1,
+                     exclude: Mapping[str, set[str]] | None = None) -> dict[str, Any]:
+    """Send the sample (leaving out the ``exclude`` row ids per task) through the router; returns counts and timing."""
     started = time.perf_counter()
     engines = {tier.name: make_engine(tier) for tier in config.tiers}
     tiers = {name: engine.generate for name, engine in engines.items()}
     with QueryLog(config.storage) as log:
         service = RouterService(config, tiers, query_log=log)
-        sent = asyncio.run(_send(service, data_dir, tasks, per_task, seed))
+        sent = asyncio.run(_send(service, data_dir, tasks, per_task, seed, exclude=exclude))
     return {"queries": sent, "seconds": time.perf_counter() - started}
 
 

@@ -16,6 +16,10 @@ One experiment (``routenlp bench loop``):
    and of their difference, over seeds and the held-out queries (paired across students).
 4. For each student, the learned start router is retrained on its answers; the report gives the
    share of held-out queries it starts at each tier.
+   With a specialist student and ``specialist_base_share``, the base specialist is first distilled
+   on a seeded share of each train split and the traffic comes from the rest, so every mined query
+   is new to it (the shipped specialist was distilled on whole train splits: traffic from them
+   would only repeat its own pairs).
 5. Optionally a second iteration: the first seed's headline targeted student is published into a
    release store of the experiment's own, fresh traffic is served and logged, and an iteration mined
    from that log only continues from the release.
@@ -33,6 +37,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.bench.loop_bench import generate_traffic
 from routenlp_ray.bench.loop_specialist import _reduction, bootstrap_ratio
 from routenlp_ray.config._base import StrictModel
@@ -52,6 +57,11 @@ class LoopExperimentSettings(StrictModel):
     tasks: list[str]
     student_tier: str | None = Field(None, description="The tier distilled into; default: LoopSettings' default.")
     specialist: SpecialistRefitSettings = Field(default_factory=SpecialistRefitSettings)
+    specialist_base_share: float | None = Field(
+        None, gt=0, lt=1,
+        description="Specialist student only: distil the base specialist on this seeded share of each train split "
+                    "first, and send traffic only from the rest. None: the configured specialist.",
+    )
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     curve_seeds: list[int] | None = Field(
         None, min_length=1, description="Seeds of the budget sizes after the first; default: ``seeds``.")
@@ -88,11 +98,52 @@ def _traffic_once(config: RouteNLPConfig, data_dir: Path, settings: LoopExperime
     if marker.exists():
         return {**json.loads(marker.read_text()), "reused": True}
     started_at = datetime.now(timezone.utc).isoformat()
-    traffic = generate_traffic(config, data_dir, settings.tasks, settings.traffic_per_task, seed=seed)
+    exclude = {t: {e.id for e in rows} for t, rows in _base_rows(settings, data_dir).items()}
+    traffic = generate_traffic(config, data_dir, settings.tasks, settings.traffic_per_task, seed=seed,
+                               exclude=exclude)
     traffic["started_at"] = started_at
     folder.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(traffic))
     return traffic
+
+
+BASE_SEED = 0
+
+
+def _base_rows(settings: LoopExperimentSettings, data_dir: Path) -> dict[str, list[Any]]:
+    """The train rows the experiment's own base specialist is distilled on (none without a base share)."""
+    from routenlp_ray.tasks.data import load_examples, task_file
+
+    if settings.specialist_base_share is None:
+        return {}
+    out = {}
+    for task in settings.tasks:
+        rows = load_examples(task_file(data_dir, task, "train"), seed=BASE_SEED)
+        out[task] = rows[: round(len(rows) * settings.specialist_base_share)]
+    return out
+
+
+def with_base_specialist(config: RouteNLPConfig, data_dir: Path, folder: Path, settings: LoopExperimentSettings,
+                         tier: str, log: Callable[[str], None]) -> RouteNLPConfig:
+    """``config`` with ``tier`` serving a specialist distilled on the base rows only (built once, then reused)."""
+    from routenlp_ray.engines.factory import make_engine
+    from routenlp_ray.loop.teacher import frontier_pairs
+    from routenlp_ray.specialists.training import SpecialistTrainingConfig, distill_specialists, head_kind_for_parser
+
+    artifact = folder / "base-specialist"
+    if not artifact.exists():
+        teacher = make_engine(config.frontier)
+        pairs = {}
+        for task, rows in _base_rows(settings, data_dir).items():
+            spec = config.task(task)
+            pairs[task], _ = frontier_pairs(teacher, spec, head_kind_for_parser(spec.parser), [r.input for r in rows])
+        log(f"base specialist: distilling {{{', '.join(f'{t}: {len(p.texts)}' for t, p in pairs.items())}}} pairs")
+        distill_specialists(pairs, artifact, f"base-{settings.specialist_base_share:g}",
+                            SpecialistTrainingConfig(cpus_per_worker=settings.specialist.cpus_per_worker),
+                            storage_path=folder / "ray_train", run_name="base-specialist")
+    tiers = [t.model_copy(update={"engine": t.engine.model_copy(update={"path": str(artifact.resolve())})})
+             if t.name == tier else t for t in config.tiers]
+    return config.model_copy(update={"tiers": tiers})
 
 
 def _variant_rows(iteration: Iteration, trained: dict[str, Any], tasks: list[str], alpha: float
@@ -187,6 +238,12 @@ def run_loop_experiment(
         from routenlp_ray.models.encoder import SentenceEncoder
 
         encoder = SentenceEncoder()
+    if settings.specialist_base_share is not None:
+        tier = config.tier(settings.student_tier) if settings.student_tier else None
+        if tier is None or tier.engine.type != "specialist":
+            raise ConfigError(f"specialist_base_share needs student_tier to name a specialist tier, "
+                              f"got {settings.student_tier!r}")
+        config = with_base_specialist(config, data_dir, folder, settings, tier.name, log)
     traffic = _traffic_once(config, data_dir, settings, folder, settings.traffic_seed)
     log(f"traffic: {traffic}")
 

@@ -71,8 +71,10 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
         f"Command: `{command}` (this invocation: {report['wall_s'] / 60:.1f} min on the shared 2-core CPU; a "
         "rerun reuses every stage cached under the workdir, so its time is not the experiment's).",
         "",
-        f"Student tier `{report['student_tier']}`, continuing `{report['starts_from']['artifact']}`. Traffic: "
-        f"{settings['traffic_per_task']} train queries per task ({', '.join(settings['tasks'])}; equal mix) sent "
+        f"Student tier `{report['student_tier']}`, continuing `{report['starts_from']['artifact']}`"
+        + (f" (distilled here on a seeded {settings['specialist_base_share']:.0%} of each train split, which no "
+           "traffic query comes from)" if settings.get("specialist_base_share") else "")
+        + f". Traffic: {settings['traffic_per_task']} train queries per task ({', '.join(settings['tasks'])}; equal mix) sent "
         "through `RouterService` with the embedded default's engines in process, so the log is the served router's. "
         f"Mining: {settings['n_clusters']} clusters; the targeted set is the frontier's answers to the failures of the "
         f"fewest costliest clusters covering a share f of failure cost (headline f = {settings['top_cost_shares'][0]}), "
