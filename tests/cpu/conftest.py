@@ -107,3 +107,37 @@ def ray_cluster() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def stages_with_a_quality_drop(runs, source: str, target: str, task: str) -> None:
+    """Copy run ``source``'s finished stages to run ``target``, with the targeted student's quality on ``task`` halved.
+
+    Running ``target`` then reuses every stage and reaches the gate with a student that lost quality.
+    """
+    import json
+    import shutil
+
+    shutil.copytree(runs / source / "stages", runs / target / "stages")
+    path = runs / target / "stages" / "evaluate.json"
+    evaluation = json.loads(path.read_text())
+    evaluation["base"]["per_task"][task]["quality_retention"] = 1.0
+    evaluation["targeted"]["per_task"][task]["quality_retention"] = 0.5
+    path.write_text(json.dumps(evaluation))
+
+
+def escalating_default(tmp, data_dir, tasks: list[str]) -> dict:
+    """The embedded default on ``tasks`` with a log in ``tmp``, and specialist thresholds no answer meets.
+
+    The specialist then escalates every query, so the log is all failures to mine.
+    """
+    from routenlp_ray.config import load_config
+    from tests.conftest import REPO_ROOT, tier_named
+
+    data = load_config(REPO_ROOT / "serve_config.local.yaml").with_absolute_paths(REPO_ROOT).model_dump(mode="json")
+    data["storage"] = {"log_uri": str(tmp / "log"), "spool_dir": str(tmp / "spool")}
+    tier_named(data, "specialist")["tasks"] = tasks  # loads only these heads
+    tier_named(data, "specialist")["engine"]["data_dir"] = str(data_dir)
+    tier_named(data, "frontier")["engine"]["records"] = [str(data_dir / t / "*.jsonl") for t in tasks]
+    data["cascade"].update({"thresholds_path": None, "thresholds": {"specialist": {t: 1e-12 for t in tasks}}})
+    data["monitoring"]["enabled"] = False
+    return data

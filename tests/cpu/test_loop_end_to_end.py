@@ -8,7 +8,6 @@ and a failed gate publishes nothing.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from routenlp_ray.releases import ReleaseStore
 from routenlp_ray.tasks.data import load_examples, task_file
 from routenlp_ray.telemetry import read_records
 from tests.conftest import REPO_ROOT, tier_named
-from tests.cpu.conftest import deploy_declaratively, wait_for
+from tests.cpu.conftest import deploy_declaratively, stages_with_a_quality_drop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -161,13 +160,7 @@ def test_iteration_publishes_a_release_the_service_picks_up_and_rollback_restore
 
 def test_a_failed_gate_publishes_nothing(app: dict[str, Any], data_dir: Path) -> None:
     runs = app["tmp"] / "runs"
-    # Reuse the first run's finished stages, with an evaluation where the new student lost quality.
-    shutil.copytree(runs / "ci-1" / "stages", runs / "ci-2" / "stages")
-    evaluation_path = runs / "ci-2" / "stages" / "evaluate.json"
-    evaluation = json.loads(evaluation_path.read_text())
-    evaluation["base"]["per_task"]["cs_intent"]["quality_retention"] = 1.0
-    evaluation["targeted"]["per_task"]["cs_intent"]["quality_retention"] = 0.5
-    evaluation_path.write_text(json.dumps(evaluation))
+    stages_with_a_quality_drop(runs, "ci-1", "ci-2", "cs_intent")
     before = app["store"].current_version()
     config = parse_config(app["config"])
     strict = settings().model_copy(update={"gate_tolerance": 0.0})

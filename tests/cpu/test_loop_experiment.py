@@ -15,9 +15,10 @@ import pytest
 
 from routenlp_ray.bench.loop_experiment import LoopExperimentSettings, run_loop_experiment
 from routenlp_ray.bench.loop_experiment_report import write_loop_experiment_report
-from routenlp_ray.config import load_config, parse_config
+from routenlp_ray.config import parse_config
 from routenlp_ray.releases import ReleaseStore
 from tests.conftest import REPO_ROOT, tier_named
+from tests.cpu.conftest import escalating_default
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +28,8 @@ TASKS = ["cs_intent", "legal_risk"]
 @pytest.fixture(scope="module")
 def experiment(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("loop-experiment")
-    data = load_config(REPO_ROOT / "serve_config.local.yaml").with_absolute_paths(REPO_ROOT).model_dump(mode="json")
-    data["storage"] = {"log_uri": str(tmp / "log"), "spool_dir": str(tmp / "spool")}
-    tier_named(data, "specialist")["tasks"] = TASKS  # loads only these heads: no cs_response cache to build
-    tier_named(data, "specialist")["engine"]["data_dir"] = str(data_dir)
-    tier_named(data, "frontier")["engine"]["records"] = [str(data_dir / t / "*.jsonl") for t in TASKS]
+    data = escalating_default(tmp, data_dir, TASKS)
     tier_named(data, "smollm2")["limits"]["default_max_tokens"] = 8
-    # No answer is that sure: the specialist escalates everything, and the log is all failures.
-    data["cascade"].update({"thresholds_path": None, "thresholds": {"specialist": {t: 1e-12 for t in TASKS}}})
-    data["monitoring"]["enabled"] = False
     config = parse_config(data)
     settings = LoopExperimentSettings(
         tasks=TASKS, seeds=[0, 1], curve_seeds=[0], budget=3, top_cost_shares=[0.5, 1.0],

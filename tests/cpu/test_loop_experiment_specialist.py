@@ -15,11 +15,11 @@ import pytest
 
 from routenlp_ray.bench.loop_experiment import LoopExperimentSettings, _base_rows, run_loop_experiment
 from routenlp_ray.bench.loop_experiment_report import write_loop_experiment_report
-from routenlp_ray.config import load_config, parse_config
+from routenlp_ray.config import parse_config
 from routenlp_ray.specialists import read_manifest
 from routenlp_ray.specialists.artifact import read_pairs
 from routenlp_ray.telemetry import read_records
-from tests.conftest import REPO_ROOT, tier_named
+from tests.cpu.conftest import escalating_default
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,7 @@ TASKS = ["cs_intent", "legal_risk"]
 @pytest.fixture(scope="module")
 def experiment(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("loop-experiment-specialist")
-    data = load_config(REPO_ROOT / "serve_config.local.yaml").with_absolute_paths(REPO_ROOT).model_dump(mode="json")
-    data["storage"] = {"log_uri": str(tmp / "log"), "spool_dir": str(tmp / "spool")}
-    tier_named(data, "specialist")["tasks"] = TASKS
-    tier_named(data, "frontier")["engine"]["records"] = [str(data_dir / t / "*.jsonl") for t in TASKS]
-    # No answer is that sure: the specialist escalates everything, and the log is all failures.
-    data["cascade"].update({"thresholds_path": None, "thresholds": {"specialist": {t: 1e-12 for t in TASKS}}})
-    data["monitoring"]["enabled"] = False
-    config = parse_config(data)
+    config = parse_config(escalating_default(tmp, data_dir, TASKS))
     settings = LoopExperimentSettings(
         tasks=TASKS, student_tier="specialist", specialist_base_share=0.02, specialist={"cpus_per_worker": 1},
         seeds=[0, 1], budget=4, top_cost_shares=[0.5], traffic_per_task=6, n_clusters=3, eval_per_task=6,

@@ -30,7 +30,7 @@ from routenlp_ray.releases import ReleaseStore
 from routenlp_ray.specialists import TaskPairs, distill_specialists, read_manifest, verify_artifact
 from routenlp_ray.specialists.artifact import read_pairs
 from routenlp_ray.tasks.data import load_examples, task_file
-from tests.cpu.conftest import wait_for
+from tests.cpu.conftest import stages_with_a_quality_drop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -255,12 +255,7 @@ def test_the_loop_refits_the_specialist_and_the_tier_swaps_to_its_release_and_ba
 
 def test_a_failed_specialist_gate_publishes_nothing(app: dict[str, Any], data_dir: Path) -> None:
     runs = app["tmp"] / "loop"
-    shutil.copytree(runs / "spec-1" / "stages", runs / "spec-2" / "stages")
-    evaluation_path = runs / "spec-2" / "stages" / "evaluate.json"
-    evaluation = json.loads(evaluation_path.read_text())
-    evaluation["base"]["per_task"]["cs_intent"]["quality_retention"] = 1.0
-    evaluation["targeted"]["per_task"]["cs_intent"]["quality_retention"] = 0.5
-    evaluation_path.write_text(json.dumps(evaluation))
+    stages_with_a_quality_drop(runs, "spec-1", "spec-2", "cs_intent")
     store = ReleaseStore(app["tmp"] / "releases")
     before = store.versions()
     config = parse_config(app["config"])

