@@ -75,6 +75,11 @@ class LoopSettings(StrictModel):
     gate_tolerance: float = Field(
         0.0, ge=0, description="How far a task's quality retention may fall below the current model's and still pass."
     )
+    gate_cost_tolerance: float | None = Field(
+        None, ge=0,
+        description="Also gate on cost: how far the volume-weighted cost reduction may fall below the current "
+                    "model's (0: cost may never rise). None: quality only.",
+    )
     seed: int = Field(0, description="Seed of the clustering, the untargeted sample and the held-out slice.")
     eval_seed: int | None = Field(
         None, description="Seed of the held-out slice alone, so runs with different seeds read the same queries.",
@@ -354,13 +359,18 @@ class Iteration:
         return load_tables(config, [folder], self.data_dir, tasks, [self.settings.eval_split])
 
     def gate(self, evaluation: dict[str, Any], variant: str = "targeted") -> tuple[bool, list[str]]:
-        """The targeted student (or ``variant``) must not lower any task's quality retention against the current model."""
+        """The targeted student (or ``variant``) must not lower any task's quality retention against the
+        current model, nor (with ``gate_cost_tolerance``) the overall cost reduction."""
         reasons = []
         base, new = evaluation["base"]["per_task"], evaluation[variant]["per_task"]
         for task in evaluation["tasks"]:
             before, after = base[task]["quality_retention"], new[task]["quality_retention"]
             if after < before - self.settings.gate_tolerance:
                 reasons.append(f"{task}: quality retention {after:.3f} < current {before:.3f}")
+        tolerance = self.settings.gate_cost_tolerance
+        before, after = evaluation["base"]["cost_reduction"], evaluation[variant]["cost_reduction"]
+        if tolerance is not None and after < before - tolerance:
+            reasons.append(f"cost reduction {after:.3f} < current {before:.3f}: the release would cost more")
         return (not reasons), reasons
 
     def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path:

@@ -145,3 +145,23 @@ def test_a_release_for_one_tier_carries_every_other_tiers_current_artifact_and_t
     new = tmp_path / "refit"
     assert iteration.release_artifacts(new) == {"small": store.get("r1").adapter_for("small"), "specialist": new}
     assert iteration.current_thresholds().thresholds["small"] == {"cs_intent": 0.3}
+
+
+def test_the_gate_can_also_refuse_a_student_that_costs_more(tmp_path: Path, data: tuple[Path, Path]) -> None:
+    data_dir, replay = data
+    config = parse_config(two_students(small_config_dict(tmp_path, replay), make_artifact(tmp_path, "v1", ROWS)))
+    evaluation = {
+        "tasks": ["cs_intent"],
+        "base": {"cost_reduction": 0.60, "per_task": {"cs_intent": {"quality_retention": 0.90}}},
+        "targeted": {"cost_reduction": 0.50, "per_task": {"cs_intent": {"quality_retention": 0.95}}},
+    }
+
+    def gate(**settings) -> tuple[bool, list[str]]:
+        iteration = Iteration(config, LoopSettings(student_tier="specialist", **settings), config.storage.log_uri,
+                              data_dir, tmp_path / "runs", "g")
+        return iteration.gate(evaluation)
+
+    assert gate() == (True, [])  # quality only, by default
+    assert gate(gate_cost_tolerance=0.0) == (
+        False, ["cost reduction 0.500 < current 0.600: the release would cost more"])
+    assert gate(gate_cost_tolerance=0.15) == (True, [])
