@@ -76,6 +76,7 @@ class LoopExperimentSettings(StrictModel):
     eval_seed: int = 0
     alpha: float = Field(0.1, gt=0, lt=1)
     gate_tolerance: float = Field(0.0, ge=0)
+    gate_cost_tolerance: float | None = Field(None, ge=0)
     distill: DistillConfig
     bootstrap: int = Field(1000, ge=10)
     iterations: int = Field(1, ge=1, le=2)
@@ -87,7 +88,7 @@ def _loop_settings(settings: LoopExperimentSettings, share: float, seed: int, si
         top_cost_share=share, n_clusters=settings.n_clusters, budget_examples=settings.budget,
         distill=settings.distill.model_copy(update={"seed": seed}), eval_tasks=settings.tasks,
         eval_per_task=settings.eval_per_task, eval_seed=settings.eval_seed, alpha=settings.alpha, seed=seed,
-        since=since, gate_tolerance=settings.gate_tolerance,
+        since=since, gate_tolerance=settings.gate_tolerance, gate_cost_tolerance=settings.gate_cost_tolerance,
     )
 
 
