@@ -39,6 +39,7 @@ from pydantic import Field
 
 from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.bench.loop_bench import generate_traffic
+from routenlp_ray.bench.loop_clusters import cluster_savings, selected_split
 from routenlp_ray.bench.loop_specialist import _reduction, bootstrap_ratio
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
@@ -288,6 +289,9 @@ def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExp
     trained = {v: {"artifact_dir": report["evaluation_artifacts"][v]} for v in ("base", *STUDENTS)}
     rows = _variant_rows(iteration, trained, settings.tasks, settings.alpha)
     paired = paired_cost_rows(rows, settings.tasks)
+    inputs = {i: text for table in _variant_tables(iteration, trained, "base", settings.tasks)
+              for i, text in zip(table.ids, table.inputs)}
+    per_cluster = cluster_savings(iteration.mine(), iteration.log_uri, rows, inputs, encoder)
     evaluation = report["evaluation"]
     record: dict[str, Any] = {
         "seed": seed,
@@ -310,6 +314,8 @@ def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExp
         # What the same gate would say of the untargeted student, had it been the candidate.
         "untargeted_gate": dict(zip(("passed", "reasons"), iteration.gate(evaluation, "untargeted"))),
         "training": report["training"],
+        "clusters": per_cluster,
+        "gain_by_cluster": selected_split(per_cluster),
         "_rows": paired,
     }
     if with_router:
@@ -356,6 +362,8 @@ def _summarise_budget(share: float, seeds: list[dict[str, Any]], settings: LoopE
             }
             for task in settings.tasks
         },
+        "gain_by_cluster": {v: {side: _mean_sd([s["gain_by_cluster"][v][side] for s in seeds])
+                                for side in ("selected", "other")} for v in STUDENTS},
         "seeds": [{k: v for k, v in s.items() if k != "_rows"} for s in seeds],
     }
     if all("router" in s for s in seeds):

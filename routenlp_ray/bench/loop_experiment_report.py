@@ -136,6 +136,7 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
             f"{_pct(row['base_accuracy'])} | {_pp(row['targeted_accuracy_gain'])} | "
             f"{_pp(row['untargeted_accuracy_gain'])} | {row['base_retention']['mean']:.1%} → "
             f"{row['targeted_retention']['mean']:.1%} / {row['untargeted_retention']['mean']:.1%} |")
+    lines += _cluster_lines(head)
     if "router" in head:
         lines += ["", "## Start router retrained for each student", "",
                   "Fitted, and its per-task targets chosen, on the calibration half of each student's answers; "
@@ -166,4 +167,26 @@ def _iterations_lines(iterations: dict[str, Any]) -> list[str]:
             f"{it['failures']} | {it['cost_reduction']['base']:.1%} | {it['cost_reduction']['targeted']:.1%} | "
             f"{it['quality_retention']['base']:.1%} → {it['quality_retention']['targeted']:.1%} | "
             f"{'passed' if it['gate']['passed'] else 'failed'} | {it['published'] or 'nothing'} |")
+    return lines
+
+
+def _cluster_lines(head: Mapping[str, Any]) -> list[str]:
+    split = head["gain_by_cluster"]
+    lines = ["", f"## Per cluster (f = {head['top_cost_share']:.2f})", "",
+             "Each held-out query is assigned to the failure cluster nearest to it (centroid of the cluster's "
+             "failures in the mining encoder). Gain over the current student on the queries nearest to the "
+             "selected clusters and to the others, in pp of the held-out frontier cost (the two add up to the "
+             "cost-reduction gain), mean ± sd over seeds:", "",
+             "| student | nearest to selected clusters | nearest to other clusters |", "|---|---:|---:|"]
+    for variant in STUDENTS:
+        lines.append(f"| {variant} | {_pp(split[variant]['selected'])} | {_pp(split[variant]['other'])} |")
+    first = head["seeds"][0]
+    lines += ["", f"Seed {first['seed']}, every cluster, costliest first (gains in USD over the current student):", "",
+              "| rank | selected | failures | tasks | share of failure cost | held-out queries | targeted gain "
+              "| untargeted gain |", "|---:|---|---:|---|---:|---:|---:|---:|"]
+    for c in first["clusters"]:
+        tasks = ", ".join(f"{t} {n}" for t, n in c["tasks"].items())
+        lines.append(f"| {c['rank']} | {'yes' if c['selected'] else ''} | {c['failures']} | {tasks} | "
+                     f"{c['cost_share']:.0%} | {c['eval_queries']} | {c['targeted_gain_usd']:+.4f} | "
+                     f"{c['untargeted_gain_usd']:+.4f} |")
     return lines

@@ -46,6 +46,11 @@ def seed_record(seed: int, targeted_cost: float, untargeted_cost: float) -> dict
         "accuracy": {"base": 0.5, "targeted": 0.6, "untargeted": 0.55},
         "gain": {"targeted": 0.5 - targeted_cost, "untargeted": 0.5 - untargeted_cost},
         "per_task": per_task, "gate": {"passed": True, "reasons": []}, "_rows": rows,
+        "clusters": [{"rank": 1, "cluster": 0, "selected": True, "failures": 5, "tasks": {"t": 5}, "cost_share": 0.4,
+                      "eval_queries": 50, "eval_frontier_usd": 50.0, "base_saved_usd": 25.0,
+                      "targeted_gain_usd": 50 * (0.5 - targeted_cost), "untargeted_gain_usd": 50 * (0.5 - untargeted_cost)}],
+        "gain_by_cluster": {"targeted": {"selected": 0.5 - targeted_cost, "other": 0.0},
+                            "untargeted": {"selected": 0.5 - untargeted_cost, "other": 0.0}},
     }
 
 
@@ -67,6 +72,39 @@ def test_a_budget_summary_gives_the_gains_their_ratio_and_a_ci_around_it(setting
     assert summary["per_task"]["t"]["targeted_gain"]["mean"] == pytest.approx(0.25)
     assert summary["accuracy_gain"]["targeted"]["mean"] == pytest.approx(0.1)
     assert all("_rows" not in seed for seed in summary["seeds"])
+    assert summary["gain_by_cluster"]["targeted"]["selected"]["mean"] == pytest.approx(0.25)
+
+
+def test_each_held_out_query_counts_in_its_nearest_failure_cluster(tmp_path) -> None:
+    from routenlp_ray.bench.loop_clusters import cluster_savings, selected_split
+    from routenlp_ray.config import StorageConfig
+    from routenlp_ray.telemetry import QueryLog
+
+    class Axis:
+        """Card texts on one axis, loan texts on the other."""
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            return np.array([[1.0, 0.0] if "card" in t else [0.0, 1.0] for t in texts])
+
+    storage = StorageConfig(log_uri=str(tmp_path / "log"), spool_dir=str(tmp_path / "spool"))
+    with QueryLog(storage) as log:
+        for qid, text in (("f1", "card lost"), ("f2", "card late"), ("f3", "loan rate")):
+            log.append_sync("queries", {"id": qid, "ts": "2026-01-01T00:00:00+00:00", "task": "t", "input": text})
+    mined = {"top_clusters": [7], "clusters": [
+        {"cluster": 7, "size": 2, "tasks": {"t": 2}, "share": 0.7, "query_ids": ["f1", "f2"]},
+        {"cluster": 3, "size": 1, "tasks": {"t": 1}, "share": 0.3, "query_ids": ["f3"]}]}
+    inputs = {"a": "my card", "b": "card again", "c": "loan please"}
+    rows = {
+        "base": {"t": held("t", ["a", "b", "c"], [10.0, 10.0, 10.0], [10.0, 10.0, 10.0])},
+        "targeted": {"t": held("t", ["a", "b", "c"], [1.0, 2.0, 10.0], [10.0, 10.0, 10.0])},
+        "untargeted": {"t": held("t", ["c", "a", "b"], [4.0, 10.0, 10.0], [10.0, 10.0, 10.0])},
+    }
+    card, loan = cluster_savings(mined, storage.log_uri, rows, inputs, Axis())
+    assert (card["cluster"], card["selected"], card["eval_queries"], card["targeted_gain_usd"]) == (7, True, 2, 17.0)
+    assert (loan["cluster"], loan["selected"], loan["untargeted_gain_usd"], loan["targeted_gain_usd"]) == (3, False, 6.0, 0.0)
+    split = selected_split([card, loan])
+    assert split["targeted"] == {"selected": pytest.approx(17 / 30), "other": 0.0}
+    assert split["untargeted"] == {"selected": 0.0, "other": pytest.approx(6 / 30)}
 
 
 def test_the_report_states_the_ratio_and_warns_when_its_ci_reaches_zero(settings) -> None:
