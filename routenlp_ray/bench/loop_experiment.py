@@ -1,4 +1,4 @@
-"""Targeted vs untargeted distillation into the LoRA student, through the real loop, over seeds and budgets.
+"""Targeted vs untargeted distillation into a student tier (LoRA or specialist), through the real loop, over seeds and budgets.
 
 One experiment (``routenlp bench loop``):
 
@@ -9,7 +9,7 @@ One experiment (``routenlp bench loop``):
    publishing: mine the log with a fixed number of clusters, take the fewest costliest clusters
    covering a share f of the failure cost, distil a targeted student on their failures (at most
    ``budget`` examples) and an untargeted one on as many queries from all traffic (same steps, both
-   continuing the adapter the tier serves now), and read both
+   continuing what the tier serves now: its adapter, or its specialist heads refitted), and read both
    and the current model on one held-out validation slice that no traffic query came from
    (thresholds recalibrated for each student on one half, the cascade read on the other).
 3. Statistics: per-seed gains, mean ± sd, and a bootstrap 95% CI of the targeted/untargeted ratio
