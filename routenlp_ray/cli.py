@@ -652,7 +652,7 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
         top_cost_shares=args.top_cost_shares,
         traffic_per_task=args.traffic_per_task, n_clusters=args.clusters,
         eval_per_task=args.eval_per_task, bootstrap=args.bootstrap, iterations=args.iterations,
-        gate_tolerance=args.gate_tolerance, gate_cost_tolerance=args.gate_cost_tolerance,
+        gate_tolerance=args.gate_tolerance, gate_cost_tolerance=args.gate_cost_tolerance, calibration=args.calibration,
         distill=DistillConfig(max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                               max_seq_len=384, checkpoint_every=max(1, args.steps // 2),
                               cpus_per_worker=args.cpus_per_worker),
@@ -905,6 +905,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop_bench.add_argument("--bootstrap", type=int, default=1000)
     loop_bench.add_argument("--gate-tolerance", type=float, default=0.0,
                             help="how far a task's retention may fall and the release still publish")
+    loop_bench.add_argument("--calibration", choices=["coverage", "quality"], default="coverage",
+                            help="each student's threshold rule (LoopSettings.calibration)")
     loop_bench.add_argument("--gate-cost-tolerance", type=float, default=None,
                             help="also gate on cost: the most the cost reduction may fall (default: quality only)")
     loop_bench.add_argument("--iterations", type=int, choices=[1, 2], default=1,

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -76,6 +76,7 @@ class LoopExperimentSettings(StrictModel):
     eval_per_task: int = Field(60, ge=4)
     eval_seed: int = 0
     alpha: float = Field(0.1, gt=0, lt=1)
+    calibration: Literal["coverage", "quality"] = "coverage"
     gate_tolerance: float = Field(0.0, ge=0)
     gate_cost_tolerance: float | None = Field(None, ge=0)
     distill: DistillConfig
@@ -88,7 +89,7 @@ def _loop_settings(settings: LoopExperimentSettings, share: float, seed: int, si
         student_tier=settings.student_tier, specialist=settings.specialist,
         top_cost_share=share, n_clusters=settings.n_clusters, budget_examples=settings.budget,
         distill=settings.distill.model_copy(update={"seed": seed}), eval_tasks=settings.tasks,
-        eval_per_task=settings.eval_per_task, eval_seed=settings.eval_seed, alpha=settings.alpha, seed=seed,
+        eval_per_task=settings.eval_per_task, eval_seed=settings.eval_seed, alpha=settings.alpha, calibration=settings.calibration, seed=seed,
         since=since, gate_tolerance=settings.gate_tolerance, gate_cost_tolerance=settings.gate_cost_tolerance,
     )
 
@@ -148,12 +149,11 @@ def with_base_specialist(config: RouteNLPConfig, data_dir: Path, folder: Path, s
     return config.model_copy(update={"tiers": tiers})
 
 
-def _variant_rows(iteration: Iteration, trained: dict[str, Any], tasks: list[str], alpha: float
-                  ) -> dict[str, dict[str, HeldOutRows]]:
+def _variant_rows(iteration: Iteration, trained: dict[str, Any], tasks: list[str]) -> dict[str, dict[str, HeldOutRows]]:
     out = {}
     for variant in ("base", *STUDENTS):
         tables = _variant_tables(iteration, trained, variant, tasks)
-        out[variant] = {rows.task: rows for rows in held_out_rows(tables, alpha)}
+        out[variant] = {rows.task: rows for rows in held_out_rows(tables, iteration.threshold_for)}
     return out
 
 
@@ -184,7 +184,7 @@ def router_start_shares(iteration: Iteration, trained: dict[str, Any], variant: 
     Fitted and its per-task targets chosen on the calibration half only; the shares and the
     router + cascade cost are read on the other half (the one every cascade figure is read on).
     """
-    from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
+    from routenlp_ray.recording.coverage import cascade_outcome
     from routenlp_ray.routing.learned_policy import choose_targets, start_indices
     from routenlp_ray.routing.training import train_router
 
@@ -203,7 +203,7 @@ def router_start_shares(iteration: Iteration, trained: dict[str, Any], variant: 
     for calib, held in zip(fit, test):
         proba = router.predict_proba(encoder.encode(held.inputs), [held.task] * len(held.ids))
         start = start_indices(proba, [targets[held.task]] * len(held.ids))
-        threshold = calibrate_table(calib, iteration.settings.alpha)[0]
+        threshold = iteration.threshold_for(calib)
         _, cascade_paid, _ = cascade_outcome(held, [threshold, None])
         # Starting at the frontier skips the student; starting at the student runs the cascade.
         paid += float(np.where(start == 0, cascade_paid, held.cost[:, -1]).sum())
@@ -287,7 +287,7 @@ def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExp
                  seed: int, with_router: bool) -> dict[str, Any]:
     """What one seed's iteration showed, with the per-query rows the bootstrap needs."""
     trained = {v: {"artifact_dir": report["evaluation_artifacts"][v]} for v in ("base", *STUDENTS)}
-    rows = _variant_rows(iteration, trained, settings.tasks, settings.alpha)
+    rows = _variant_rows(iteration, trained, settings.tasks)
     paired = paired_cost_rows(rows, settings.tasks)
     inputs = {i: text for table in _variant_tables(iteration, trained, "base", settings.tasks)
               for i, text in zip(table.ids, table.inputs)}

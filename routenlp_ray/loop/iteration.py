@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -71,7 +71,15 @@ class LoopSettings(StrictModel):
     eval_tasks: list[str] | None = Field(None, description="Tasks to evaluate; default: tasks with a metric.")
     eval_split: str = Field("validation", description="Data split the held-out slice comes from.")
     eval_per_task: int = Field(40, ge=4, description="Held-out examples per task.")
-    alpha: float = Field(0.1, gt=0, lt=1, description="Miscoverage of the recalibrated thresholds.")
+    alpha: float = Field(0.1, gt=0, lt=1, description="Miscoverage of the recalibrated thresholds (coverage rule).")
+    calibration: Literal["coverage", "quality"] = Field(
+        "coverage",
+        description="How a student's thresholds are set: coverage (split-conformal at miscoverage alpha, the "
+                    "paper's rule) or quality (each task's accepted-and-wrong budget, 1 - quality_target, at "
+                    "confidence 1 - delta: the rule the embedded default's thresholds use). A release carries "
+                    "these thresholds into the service, so use the rule the service was calibrated with.",
+    )
+    delta: float = Field(0.1, gt=0, lt=1, description="Quality rule: 1 - the confidence of its guarantee.")
     gate_tolerance: float = Field(
         0.0, ge=0, description="How far a task's quality retention may fall below the current model's and still pass."
     )
@@ -313,7 +321,7 @@ class Iteration:
                 # "base" is the tier as it serves now: its current artifact (or, for a LoRA tier, the bare model).
                 artifact = trained[variant]["artifact_dir"] if variant != "base" else self.current_artifact
                 tables = self._record(variant, artifact, tasks)
-                out[variant] = asdict(_cascade_metrics(tables, self.settings.alpha))
+                out[variant] = asdict(_cascade_metrics(tables, self.threshold_for))
             return out
 
         return self._stage("evaluate", compute)
@@ -379,11 +387,19 @@ class Iteration:
         tables = load_tables(config, [self.records_dir("targeted")], self.data_dir, evaluation["tasks"],
                              [self.settings.eval_split])
         # The student is the first tier of each table; the frontier (last) has no threshold.
-        fitted = {t.task: calibrate_table(t, self.settings.alpha)[0] for t in tables}
+        fitted = {t.task: self.threshold_for(t) for t in tables}
         merged = self.current_thresholds().merged({self.student.name: fitted}, version=f"loop-{self.run_id}")
         path = self.run_dir / "thresholds.json"
         merged.model_copy(update={"alpha": self.settings.alpha}).save(path)
         return path
+
+    def threshold_for(self, table: TaskTable) -> float | None:
+        """The student's threshold for one task from these rows (student first, frontier last), by the loop's rule."""
+        s = self.settings
+        if s.calibration == "quality":
+            budget = 1 - self.config.task(table.task).quality_target
+            return calibrate_table(table, budget, "quality", delta=s.delta)[0]
+        return calibrate_table(table, s.alpha)[0]
 
     def current_thresholds(self) -> ThresholdTable:
         """The thresholds the service runs now: the current release's, else the configured ones."""
@@ -466,13 +482,14 @@ class HeldOutRows:
     cheap_accuracy: float
 
 
-def held_out_rows(tables: list[TaskTable], alpha: float) -> list[HeldOutRows]:
+def held_out_rows(tables: list[TaskTable], threshold_for: Callable[[TaskTable], float | None]
+                  ) -> list[HeldOutRows]:
     """Calibrate on one half of each task's held-out rows, run the cascade on the other half."""
     out = []
     for table in tables:
         half = np.array([in_held_out_half(i) for i in table.ids])
         calib, test = table.rows(~half), table.rows(half)
-        threshold = calibrate_table(calib, alpha)[0]
+        threshold = threshold_for(calib)
         answered, paid, got = cascade_outcome(test, [threshold, None])
         out.append(HeldOutRows(
             task=table.task, ids=list(test.ids), answered=answered, paid=paid, quality=got,
@@ -483,10 +500,10 @@ def held_out_rows(tables: list[TaskTable], alpha: float) -> list[HeldOutRows]:
     return out
 
 
-def _cascade_metrics(tables: list[TaskTable], alpha: float) -> VariantMetrics:
+def _cascade_metrics(tables: list[TaskTable], threshold_for: Callable[[TaskTable], float | None]) -> VariantMetrics:
     per_task: dict[str, dict[str, float]] = {}
     cost = base_cost = quality = base_quality = right = rows = 0.0
-    for table, held in zip(tables, held_out_rows(tables, alpha)):
+    for table, held in zip(tables, held_out_rows(tables, threshold_for)):
         frontier_cost, frontier_quality = held.frontier_cost.sum(), held.frontier_quality.sum()
         per_task[table.task] = {
             "n_test": float(len(held.ids)),

@@ -101,6 +101,7 @@ def test_the_scheduled_loop_settings_are_valid_loop_settings() -> None:
 
     settings = LoopSettings.model_validate(yaml.safe_load((REPO_ROOT / "deploy" / "loop.yaml").read_text()))
     assert settings.top_cost_share == 0.4 and settings.distill.use_gpu and settings.gate_cost_tolerance == 0.0
+    assert settings.calibration == "quality"
 
 
 def test_the_local_config_keeps_two_router_replicas() -> None:

@@ -165,3 +165,31 @@ def test_the_gate_can_also_refuse_a_student_that_costs_more(tmp_path: Path, data
     assert gate(gate_cost_tolerance=0.0) == (
         False, ["cost reduction 0.500 < current 0.600: the release would cost more"])
     assert gate(gate_cost_tolerance=0.15) == (True, [])
+
+
+def test_the_loop_sets_thresholds_by_the_rule_the_service_uses(tmp_path: Path, data: tuple[Path, Path]) -> None:
+    import numpy as np
+
+    from routenlp_ray.recording.coverage import calibrate_table
+    from routenlp_ray.recording.tables import TaskTable
+
+    data_dir, replay = data
+    raw = two_students(small_config_dict(tmp_path, replay), make_artifact(tmp_path, "v1", ROWS))
+    raw["tasks"][1]["quality_target"] = 0.9
+    config = parse_config(raw)
+    rng = np.random.default_rng(0)
+    n = 400
+    uncertainty = rng.uniform(0, 1, n)
+    correct = rng.uniform(0, 1, n) > uncertainty * 0.5  # surer answers are right more often
+    table = TaskTable("cs_intent", [f"r{i}" for i in range(n)], [""] * n, np.c_[correct, np.ones(n)],
+                      np.c_[correct, np.ones(n)], np.c_[np.full(n, 0.01), np.ones(n)], np.c_[uncertainty, np.zeros(n)],
+                      ["specialist", "frontier"])
+
+    def threshold(**settings) -> float | None:
+        return Iteration(config, LoopSettings(student_tier="specialist", **settings), config.storage.log_uri,
+                         data_dir, tmp_path / "runs", "t").threshold_for(table)
+
+    assert threshold() == calibrate_table(table, 0.1)[0]
+    # The quality rule spends the task's budget of accepted-and-wrong answers, 1 - quality_target.
+    assert threshold(calibration="quality", delta=0.2) == calibrate_table(table, 0.1, "quality", delta=0.2)[0]
+    assert threshold(calibration="quality") != threshold()
