@@ -113,6 +113,28 @@ def _traffic_once(config: RouteNLPConfig, data_dir: Path, settings: LoopExperime
 BASE_SEED = 0
 
 
+class MemoEncoder:
+    """An encoder that embeds each text once per run.
+
+    Every seed and student reads the same held-out queries and mines the same log, and the
+    router and the per-cluster breakdown embed them again each time; the vectors are the
+    wrapped encoder's own.
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:  # dim, model_source, ... of the wrapped encoder
+        return getattr(self.encoder, name)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if missing:
+            self._vectors.update(zip(missing, np.asarray(self.encoder.encode(missing))))
+        return np.stack([self._vectors[t] for t in texts]) if texts else np.asarray(self.encoder.encode([]))
+
+
 def _base_rows(settings: LoopExperimentSettings, data_dir: Path) -> dict[str, list[Any]]:
     """The train rows the experiment's own base specialist is distilled on (none without a base share)."""
     from routenlp_ray.tasks.data import load_examples, task_file
@@ -240,6 +262,7 @@ def run_loop_experiment(
         from routenlp_ray.models.encoder import SentenceEncoder
 
         encoder = SentenceEncoder()
+    encoder = MemoEncoder(encoder)
     if settings.specialist_base_share is not None:
         tier = config.tier(settings.student_tier) if settings.student_tier else None
         if tier is None or tier.engine.type != "specialist":

@@ -119,3 +119,24 @@ def test_the_report_states_the_ratio_and_warns_when_its_ci_reaches_zero(settings
     # Untargeted gains of opposite signs: the ratio's CI spans 0 and the report says to read the difference.
     noisy = loop_experiment_markdown(report([seed_record(0, 0.3, 0.45), seed_record(1, 0.2, 0.56)]), "cmd")
     assert "carries no information" in noisy
+
+
+def test_the_memo_encoder_embeds_each_text_once_and_returns_the_encoders_vectors() -> None:
+    from routenlp_ray.bench.loop_experiment import MemoEncoder
+
+    class Counting:
+        dim = 2
+
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            self.seen += texts
+            return np.array([[len(t), 1.0] for t in texts])
+
+    inner = Counting()
+    memo = MemoEncoder(inner)
+    first = memo.encode(["ab", "c", "ab"])
+    again = memo.encode(["c", "abc"])
+    assert first.tolist() == [[2, 1], [1, 1], [2, 1]] and again.tolist() == [[1, 1], [3, 1]]
+    assert inner.seen == ["ab", "c", "abc"] and memo.dim == 2
