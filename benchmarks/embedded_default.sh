@@ -58,3 +58,9 @@ $R bench specialist --per-task 60 --rounds 1 --out var/bench_specialist.json
 $R bench loop --run-id lora --traffic-per-task 300 --seeds 0 1 --curve-seeds 0 --budget 48 --top-cost-shares 0.4 0.2 0.75 --steps 12 --batch-size 8 \
     --learning-rate 1e-3 --cpus-per-worker 2 --student-threads 2 --clusters 12 \
     --eval-per-task 40 --iterations 2 --gate-tolerance 0.02 --out results/loop_iteration.json
+
+# 8. The loop into the specialist tier, through the same Iteration: a base specialist distilled
+#    on half of each train split, traffic from the other half, 5 seeds (resumable: rerun the same line).
+$R bench loop --run-id specialist --student-tier specialist --specialist-base-share 0.5 --traffic-per-task 300 \
+    --seeds 0 1 2 3 4 --budget 500 --top-cost-shares 0.4 --cpus-per-worker 2 --student-threads 2 --clusters 12 \
+    --eval-per-task 200 --iterations 1 --gate-tolerance 0.02 --out results/loop_iteration_specialist.json
