@@ -179,11 +179,19 @@ def _variant_rows(iteration: Iteration, trained: dict[str, Any], tasks: list[str
     return out
 
 
+_TABLES: dict[tuple[str, ...], list[TaskTable]] = {}
+
+
 def _variant_tables(iteration: Iteration, trained: dict[str, Any], variant: str, tasks: list[str]) -> list[TaskTable]:
     artifact = trained[variant]["artifact_dir"] if variant != "base" else iteration.current_artifact
-    config = iteration.variant_config(artifact)
-    return load_tables(config, [iteration.records_dir(variant)], iteration.data_dir, tasks,
-                       [iteration.settings.eval_split])
+    folder = iteration.records_dir(variant)
+    # Loading scores every answer again (BERTScore for cs_response takes a minute on a CPU); one
+    # records folder holds one student's answers, and the base's folder is shared by every seed.
+    key = (str(folder.resolve()), str(artifact), iteration.settings.eval_split, *tasks)
+    if key not in _TABLES:
+        _TABLES[key] = load_tables(iteration.variant_config(artifact), [folder], iteration.data_dir, tasks,
+                                   [iteration.settings.eval_split])
+    return _TABLES[key]
 
 
 def paired_cost_rows(rows: dict[str, dict[str, HeldOutRows]], tasks: Sequence[str]) -> dict[str, np.ndarray]:
