@@ -64,12 +64,12 @@ def cluster_savings(
     selected = set(mined["top_clusters"])
     return [
         {
-            "rank": rank, "cluster": c["cluster"], "selected": c["cluster"] in selected, "failures": c["size"],
+            "rank": k + 1, "cluster": c["cluster"], "selected": c["cluster"] in selected, "failures": c["size"],
             "tasks": c["tasks"], "cost_share": c["share"], "eval_queries": int(count[k]),
             "eval_frontier_usd": float(frontier[k]), "base_saved_usd": float(saved[variants[0]][k]),
             **{f"{v}_gain_usd": float(saved[v][k] - saved[variants[0]][k]) for v in variants[1:]},
         }
-        for rank, (k, c) in enumerate(zip(range(len(clusters)), clusters), start=1)
+        for k, c in enumerate(clusters)
     ]
 
 

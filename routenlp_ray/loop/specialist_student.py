@@ -26,7 +26,8 @@ from pydantic import Field
 
 from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
-from routenlp_ray.specialists.artifact import data_fingerprint, read_head, read_manifest, read_pairs
+from routenlp_ray.specialists.artifact import data_fingerprint, read_head, read_manifest, read_pairs, write_artifact
+from routenlp_ray.specialists.heads import source_pairs
 from routenlp_ray.specialists.training import SpecialistTrainingConfig, TaskPairs, distill_specialists
 
 __all__ = ["SpecialistRefitSettings", "base_pairs", "refit_specialist"]
@@ -46,15 +47,6 @@ class SpecialistRefitSettings(StrictModel):
         0, description="With base_split: the order the split was read in (`distill-specialists --seed`; None: file order).",
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs of the Ray Train worker that refits the heads.")
-
-
-def _rows_pairs(head: dict[str, Any], data_dir: Path) -> tuple[list[str], list[str]]:
-    from routenlp_ray._jsonl import iter_jsonl
-    from routenlp_ray.tasks.data import answer_text
-
-    ref = head["source"]
-    rows = [row for _, row in iter_jsonl(data_dir / ref["path"])]
-    return [str(r[ref["input_field"]]) for r in rows], [answer_text(r[ref["answer_field"]]) for r in rows]
 
 
 def base_pairs(
@@ -85,7 +77,7 @@ def base_pairs(
         pairs = read_pairs(folder / task)
         how = "its pairs.jsonl"
         if pairs is None and "source" in head:
-            pairs, how = _rows_pairs(head, data_dir), f"the rows of {head['source']['path']}"
+            pairs, how = source_pairs(head["source"], data_dir), f"the rows of {head['source']['path']}"
         if pairs is None:
             if teacher is None:
                 from routenlp_ray.engines.factory import make_engine
@@ -146,8 +138,6 @@ def refit_specialist(
             distill_specialists(pairs, output, version, training, storage_path=storage_path, run_name=run_name,
                                 carry_from=folder)
         else:  # nothing new for any task: the base tier, as a release of its own
-            from routenlp_ray.specialists.artifact import write_artifact
-
             write_artifact(output, version, manifest.encoder.source,
                            {t: (folder / t, e) for t, e in manifest.tasks.items()})
     return {

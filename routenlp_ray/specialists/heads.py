@@ -517,21 +517,25 @@ class AnswerCache:
         return self
 
     def _load_from_rows(self, ref: dict[str, str], head_file: Path, data_dir: str | os.PathLike[str] | None) -> "AnswerCache":
-        from routenlp_ray._jsonl import iter_jsonl
-        from routenlp_ray.tasks.data import answer_text
-
         if data_dir is None:
             raise ArtifactError(f"answer cache {str(head_file)!r} reads its rows from {ref['path']!r}: set the "
                                 "specialist engine's data_dir")
         rows_file = Path(data_dir) / ref["path"]
         if not rows_file.is_file():
             raise ArtifactError(f"answer cache {str(head_file)!r}: its rows {str(rows_file)!r} do not exist")
-        rows = [row for _, row in iter_jsonl(rows_file)]
-        texts = [str(row[ref["input_field"]]) for row in rows]
-        answers = [answer_text(row[ref["answer_field"]]) for row in rows]
+        texts, answers = source_pairs(ref, data_dir)
         if data_fingerprint(texts, answers) != ref["fingerprint"]:
             raise ArtifactError(f"answer cache {str(head_file)!r}: {str(rows_file)!r} is not the data it was built from")
         return self.fit(texts, answers)
+
+
+def source_pairs(ref: dict[str, str], data_dir: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """The (query, answer) pairs of the data rows a cache built by reference points at."""
+    from routenlp_ray._jsonl import iter_jsonl
+    from routenlp_ray.tasks.data import answer_text
+
+    rows = [row for _, row in iter_jsonl(Path(data_dir) / ref["path"])]
+    return [str(r[ref["input_field"]]) for r in rows], [answer_text(r[ref["answer_field"]]) for r in rows]
 
 
 HEADS: dict[str, Any] = {"label": LabelSpecialist, "entities": EntitySpecialist, "cache": AnswerCache}
