@@ -48,6 +48,10 @@ class CoverageMonitorDeployment:
         self._ensure_ticker()
         return self.service.current(known_version)
 
+    async def audit_rates(self) -> dict[str, float]:
+        self._ensure_ticker()
+        return self.service.audit_rates()
+
     async def adopt(self, table: dict[str, Any]) -> str:
         return self.service.adopt(table)
 

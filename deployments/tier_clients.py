@@ -70,3 +70,6 @@ class HandleMonitorClient:
 
     def current(self, known_version: str | None) -> Any:
         return self._handle.current.remote(known_version)
+
+    def audit_rates(self) -> Any:
+        return self._handle.audit_rates.remote()

@@ -120,6 +120,7 @@ class RouteNLPConfig(StrictModel):
         for key in ("thresholds_path", "router_path", "answer_scorer_path"):
             data["cascade"][key] = absolute(data["cascade"][key])
         data["monitoring"]["artifacts_dir"] = absolute(data["monitoring"]["artifacts_dir"])
+        data["monitoring"]["calibration_rows"] = absolute(data["monitoring"]["calibration_rows"])
         data["releases"]["path"] = absolute(data["releases"]["path"])
         data["storage"]["log_uri"] = absolute(data["storage"]["log_uri"])
         data["storage"]["spool_dir"] = absolute(data["storage"]["spool_dir"])

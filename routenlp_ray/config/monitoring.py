@@ -13,9 +13,14 @@ from routenlp_ray.config.tiers import ReplicaResources
 class MonitoringConfig(StrictModel):
     """Audits label a random sample of cheap-tier answers against the last tier's answer.
 
-    A rolling coverage estimate per (tier, task) is kept from them. Thresholds are
-    recalibrated on the most recent labelled answers on a schedule, or as soon as coverage
-    falls ``coverage_drop`` below ``1 - alpha``; the router picks new thresholds up live.
+    Each (tier, task)'s promise (its rule's failure rate at or below its limit) is tested on
+    the audits since its threshold went live, with an anytime-valid test at
+    ``breach_confidence``. A breach, shown on at least ``min_labelled`` audits, refits that
+    cell; the schedule refits every cell. A refit uses ``recalibration_window`` rows, the
+    shipped ``calibration_rows`` filling what live audits do not. A threshold the refit cannot
+    certify is kept (or removed only after a shown breach) and its task is audited at
+    ``boosted_audit_rate`` until it is certified again. The router picks new thresholds and
+    audit rates up live. See ``routenlp_ray/monitoring/monitor.py``.
     """
 
     enabled: bool = Field(False, description="Run the coverage monitor deployment and audit traffic.")
@@ -23,11 +28,35 @@ class MonitoringConfig(StrictModel):
         0.05, ge=0, le=1, description="Share of queries whose cheap-tier answers are labelled against the last tier."
     )
     window: int = Field(200, ge=10, description="Labelled correct answers per (tier, task) in the rolling estimate.")
-    recalibration_window: int = Field(2000, ge=20, description="Most recent labelled answers recalibration uses.")
+    recalibration_window: int = Field(
+        2000, ge=20,
+        description="Labelled answers per (tier, task) a refit uses: its most recent audits, the shipped "
+        "calibration_rows filling the rest (the paper's 2,000).",
+    )
     schedule_hours: float = Field(48.0, gt=0, description="Recalibrate at least this often.")
-    coverage_drop: float = Field(0.05, gt=0, lt=1, description="Recalibrate when coverage < 1 - alpha - this.")
+    coverage_drop: float = Field(
+        0.05, gt=0, lt=1, description="Coverage rule: a breach is coverage shown below 1 - alpha - this."
+    )
     min_labelled: int = Field(
-        30, ge=5, description="Correct labelled answers a (tier, task) needs before its coverage can trigger."
+        100, ge=5,
+        description="Audits a (tier, task) needs since its threshold went live before a breach can be declared "
+        "(for the coverage rule, right answers; for risk, accepted ones); also the new audits between two refits "
+        "of a cell short of evidence.",
+    )
+    breach_confidence: float = Field(
+        0.99, gt=0.5, lt=1,
+        description="Confidence at which a breach must be shown (anytime-valid mixture SPRT, split over the "
+        "cells under test): the chance of ever firing while every promise holds is at most 1 - this.",
+    )
+    boosted_audit_rate: float = Field(
+        0.3, ge=0, le=1,
+        description="Audit rate of a task while one of its cells is short of evidence (a threshold kept without "
+        "certification, or removed after a breach); never below audit_rate.",
+    )
+    calibration_rows: str | None = Field(
+        None,
+        description="JSONL of the labelled rows the shipped thresholds were fitted on (`routenlp calibrate "
+        "--rows-out`); they fill a refit's window until live audits do.",
     )
     method: Literal["coverage", "risk", "quality"] = Field(
         "coverage", description="Calibration rule used to recalibrate (the quality rule's budgets are 1 - quality_target)."

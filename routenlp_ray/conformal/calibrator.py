@@ -194,7 +194,10 @@ class ConformalCalibrator:
         correct: Sequence[bool],
         tiers: Sequence[str],
         tasks: Sequence[str],
+        tiers_per_task: Mapping[str, int] | None = None,
     ) -> "ConformalCalibrator":
+        """Fit every (tier, task) in the rows. ``tiers_per_task`` overrides how many cheap tiers
+        share a task's quality budget, for a refit of some tiers alone (default: the tiers in the rows)."""
         u = np.asarray(uncertainty, dtype=float)
         ok = np.asarray(correct, dtype=bool)
         tier_arr, task_arr = np.asarray(tiers), np.asarray(tasks)
@@ -203,7 +206,9 @@ class ConformalCalibrator:
         self.thresholds_: dict[str, dict[str, float | None]] = {}
         self.counts_: dict[str, dict[str, dict[str, int]]] = {}
         # The quality rule splits each task's budget over the tiers calibrated for it.
-        tiers_per_task = {t: len(set(tier_arr[task_arr == t].tolist())) for t in set(task_arr.tolist())}
+        tiers_per_task = {
+            t: len(set(tier_arr[task_arr == t].tolist())) for t in set(task_arr.tolist())
+        } | dict(tiers_per_task or {})
         for tier in sorted(set(tier_arr.tolist())):
             for task in sorted(set(task_arr[tier_arr == tier].tolist())):
                 rows = (tier_arr == tier) & (task_arr == task)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,14 +50,24 @@ class Audit:
 
 
 class AuditSampler:
-    """Chooses which queries to audit, with probability ``rate``."""
+    """Chooses which queries to audit: with probability ``rate``, or a task's raised rate.
 
-    def __init__(self, rate: float, seed: int = 0) -> None:
+    ``raised`` returns the current raised rates by task (the coverage monitor raises a task's
+    rate while one of its cells is short of evidence).
+    """
+
+    def __init__(self, rate: float, seed: int = 0, raised: Callable[[], Mapping[str, float]] | None = None) -> None:
         self.rate = rate
+        self._raised = raised
         self._random = random.Random(seed)
 
-    def sample(self) -> bool:
-        return self.rate > 0 and self._random.random() < self.rate
+    def rate_for(self, task: str | None) -> float:
+        raised = self._raised() if self._raised is not None else {}
+        return max(self.rate, raised.get(task, 0.0)) if task is not None else self.rate
+
+    def sample(self, task: str | None = None) -> bool:
+        rate = self.rate_for(task)
+        return rate > 0 and self._random.random() < rate
 
 
 def audit_from_outcome(query_id: str, task: str, outcome: CascadeOutcome, last_tier: str) -> Audit | None:

@@ -41,7 +41,7 @@ class MonitorFeed:
         self, request: GenerationRequest, task: str, outcome: CascadeOutcome, score: UncertaintyScore, raw_input: str
     ) -> None:
         """Audit a sampled share of answered queries."""
-        if self.sink is not None and self._sampler.sample():
+        if self.sink is not None and self._sampler.sample(task):
             self._audit(request, task, outcome, score, raw_input)
 
     def send(self, payload: dict[str, Any]) -> None:

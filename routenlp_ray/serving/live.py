@@ -66,6 +66,8 @@ class MonitorLink(Protocol):
 
     def current(self, known_version: str | None) -> Awaitable[dict[str, Any] | None]: ...
 
+    def audit_rates(self) -> Awaitable[dict[str, float]]: ...
+
 
 @dataclass(frozen=True)
 class LiveSnapshot:
@@ -113,6 +115,8 @@ class LiveArtifacts:
         releases = config.releases
         self.releases = ReleaseWatcher(releases.path, releases.poll_interval_s) if releases.path else None
         self._poller: asyncio.Task[None] | None = None
+        # Raised audit rates by task, set by the coverage monitor for cells short of evidence.
+        self.audit_rates: dict[str, float] = {}
 
     def snapshot(self) -> LiveSnapshot:
         """What a request is decided under; take it once per request."""
@@ -221,9 +225,16 @@ class LiveArtifacts:
                 logger.warning("could not hand release thresholds to the coverage monitor: %s", exc)
 
     async def poll_monitor(self) -> None:
-        """Apply the coverage monitor's thresholds if they are newer than ours."""
+        """Apply the coverage monitor's thresholds if they are newer than ours, and its audit rates."""
         if self.monitor is None:
             return
+        try:
+            rates = dict(await self.monitor.audit_rates())
+            if rates != self.audit_rates:
+                logger.info("audit rates %s -> %s (coverage monitor)", self.audit_rates, rates)
+                self.audit_rates = rates
+        except Exception as exc:
+            logger.warning("could not poll the coverage monitor's audit rates: %s", exc)
         try:
             table = await self.monitor.current(self.thresholds.version)
             if table is not None:

@@ -75,7 +75,9 @@ class RouterService:
         self._tier_names = [t.name for t in config.tiers]
         self._tasks = {t.name: t for t in config.tasks}
         # Audits and feedback labels go to the coverage monitor (a deployment handle on Ray).
-        sampler = AuditSampler(config.monitoring.audit_rate, seed=config.monitoring.seed)
+        sampler = AuditSampler(
+            config.monitoring.audit_rate, seed=config.monitoring.seed, raised=lambda: self.live.audit_rates
+        )
         self.feed = MonitorFeed(monitor_sink if config.monitoring.enabled else None, self._tiers, sampler)
         self.feedback_desk = FeedbackDesk(config.storage.log_uri, query_log, self.feed, self._tier_names[-1])
 

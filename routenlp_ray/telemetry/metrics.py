@@ -9,8 +9,8 @@ below, which ``cascade.CascadeOutcome`` and ``monitoring.monitor.CellCoverage`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
 # Attempt statuses that send the query on to a more capable tier.
@@ -66,6 +66,12 @@ class CellRecord(Protocol):
 
     @property
     def accepted_error_rate(self) -> float | None: ...
+
+    @property
+    def breach(self) -> Mapping[str, Any] | None: ...
+
+    @property
+    def short_of_evidence(self) -> bool: ...
 
 
 class RouterMetrics(Protocol):
@@ -161,12 +167,22 @@ class MonitorMetrics(Protocol):
 
     def record_recalibration(self, reason: str) -> None: ...
 
+    def record_threshold_action(self, tier: str, task: str, action: str) -> None: ...
+
+    def record_audit_rate(self, task: str, rate: float) -> None: ...
+
 
 class NullMonitorMetrics:
     def record_cell(self, cell: CellRecord) -> None:
         return None
 
     def record_recalibration(self, reason: str) -> None:
+        return None
+
+    def record_threshold_action(self, tier: str, task: str, action: str) -> None:
+        return None
+
+    def record_audit_rate(self, task: str, rate: float) -> None:
         return None
 
 
@@ -188,6 +204,25 @@ class RayMonitorMetrics:
         self.recalibrations = Counter(
             "routenlp_recalibrations", description="Threshold recalibrations by trigger.", tag_keys=("reason",)
         )
+        self.breach_evidence = Gauge(
+            "routenlp_breach_log10_e_value",
+            description="Evidence that the cell breaks its promise (log10 e-value); it alarms at the alarm level.",
+            tag_keys=cell,
+        )
+        self.breach_alarm = Gauge(
+            "routenlp_breach_alarm_log10_e_value", description="The log10 e-value a breach must reach.", tag_keys=cell
+        )
+        self.short_of_evidence = Gauge(
+            "routenlp_threshold_short_of_evidence",
+            description="1 while the cell's threshold is kept or removed without certification (audits raised).",
+            tag_keys=cell,
+        )
+        self.threshold_actions = Counter(
+            "routenlp_threshold_actions",
+            description="What refits did to each cell: certified, tightened, loosened, kept_uncertified, disabled...",
+            tag_keys=("tier", "task", "action"),
+        )
+        self.audit_rate = Gauge("routenlp_audit_rate", description="Audit rate in force per task.", tag_keys=("task",))
 
     def record_cell(self, cell: CellRecord) -> None:
         tags = {"tier": cell.tier, "task": cell.task}
@@ -198,7 +233,17 @@ class RayMonitorMetrics:
             self.accepted_error.set(cell.accepted_error_rate, tags=tags)
         if cell.threshold is not None:
             self.threshold.set(cell.threshold, tags=tags)
+        if cell.breach is not None:
+            self.breach_evidence.set(cell.breach["log10_e_value"], tags=tags)
+            self.breach_alarm.set(cell.breach["alarm_log10_e_value"], tags=tags)
+        self.short_of_evidence.set(1.0 if cell.short_of_evidence else 0.0, tags=tags)
 
     def record_recalibration(self, reason: str) -> None:
         # The tag is the trigger kind; the cell that triggered it is in the event log.
         self.recalibrations.inc(1, tags={"reason": reason.split(":", 1)[0]})
+
+    def record_threshold_action(self, tier: str, task: str, action: str) -> None:
+        self.threshold_actions.inc(1, tags={"tier": tier, "task": task, "action": action})
+
+    def record_audit_rate(self, task: str, rate: float) -> None:
+        self.audit_rate.set(rate, tags={"task": task})

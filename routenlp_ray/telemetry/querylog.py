@@ -32,7 +32,7 @@ from routenlp_ray.config.storage import StorageConfig
 
 logger = logging.getLogger("routenlp.querylog")
 
-STREAMS = ("queries", "feedback", "events")
+STREAMS = ("queries", "feedback", "events", "labels")
 _STOP = object()
 
 

@@ -54,7 +54,11 @@ class FakeMonitorHandle:
         async def current(known_version: str | None) -> dict[str, Any] | None:
             return None
 
+        async def audit_rates() -> dict[str, float]:
+            return {}
+
         self.adopt, self.submit, self.current = Method(adopt_now), Method(submit), Method(current)
+        self.audit_rates = Method(audit_rates)
 
 
 def make_ingress(tmp_path: Path, replay_file: Path, monitor: FakeMonitorHandle | None = None, **overrides: Any):

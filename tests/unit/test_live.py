@@ -34,6 +34,9 @@ class FakeMonitor:
         self.adopted.append(table["version"])
         return Sent()
 
+    async def audit_rates(self) -> dict[str, float]:
+        return {}
+
     async def current(self, known_version: str | None) -> dict[str, Any] | None:
         if self.offer is None or self.offer.version == known_version:
             return None
