@@ -19,22 +19,28 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 from scipy.special import betaln
 from scipy.stats import beta
 
 
-def log_mixture_e_value(failures: int, n: int, limit: float) -> float:
-    """log of the e-value against H0 "failure rate <= limit"; 0 with no evidence."""
+def log_mixture_e_value(failures: ArrayLike, n: ArrayLike, limit: float) -> Any:
+    """log of the e-value against H0 "failure rate <= limit"; 0 with no evidence.
+
+    Takes counts or arrays of counts (one e-value per pair), as scipy's functions do.
+    """
     if not 0 < limit < 1:
         raise ValueError(f"limit must be in (0, 1), got {limit}")
-    if not 0 <= failures <= n:
-        raise ValueError(f"failures must be in [0, n={n}], got {failures}")
-    if n == 0:
-        return 0.0
-    passes = n - failures
-    log_mixture = betaln(failures + 1, passes + 1) + beta.logsf(limit, failures + 1, passes + 1) - math.log1p(-limit)
-    log_null = failures * math.log(limit) + passes * math.log1p(-limit)
-    return float(log_mixture - log_null)
+    s, total = np.asarray(failures, dtype=float), np.asarray(n, dtype=float)
+    if np.any((s < 0) | (s > total)):
+        raise ValueError(f"failures must be in [0, n], got failures={failures}, n={n}")
+    passes = total - s
+    log_mixture = betaln(s + 1, passes + 1) + beta.logsf(limit, s + 1, passes + 1) - math.log1p(-limit)
+    log_null = s * math.log(limit) + passes * math.log1p(-limit)
+    value = np.where(total > 0, log_mixture - log_null, 0.0)
+    return float(value) if value.ndim == 0 else value
 
 
 @dataclass(frozen=True)
