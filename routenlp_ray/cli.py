@@ -520,6 +520,7 @@ def _cmd_bench_load(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from routenlp_ray.bench.load import DEFAULT_PHASES, run_phased_load_benchmark
+    from routenlp_ray.bench.savings import percent
 
     phases = tuple(
         replace(p, duration_s=p.duration_s * args.time_scale,
@@ -533,6 +534,35 @@ def _cmd_bench_load(args: argparse.Namespace) -> int:
               f"{summary['throughput_rps']:.1f} req/s, p50 {latency.get('p50', float('nan')):.0f} / "
               f"p95 {latency.get('p95', float('nan')):.0f} / p99 {latency.get('p99', float('nan')):.0f} ms; "
               f"replicas {summary['replicas']}")
+        print(f"{'':<13} saved {percent(summary['savings']['saved_share'])} of frontier cost; answered by "
+              f"{summary['answered_by']}; thresholds {summary['savings']['thresholds_versions']}; "
+              f"events {[e['event'] for e in summary['savings']['events']]}"
+              + (" ; FLAGGED: savings fell without a quality change" if summary["savings_flag"]["flagged"] else ""))
+    print(f"wrote {args.out} and its .md and .png")
+    return 0
+
+
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.savings import accepted_error_cell, percent
+    from routenlp_ray.bench.soak import DriftSpec, parse_phase_plan, run_soak_benchmark
+
+    try:
+        plan = parse_phase_plan(args.phase_plan)
+        drift = DriftSpec(task=args.drift_task, split=args.drift_split, labels_share=args.drift_labels_share,
+                          seed=args.drift_seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = run_soak_benchmark(args.config, args.data_dir, args.out, _serving_apps(), minutes=args.minutes,
+                                clients=args.clients, pause_s=args.pause_s, tasks=tuple(args.tasks), plan=plan,
+                                drift=drift, audit_rate=args.audit_rate)
+    for row in report["per_minute"]:
+        print(f"min {row['minute']:>3} {row['phase'] or '-':<8} {row['requests']:>5} requests, {row['errors']} errors, "
+              f"saved {percent(row['saved_share'])}, accepted-error {accepted_error_cell(row['accepted_error'])}, "
+              f"answered by {row['answered_by']}, events {[e['event'] for e in row['events']]}")
+    for summary in report["phases"]:
+        if summary["savings_flag"]["flagged"]:
+            print(f"FLAGGED: savings fell without a quality change in phase {summary['phase']['name']}")
     print(f"wrote {args.out} and its .md and .png")
     return 0
 
@@ -954,6 +984,28 @@ def build_parser() -> argparse.ArgumentParser:
                       help="SIGKILL one replica half way through each phase")
     load.add_argument("--out", default="results/bench_load.json")
     load.set_defaults(func=_cmd_bench_load)
+
+    soak = benches.add_parser(
+        "soak", help="the embedded default under steady mixed traffic for many minutes, then a drift, with the "
+        "monitor, audits and live recalibration on: savings and audited accepted-error per minute"
+    )
+    soak.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    soak.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    soak.add_argument("--minutes", type=float, default=16.0, help="length of the whole run")
+    soak.add_argument("--clients", type=int, default=4)
+    soak.add_argument("--pause-s", type=float, default=0.1, help="each client's pause between requests")
+    soak.add_argument("--tasks", nargs="+", default=["cs_intent", "legal_risk", "legal_clause", "fin_ner"],
+                      help="tasks whose validation queries make the traffic")
+    soak.add_argument("--phase-plan", nargs="+", default=["steady=0.5", "drift=0.5"], metavar="KIND=SHARE",
+                      help="phases in order, KIND steady or drift, SHARE of the run (relative)")
+    soak.add_argument("--drift-task", default="legal_clause", help="the task whose share of traffic drifts")
+    soak.add_argument("--drift-split", default="train", help="the split the drifted rows come from")
+    soak.add_argument("--drift-labels-share", type=float, default=0.5,
+                      help="share of the drift task's labels (a seeded pick) whose rows are sent")
+    soak.add_argument("--drift-seed", type=int, default=0)
+    soak.add_argument("--audit-rate", type=float, default=None, help="override the monitor's audit rate")
+    soak.add_argument("--out", default="results/soak.json")
+    soak.set_defaults(func=_cmd_bench_soak)
 
     streaming = benches.add_parser("streaming", help="time to the first token with and without live streaming")
     streaming.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)

@@ -9,6 +9,7 @@ from routenlp_ray.bench.load import run_phased_load_benchmark
 from routenlp_ray.bench.loop_bench import run_loop_benchmark
 from routenlp_ray.bench.routing_bench import run_routing_benchmark
 from routenlp_ray.bench.serving import ServingApps, run_load_benchmark, run_serving_benchmark
+from routenlp_ray.bench.soak import run_soak_benchmark
 from routenlp_ray.bench.specialist_bench import run_specialist_benchmark
 from routenlp_ray.bench.tasks_bench import run_tasks_benchmark
 
@@ -19,6 +20,7 @@ __all__ = [
     "run_phased_load_benchmark",
     "run_routing_benchmark",
     "run_serving_benchmark",
+    "run_soak_benchmark",
     "run_specialist_benchmark",
     "run_tasks_benchmark",
 ]
