@@ -310,6 +310,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     correct: list[bool] = []
     tiers: list[str] = []
     task_names: list[str] = []
+    ids: list[str] = []
     # Each cheap tier is calibrated on every row it has answers for: a tier recorded on a sample
     # (a slow LLM on 300 rows a task) must not shrink a fast tier's calibration set to that sample.
     for cheap, task in itertools.product(config.tiers[:-1], benchmark_tasks(args, config)):
@@ -325,6 +326,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             correct += (table.correct[:, 0] > 0).tolist()
             tiers += [cheap.name] * len(table.ids)
             task_names += [table.task] * len(table.ids)
+            ids += [str(i) for i in table.ids]
     # The quality rule's budget is each task's own 1 - quality_target unless --epsilon fixes one.
     budgets = {t.name: 1 - t.quality_target for t in config.tasks} if args.epsilon is None else None
     calibrator = ConformalCalibrator(
@@ -339,6 +341,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"warning: {warning.message}")
     version = args.version or f"cal-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     table = calibrator.save(args.out, version)
+    if args.rows_out:
+        from routenlp_ray.conformal.rows import CalibrationRow, save_calibration_rows
+
+        save_calibration_rows(args.rows_out, (
+            CalibrationRow(tier, task, u, ok, id_)
+            for tier, task, u, ok, id_ in zip(tiers, task_names, uncertainty, correct, ids)
+        ))
+        print(f"wrote the {len(ids)} calibration rows to {args.rows_out} (monitoring.calibration_rows)")
     for tier, per_task in table.thresholds.items():
         for task, delta in per_task.items():
             counts = calibrator.counts_[tier][task]
@@ -819,6 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--delta", type=float, default=0.1, help="risk, quality: allowed failure probability")
     calibrate.add_argument("--version", default=None)
     calibrate.add_argument("--out", default="var/artifacts/thresholds/current.json")
+    calibrate.add_argument("--rows-out", default=None,
+                           help="also write the labelled rows the thresholds were fitted on (JSONL), for "
+                                "monitoring.calibration_rows: live recalibration pads its window with them")
     calibrate.set_defaults(func=_cmd_calibrate)
 
     fit_scorer = commands.add_parser("fit-scorer", help="fit the learned answer scorer (P(wrong)) from records")
