@@ -559,7 +559,7 @@ def _cmd_bench_soak(args: argparse.Namespace) -> int:
     try:
         plan = parse_phase_plan(args.phase_plan)
         drift = DriftSpec(task=args.drift_task, split=args.drift_split, labels_share=args.drift_labels_share,
-                          seed=args.drift_seed)
+                          seed=args.drift_seed, labels=tuple(args.drift_labels) if args.drift_labels else None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -1013,6 +1013,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="phases in order, KIND steady or drift, SHARE of the run (relative)")
     soak.add_argument("--drift-task", default="legal_clause", help="the task whose share of traffic drifts")
     soak.add_argument("--drift-split", default="train", help="the split the drifted rows come from")
+    soak.add_argument("--drift-labels", nargs="+", default=None, metavar="LABEL",
+                      help="the drift task's labels whose rows are sent (instead of a seeded share)")
     soak.add_argument("--drift-labels-share", type=float, default=0.5,
                       help="share of the drift task's labels (a seeded pick) whose rows are sent")
     soak.add_argument("--drift-seed", type=int, default=0)

@@ -74,14 +74,15 @@ TRAIN_SPLIT_NOTE = ("the shipped thresholds were calibrated on the validation sp
 class DriftSpec:
     """Which rows replace ``task``'s share of the traffic in a drift phase.
 
-    Rows of ``task``'s ``split`` whose ``reference`` is among ``labels_share`` of its distinct
-    references, picked with ``seed``.
+    Rows of ``task``'s ``split`` whose ``reference`` is among ``labels`` when given, else among
+    ``labels_share`` of its distinct references, picked with ``seed``.
     """
 
     task: str = "legal_clause"
     split: str = "train"
     labels_share: float = 0.5
     seed: int = 0
+    labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.labels_share <= 1:
@@ -131,8 +132,14 @@ def drift_traffic(base: Sequence[dict[str, Any]], pool: Sequence[dict[str, Any]]
     labels = sorted({str(row["reference"]) for row in pool if row["task"] == spec.task})
     if not labels:
         raise ValueError(f"no {spec.task!r} rows in the drift pool ({spec.split} split)")
-    keep = max(1, round(spec.labels_share * len(labels)))
-    chosen = sorted(labels[i] for i in np.random.default_rng(spec.seed).permutation(len(labels))[:keep])
+    if spec.labels is not None:
+        unknown = sorted(set(spec.labels) - set(labels))
+        if unknown:
+            raise ValueError(f"drift labels {unknown} have no {spec.task!r} rows in the {spec.split} split")
+        chosen = sorted(spec.labels)
+    else:
+        keep = max(1, round(spec.labels_share * len(labels)))
+        chosen = sorted(labels[i] for i in np.random.default_rng(spec.seed).permutation(len(labels))[:keep])
     drifted = [row for row in pool if row["task"] == spec.task and str(row["reference"]) in set(chosen)]
     slots = [i for i, row in enumerate(base) if row["task"] == spec.task]
     if not slots:
@@ -150,7 +157,8 @@ def drift_traffic(base: Sequence[dict[str, Any]], pool: Sequence[dict[str, Any]]
         "description": (
             f"the {spec.task} share of the traffic ({len(slots) / len(base):.0%} of the rows) replaced by "
             f"{len(drifted)} {spec.task} rows of the {spec.split} split whose label is one of {len(chosen)} of its "
-            f"{len(labels)} labels (seed {spec.seed}); the other tasks' rows are unchanged"
+            f"{len(labels)} labels ({'named' if spec.labels is not None else f'seed {spec.seed}'}); the other tasks' "
+            "rows are unchanged"
             + (f"; {TRAIN_SPLIT_NOTE}" if spec.split == "train" else "")
         ),
     }

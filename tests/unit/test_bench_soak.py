@@ -56,6 +56,14 @@ def test_drift_replaces_only_the_drift_tasks_share_with_rows_of_the_chosen_label
     assert drift_traffic(BASE, POOL, DriftSpec(seed=4))[1]["labels"] != info["labels"]
 
 
+def test_drift_labels_can_be_named() -> None:
+    rows, info = drift_traffic(BASE, POOL, DriftSpec(labels=("L1", "L6")))
+    assert info["labels"] == ["L1", "L6"] and "(named)" in info["description"]
+    assert {r["reference"] for r in rows if r["task"] == "legal_clause"} == {"L1", "L6"}
+    with pytest.raises(ValueError, match="'nope'"):
+        drift_traffic(BASE, POOL, DriftSpec(labels=("L1", "nope")))
+
+
 def test_drift_needs_a_share_to_replace_and_rows_to_replace_it_with() -> None:
     with pytest.raises(ValueError, match="fin_ner"):
         drift_traffic(BASE, _rows("fin_ner", 3, ["e"]), DriftSpec(task="fin_ner"))
