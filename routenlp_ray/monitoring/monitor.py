@@ -125,6 +125,7 @@ class _CellState:
     trusts_shipped: bool = True
     # Fresh audits the last refit that could not certify saw; None when certified.
     short_at: int | None = None
+    # The cell's most recent audits (a deque bounded by recalibration_window).
     recent: deque[LabelledAnswer] = field(default_factory=deque)
 
 
@@ -183,12 +184,14 @@ class CoverageMonitor:
         rate = max(self.config.boosted_audit_rate, self.config.audit_rate)
         return {task: rate for _, task in self.short_of_evidence()}
 
-    def breach_test(self, tier: str, task: str, level: float | None = None) -> BreachTest | None:
-        """The test of the cell's promise on its fresh audits; None without a threshold."""
+    def breach_test(
+        self, tier: str, task: str, level: float | None = None, fresh: list[LabelledAnswer] | None = None
+    ) -> BreachTest | None:
+        """The test of the cell's promise on its fresh audits (pass them if in hand); None without a threshold."""
         delta = self.threshold(tier, task)
         if delta is None:
             return None
-        fresh = self.fresh(tier, task)
+        fresh = self.fresh(tier, task) if fresh is None else fresh
         accepted = [accepts(a.uncertainty, delta, is_last=False) for a in fresh]
         level = 1 - self.config.breach_confidence if level is None else level
         method, min_n = self.config.method, self.config.min_labelled
@@ -213,7 +216,7 @@ class CoverageMonitor:
         audited = fresh[-self.config.window :]
         lost = sum(not a.correct and accepts(a.uncertainty, delta, is_last=False) for a in audited)
         low, high = wilson_interval(covered, len(correct)) if correct else (math.nan, math.nan)
-        test = self.breach_test(tier, task, self._level())
+        test = self.breach_test(tier, task, self._level(), fresh)
         return CellCoverage(
             tier=tier,
             task=task,
@@ -269,9 +272,10 @@ class CoverageMonitor:
             change = self._refit(tier, task, breached, now)
             n_labelled += change["n"]
             changes.append(change)
-            if change["after"] != change["before"] or not self.thresholds.has(tier, task):
+            changed = change["after"] != change["before"]
+            if changed or not self.thresholds.has(tier, task):
                 merged.setdefault(tier, {})[task] = change["after"]
-                moved = moved or change["after"] != change["before"]
+            moved = moved or changed
         before_table = self.thresholds
         if moved:
             self.thresholds = ThresholdTable(
@@ -283,14 +287,15 @@ class CoverageMonitor:
     def _refit(self, tier: str, task: str, breached: bool, now: float) -> dict[str, Any]:
         state = self._state((tier, task))
         before = self.threshold(tier, task)
-        evidence = self.breach_test(tier, task, self._level())
+        fresh = self.fresh(tier, task)
+        evidence = self.breach_test(tier, task, self._level(), fresh)
         if breached:
             state.trusts_shipped = False
         if state.trusts_shipped:
             live = list(state.recent)[-self.config.recalibration_window :]
             shipped = self._shipped.get((tier, task), [])[: max(0, self.config.recalibration_window - len(live))]
         else:
-            live, shipped = self.fresh(tier, task)[-self.config.recalibration_window :], []
+            live, shipped = fresh[-self.config.recalibration_window :], []
         rows = live + shipped
         fitted = self._fit(tier, task, rows)
         # Under the quality and risk rules a breach means the threshold was too loose: the
@@ -311,7 +316,7 @@ class CoverageMonitor:
             after, action = before, "kept_uncertified"
         else:
             after, action = None, "still_none"
-        fresh_n = len(self.fresh(tier, task))
+        fresh_n = len(fresh)
         if after != before or breached:
             # Evidence starts over under the new value (and after a breach, so one breach fires once).
             state.since, fresh_n = now, 0
