@@ -169,6 +169,11 @@ class SpecialistEngineConfig(StrictModel):
     data_dir: str | None = Field(
         None, description="Folder that answer caches built by reference (`--cache-rows-from-data`) read their rows from."
     )
+    encoding_cache: str | None = Field(
+        None,
+        description="SQLite file of encoder outputs keyed by text, read before encoding and filled after. For "
+                    "replays that see the same texts again (the pilot benchmark); leave unset when serving live traffic.",
+    )
 
 
 EngineConfig = Annotated[

@@ -19,14 +19,14 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
@@ -43,6 +43,7 @@ from routenlp_ray.telemetry.querylog import read_records
 logger = logging.getLogger("routenlp.loop")
 
 VARIANTS = ("base", "targeted", "untargeted")
+Student = Literal["targeted", "untargeted"]
 
 
 class LoopSettings(StrictModel):
@@ -61,6 +62,13 @@ class LoopSettings(StrictModel):
     n_clusters: int | None = Field(None, ge=1, description="Fixed cluster count; None picks it by silhouette.")
     since: str | None = Field(None, description="Only mine queries logged at or after this ISO time.")
     budget_examples: int = Field(64, ge=1, description="Training examples for each student (targeted and untargeted).")
+    students: list[Student] = Field(
+        default_factory=lambda: ["targeted", "untargeted"], min_length=1,
+        description="Students to distil and evaluate: both to compare them (the default), or one, as a deployment "
+                    "that only ever ships that kind would run. The untargeted one gets as many examples as the "
+                    "targeted set has either way.",
+    )
+    publish_student: Student = Field("targeted", description="The student a passed gate publishes; one of students.")
     distill: DistillConfig = Field(
         default_factory=lambda: DistillConfig(max_steps=40, batch_size=4, max_seq_len=384, checkpoint_every=20),
         description="LoRA and Ray Train settings, shared by both students so the budgets are equal.",
@@ -83,6 +91,13 @@ class LoopSettings(StrictModel):
     gate_tolerance: float = Field(
         0.0, ge=0, description="How far a task's quality retention may fall below the current model's and still pass."
     )
+    gate_rule: Literal["no_worse", "meets_target"] = Field(
+        "no_worse",
+        description="no_worse: every task's quality retention at or above the current model's (less gate_tolerance). "
+                    "meets_target: at or above the current model's or the task's quality_target, whichever is lower: "
+                    "a release may spend quality the current model does not, down to the target (what lets a task "
+                    "the frontier alone served get a cheap tier).",
+    )
     gate_cost_tolerance: float | None = Field(
         None, ge=0,
         description="Also gate on cost: how far the volume-weighted cost reduction may fall below the current "
@@ -92,6 +107,14 @@ class LoopSettings(StrictModel):
     eval_seed: int | None = Field(
         None, description="Seed of the held-out slice alone, so runs with different seeds read the same queries.",
     )
+
+    @model_validator(mode="after")
+    def _publishes_a_student(self) -> "LoopSettings":
+        if self.publish_student not in self.students:
+            raise ValueError(f"publish_student={self.publish_student!r} is not among students={self.students!r}")
+        if len(set(self.students)) != len(self.students):
+            raise ValueError(f"students has duplicates: {self.students!r}")
+        return self
 
 
 @dataclass
@@ -126,6 +149,7 @@ class Iteration:
         workdir: str | Path,
         run_id: str,
         encoder: Any = None,
+        frontier_call: Callable[[str, str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -134,6 +158,8 @@ class Iteration:
         self.run_dir = Path(workdir) / run_id
         self.run_id = run_id
         self._encoder = encoder
+        if frontier_call is not None:  # a caller that already has the frontier up (a benchmark) lends it
+            self.__dict__["frontier_call"] = frontier_call
         self.student = self._student_tier()
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -169,12 +195,34 @@ class Iteration:
 
     @functools.cached_property
     def student_tasks(self) -> set[str] | None:
-        """Tasks the student can learn: a specialist's heads; None (every task) for a LoRA student."""
+        """Tasks the student can learn: a specialist's heads and its new-task candidates; None (every task) for LoRA."""
         if not self.is_specialist:
             return None
-        from routenlp_ray.specialists.artifact import read_manifest
+        return set(_head_tasks(self.current_artifact)) | set(self.new_task_kinds)
 
-        return set(read_manifest(self.current_artifact).tasks)
+    @functools.cached_property
+    def new_task_kinds(self) -> dict[str, str]:
+        """Tasks a specialist student has no head for yet but may get its first one for, with that head's kind."""
+        if not self.is_specialist or not self.settings.specialist.new_tasks:
+            return {}
+        from routenlp_ray.specialists.training import head_kind_for_parser
+
+        heads = set(_head_tasks(self.current_artifact))
+        return {t.name: head_kind_for_parser(t.parser) for t in self.config.tasks
+                if t.name not in heads and t.metric != "none" and t.parser in ("label", "entities", "text")}
+
+    @functools.cached_property
+    def uncovered_tasks(self) -> dict[str, str]:
+        """Tasks the student could serve but no cheap tier does now: the frontier's answers on them are failures
+        the loop mines. A task is uncovered when the student has no head for it, or has one the thresholds skip
+        (no threshold could be certified), and no other cheap tier serves it."""
+        if not self.is_specialist:
+            return {}
+        table, default = self.current_thresholds(), self.config.cascade.default_threshold
+        skipped = {t for t in _head_tasks(self.current_artifact) if table.resolve(self.student.name, t, default) is None}
+        cheap = [t for t in self.config.tiers[:-1] if t.name != self.student.name]
+        return {task: self.student.name for task in sorted(set(self.new_task_kinds) | skipped)
+                if not any(t.serves(task) for t in cheap)}
 
     @functools.cached_property
     def frontier_call(self) -> Callable[[str, str], Awaitable[str | None]] | None:
@@ -210,7 +258,7 @@ class Iteration:
                 self.log_uri, self.config, self.encoder, top_k=self.settings.top_clusters,
                 since=self.settings.since, n_clusters=self.settings.n_clusters, frontier_call=self.frontier_call,
                 random_state=self.settings.seed, top_cost_share=self.settings.top_cost_share,
-                tasks=self.student_tasks,
+                tasks=self.student_tasks, uncovered=self.uncovered_tasks,
             )
             write_cluster_report(
                 result.clusters, self.run_dir / "clusters.md", self.run_dir / "clusters.json",
@@ -236,7 +284,7 @@ class Iteration:
             if budget == 0:
                 raise ValueError("no teacher examples were mined from the query log: nothing to distil")
             targeted = targeted[:budget]
-            untargeted = self._random_traffic(budget, rng)
+            untargeted = self._random_traffic(budget, rng) if "untargeted" in self.settings.students else []
             return {"budget": budget, "targeted": targeted, "untargeted": untargeted}
 
         return self._stage("training_sets", compute)
@@ -273,7 +321,7 @@ class Iteration:
         if self.is_specialist:
             return self._train_specialists(sets)
         results = {}
-        for variant in ("targeted", "untargeted"):
+        for variant in self.settings.students:
             def compute(variant: str = variant) -> dict[str, Any]:
                 examples = [
                     DistillExample.for_task(self.config.task(e["task"]), e["input"], e["answer"]) for e in sets[variant]
@@ -294,10 +342,11 @@ class Iteration:
         from routenlp_ray.loop.specialist_student import base_pairs, refit_specialist
 
         artifact = self.current_artifact
-        touched = sorted({e["task"] for v in ("targeted", "untargeted") for e in sets[v]})
+        heads = set(_head_tasks(artifact))
+        touched = sorted({e["task"] for v in self.settings.students for e in sets[v]} & heads)
         pairs = None
         results = {}
-        for variant in ("targeted", "untargeted"):
+        for variant in self.settings.students:
             def compute(variant: str = variant) -> dict[str, Any]:
                 nonlocal pairs
                 if pairs is None:  # read once for both students; a finished stage never needs them
@@ -306,18 +355,28 @@ class Iteration:
                     artifact, pairs, sets[variant], self.run_dir / "specialists" / variant,
                     f"loop-{self.run_id}-{variant}", self.settings.specialist,
                     storage_path=self.run_dir / "ray_train", run_name=f"{self.run_id}-{variant}",
+                    new_task_kinds=self.new_task_kinds,
                 )
 
             results[variant] = self._stage(f"train_{variant}", compute)
         return results
 
+    @property
+    def eval_tasks(self) -> list[str]:
+        return self.settings.eval_tasks or [
+            t.name for t in self.config.tasks if t.metric != "none" and _has_split(self.data_dir, t, self.settings.eval_split)
+        ]
+
+    def fit_current_thresholds(self) -> dict[str, float | None]:
+        """The loop's threshold rule on the current model's answers to the whole held-out slice."""
+        tables = self._record("base", self.current_artifact, self.eval_tasks)
+        return {t.task: self.threshold_for(t) for t in tables}
+
     def evaluate(self, trained: dict[str, Any]) -> dict[str, Any]:
         def compute() -> dict[str, Any]:
-            tasks = self.settings.eval_tasks or [
-                t.name for t in self.config.tasks if t.metric != "none" and _has_split(self.data_dir, t, self.settings.eval_split)
-            ]
+            tasks = self.eval_tasks
             out: dict[str, Any] = {"tasks": tasks}
-            for variant in VARIANTS:
+            for variant in self.variants:
                 # "base" is the tier as it serves now: its current artifact (or, for a LoRA tier, the bare model).
                 artifact = trained[variant]["artifact_dir"] if variant != "base" else self.current_artifact
                 tables = self._record(variant, artifact, tasks)
@@ -331,8 +390,8 @@ class Iteration:
         engine = self.student.engine.model_copy(update={self.student.release_artifact_field(): artifact})
         # Judged on every task it could take on, not only those its tier serves today: a student
         # that became right on a task is how that task gets a cheap tier. A specialist takes on
-        # only the tasks it has heads for.
-        tasks = sorted(self.student_tasks) if self.student_tasks is not None else None
+        # only the tasks its artifact has heads for.
+        tasks = _head_tasks(artifact) if self.is_specialist else None
         student = self.student.model_copy(update={"engine": engine, "tasks": tasks})
         return self.config.model_copy(update={"tiers": [student, self.config.frontier]})
 
@@ -366,15 +425,26 @@ class Iteration:
             recorder.record(task, self.settings.eval_split, examples, progress=False)
         return load_tables(config, [folder], self.data_dir, tasks, [self.settings.eval_split])
 
-    def gate(self, evaluation: dict[str, Any], variant: str = "targeted") -> tuple[bool, list[str]]:
-        """The targeted student (or ``variant``) must not lower any task's quality retention against the
-        current model, nor (with ``gate_cost_tolerance``) the overall cost reduction."""
+    @property
+    def variants(self) -> list[str]:
+        """What an iteration evaluates: the current model ("base") and each student it distils."""
+        return ["base", *self.settings.students]
+
+    def gate(self, evaluation: dict[str, Any], variant: str | None = None) -> tuple[bool, list[str]]:
+        """The published student (or ``variant``) must not lower any task's quality retention against the
+        current model (or, by ``gate_rule``, below its quality target), nor (with ``gate_cost_tolerance``)
+        the overall cost reduction."""
+        variant = variant or self.settings.publish_student
         reasons = []
         base, new = evaluation["base"]["per_task"], evaluation[variant]["per_task"]
         for task in evaluation["tasks"]:
             before, after = base[task]["quality_retention"], new[task]["quality_retention"]
-            if after < before - self.settings.gate_tolerance:
-                reasons.append(f"{task}: quality retention {after:.3f} < current {before:.3f}")
+            floor = before
+            if self.settings.gate_rule == "meets_target":
+                floor = min(before, self.config.task(task).quality_target)
+            if after < floor - self.settings.gate_tolerance:
+                reasons.append(f"{task}: quality retention {after:.3f} < {'current' if floor == before else 'target'} "
+                               f"{floor:.3f}")
         tolerance = self.settings.gate_cost_tolerance
         before, after = evaluation["base"]["cost_reduction"], evaluation[variant]["cost_reduction"]
         if tolerance is not None and after < before - tolerance:
@@ -383,8 +453,9 @@ class Iteration:
 
     def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path:
         """Thresholds for the new student, calibrated on all of its held-out answers."""
-        config = self.variant_config(trained["targeted"]["artifact_dir"])
-        tables = load_tables(config, [self.records_dir("targeted")], self.data_dir, evaluation["tasks"],
+        published = self.settings.publish_student
+        config = self.variant_config(trained[published]["artifact_dir"])
+        tables = load_tables(config, [self.records_dir(published)], self.data_dir, evaluation["tasks"],
                              [self.settings.eval_split])
         # The student is the first tier of each table; the frontier (last) has no threshold.
         fitted = {t.task: self.threshold_for(t) for t in tables}
@@ -426,9 +497,10 @@ class Iteration:
             return None
         from routenlp_ray.routing.training import train_router_policy
 
-        config = self.variant_config(trained["targeted"]["artifact_dir"])
+        published = self.settings.publish_student
+        config = self.variant_config(trained[published]["artifact_dir"])
         policy, report = train_router_policy(
-            config, self.records_dir("targeted"), self.data_dir, evaluation["tasks"],
+            config, self.records_dir(published), self.data_dir, evaluation["tasks"],
             split=self.settings.eval_split, seed=self.settings.seed, version=f"router-{self.run_id}",
         )
         return policy.save(self.run_dir / "router", metadata=report)
@@ -454,10 +526,10 @@ class Iteration:
                 else:
                     published = store.publish(
                         version,
-                        adapters=self.release_artifacts(trained["targeted"]["artifact_dir"]),
+                        adapters=self.release_artifacts(trained[self.settings.publish_student]["artifact_dir"]),
                         thresholds=thresholds,
                         router=router_path,
-                        report=_summary(evaluation),
+                        report=_summary(evaluation, self.variants),
                     ).version
         report = build_report(self, mined, sets, trained, evaluation, passed, reasons, published, router_path)
         path = self.run_dir / "report.json"
@@ -527,9 +599,16 @@ def _cascade_metrics(tables: list[TaskTable], threshold_for: Callable[[TaskTable
     )
 
 
-def _summary(evaluation: dict[str, Any]) -> dict[str, Any]:
+def _summary(evaluation: dict[str, Any], variants: Sequence[str] = VARIANTS) -> dict[str, Any]:
     return {v: {k: evaluation[v][k] for k in ("cost_reduction", "quality_retention", "cheap_accuracy")}
-            for v in VARIANTS}
+            for v in variants}
+
+
+def _head_tasks(artifact: str | Path | None) -> list[str]:
+    """The tasks a specialist artifact has heads for."""
+    from routenlp_ray.specialists.artifact import read_manifest
+
+    return sorted(read_manifest(artifact).tasks) if artifact is not None else []
 
 
 def build_report(
@@ -543,9 +622,11 @@ def build_report(
     published: str | None,
     router_path: Path | None,
 ) -> dict[str, Any]:
+    students = iteration.settings.students
     base = evaluation["base"]["cost_reduction"]
-    gain = {v: evaluation[v]["cost_reduction"] - base for v in ("targeted", "untargeted")}
-    ratio = gain["targeted"] / gain["untargeted"] if gain["untargeted"] > 0 else None
+    gain = {v: evaluation[v]["cost_reduction"] - base for v in students}
+    ratio = (gain["targeted"] / gain["untargeted"]
+             if {"targeted", "untargeted"} <= set(students) and gain["untargeted"] > 0 else None)
     return {
         "run_id": iteration.run_id,
         "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -567,11 +648,12 @@ def build_report(
             "distill": iteration.settings.distill.model_dump(mode="json"),
         },
         "evaluation_artifacts": {"base": iteration.current_artifact,
-                                 **{v: trained[v]["artifact_dir"] for v in ("targeted", "untargeted")}},
-        "training": {v: _training_summary(trained[v]) for v in ("targeted", "untargeted")},
+                                 **{v: trained[v]["artifact_dir"] for v in students}},
+        "students": list(students),
+        "published_student": iteration.settings.publish_student,
+        "training": {v: _training_summary(trained[v]) for v in students},
         "evaluation": evaluation,
-        "cost_improvement": {"targeted": gain["targeted"], "untargeted": gain["untargeted"],
-                             "targeted_over_untargeted": ratio},
+        "cost_improvement": {**gain, "targeted_over_untargeted": ratio},
         "gate": {"passed": passed, "reasons": reasons},
         "published": published,
         "router_retrained": str(router_path) if router_path else None,
@@ -580,7 +662,10 @@ def build_report(
 
 def report_markdown(report: dict[str, Any]) -> str:
     ev = report["evaluation"]
-    training = report["training"]["targeted"]
+    students = report.get("students", ["targeted", "untargeted"])
+    variants = ["base", *students]
+    published = report.get("published_student", "targeted")
+    training = report["training"][published]
     spent = (f"{report['budget']['distill']['max_steps']} LoRA steps each" if "steps" in training else
              "heads refitted with their base C: " + ", ".join(
                  f"{t} {r['base_pairs']} + {r['new_pairs']}" for t, r in training["refitted_tasks"].items()))
@@ -589,27 +674,29 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         f"Student tier `{report['student_tier']}`; {report['mining']['queries']} logged queries, "
         f"{report['mining']['failures']} cheap-tier failures in {report['mining']['clusters']} clusters; "
-        f"{report['budget']['examples_per_student']} training examples per student, {spent} (targeted).",
+        f"{report['budget']['examples_per_student']} training examples per student, {spent} ({published}).",
         "",
         "| student | cost reduction | quality retention | cheap-tier accuracy |",
         "|---|---|---|---|",
     ]
-    for variant in VARIANTS:
+    for variant in variants:
         m = ev[variant]
         lines.append(f"| {variant} | {m['cost_reduction']:.1%} | {m['quality_retention']:.1%} | {m['cheap_accuracy']:.1%} |")
     gain = report["cost_improvement"]
     ratio = gain["targeted_over_untargeted"]
+    improvement = ", ".join(f"{s} {gain[s]:+.1%}" for s in students)
+    if len(students) == 2:
+        improvement += f"; ratio {'n/a (untargeted gained nothing)' if ratio is None else f'{ratio:.2f}x'}"
     lines += [
         "",
-        f"Cost improvement over the current model: targeted {gain['targeted']:+.1%}, untargeted "
-        f"{gain['untargeted']:+.1%}; ratio {'n/a (untargeted gained nothing)' if ratio is None else f'{ratio:.2f}x'}.",
+        f"Cost improvement over the current model: {improvement}.",
         "",
-        "| task | " + " | ".join(f"{v} retention / cost red." for v in VARIANTS) + " |",
-        "|---|" + "---|" * len(VARIANTS),
+        "| task | " + " | ".join(f"{v} retention / cost red." for v in variants) + " |",
+        "|---|" + "---|" * len(variants),
     ]
     for task in ev["tasks"]:
         cells = [f"{ev[v]['per_task'][task]['quality_retention']:.1%} / {ev[v]['per_task'][task]['cost_reduction']:.1%}"
-                 for v in VARIANTS]
+                 for v in variants]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     gate = report["gate"]
     lines += ["", f"Gate: {'passed' if gate['passed'] else 'failed'}" + "".join(f"\n- {r}" for r in gate["reasons"]),
@@ -646,7 +733,8 @@ def _training_summary(trained: dict[str, Any]) -> dict[str, Any]:
     if "losses" in trained:  # a LoRA run
         return {k: trained[k] for k in ("steps", "train_seconds", "wall_seconds", "n_examples")} | {
             "first_loss": trained["losses"][0], "last_loss": trained["losses"][-1]}
-    return {k: trained[k] for k in ("n_examples", "refitted_tasks", "task_Cs", "wall_seconds")}
+    return {k: trained[k] for k in ("n_examples", "refitted_tasks", "task_Cs", "wall_seconds", "new_tasks")
+            if k in trained}
 
 
 def _artifact_fingerprint(artifact: str | None) -> str | None:

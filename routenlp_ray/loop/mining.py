@@ -2,7 +2,8 @@
 
 The loop's first step reads the query log and finds the queries a cheap tier could not
 handle: the cascade escalated past it (its answer was too uncertain, it errored or timed
-out), or it answered and the client's feedback rejected the answer. Those failures are
+out), or it answered and the client's feedback rejected the answer; or, for a task that no
+cheap tier serves yet but one could learn, the frontier answered it alone (``uncovered``). Those failures are
 embedded, clustered, and ranked by the money each cluster costs; the costliest clusters get
 teacher answers from the frontier for distillation.
 
@@ -38,7 +39,7 @@ from routenlp_ray.telemetry.querylog import read_records
 
 logger = logging.getLogger("routenlp.loop.mining")
 
-FailureReason = Literal["escalated", "negative_feedback"]
+FailureReason = Literal["escalated", "negative_feedback", "uncovered"]
 # An attempt with one of these statuses means the tier did not give an answer the cascade kept.
 FAILED_ATTEMPT_STATUSES = frozenset({"escalated", "error", "timeout"})
 # Attempts that produced an answer, so their logged cost is a real price of that tier on this query.
@@ -92,6 +93,7 @@ def find_failures(
     cheap_tiers: Sequence[str],
     frontier: str,
     min_score: float = 0.5,
+    uncovered: Mapping[str, str] | None = None,
 ) -> list[Failure]:
     """The cheap-tier failures among logged queries, in log order.
 
@@ -99,6 +101,8 @@ def find_failures(
     and the final answer came from a more expensive tier, or (b) a cheap tier answered and the
     latest feedback on it says ``accepted=False`` (or, with ``accepted`` unset, ``score < min_score``).
     Tiers missing from ``cheap_tiers + [frontier]`` (an older config) are ignored.
+    ``uncovered`` maps a task no cheap tier serves to the cheap tier that could learn it: each of
+    its queries the frontier answered is then (c) a failure of that tier, costing the price gap.
     """
     if frontier in cheap_tiers:
         raise ValueError(f"frontier ({frontier!r}) must not be one of the cheap tiers ({list(cheap_tiers)})")
@@ -107,6 +111,9 @@ def find_failures(
     failures = []
     for query in queries:
         failure = _failure_of(query, rank, frontier, verdicts.get(query.get("id")), min_score)
+        learner = (uncovered or {}).get(str(query.get("task")))
+        if failure is None and learner is not None and query.get("answered_by") == frontier:
+            failure = _uncovered_failure(query, learner, frontier)
         if failure is not None:
             failures.append(failure)
     return failures
@@ -183,6 +190,20 @@ def _failure_of(
         completion_tokens=int(query.get("completion_tokens") or 0),
         attempt_costs=costs,
         ts=query.get("ts"),
+    )
+
+
+def _uncovered_failure(query: Mapping[str, Any], learner: str, frontier: str) -> Failure | None:
+    if query.get("status", "ok") != "ok" or query.get("fallback"):
+        return None
+    costs = {a["tier"]: float(a.get("cost_usd") or 0.0) for a in query.get("attempts") or []
+             if a.get("tier") == frontier and a.get("status") in ANSWERED_ATTEMPT_STATUSES}
+    return Failure(
+        query_id=str(query.get("id")), task=str(query.get("task")), input=str(query.get("input") or ""),
+        reason="uncovered", failed_tiers=(learner,), target_tier=frontier, answered_by=frontier,
+        escalation_cost_usd=costs.get(frontier, 0.0), teacher_answer=query.get("answer"),
+        prompt_tokens=int(query.get("prompt_tokens") or 0), completion_tokens=int(query.get("completion_tokens") or 0),
+        attempt_costs=costs, ts=query.get("ts"),
     )
 
 
@@ -547,16 +568,18 @@ def mine(
     random_state: int = 0,
     top_cost_share: float | None = None,
     tasks: Iterable[str] | None = None,
+    uncovered: Mapping[str, str] | None = None,
 ) -> MiningResult:
     """Read the log, find and cluster cheap-tier failures, rank them, and gather teacher data
     for the ``top_k`` costliest clusters, or, with ``top_cost_share``, for the fewest costliest
     clusters that cover that share of the failure cost. ``since`` keeps queries logged at or after it;
-    ``tasks`` keeps only failures of those tasks (a student that can learn only some of them)."""
+    ``tasks`` keeps only failures of those tasks (a student that can learn only some of them);
+    ``uncovered`` counts the frontier's answers on tasks no cheap tier serves (see ``find_failures``)."""
     queries = logged_since(read_records(log_uri, "queries"), since)
     # Feedback is not filtered: a verdict only matters through its query, which is.
     feedback = read_records(log_uri, "feedback")
     cheap = [tier.name for tier in config.tiers[:-1]]
-    failures = find_failures(queries, feedback, cheap, config.frontier.name)
+    failures = find_failures(queries, feedback, cheap, config.frontier.name, uncovered=uncovered)
     if tasks is not None:
         wanted = set(tasks)
         failures = [f for f in failures if f.task in wanted]

@@ -47,6 +47,15 @@ class SpecialistRefitSettings(StrictModel):
         0, description="With base_split: the order the split was read in (`distill-specialists --seed`; None: file order).",
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs of the Ray Train worker that refits the heads.")
+    encoding_cache: str | None = Field(
+        None, description="SQLite file of encoder outputs keyed by text: base pairs already encoded are not encoded again.",
+    )
+    new_tasks: bool = Field(
+        True,
+        description="Give a task the artifact has no head for its first head, from the mined pairs alone (its "
+                    "parser decides the kind: label, entities or an answer cache).",
+    )
+    min_new_task_pairs: int = Field(8, ge=1, description="Fewest mined pairs a task's first head is fitted on.")
 
 
 def base_pairs(
@@ -108,11 +117,14 @@ def refit_specialist(
     settings: SpecialistRefitSettings,
     storage_path: str | Path,
     run_name: str,
+    new_task_kinds: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Refit the heads of the tasks in ``extra`` (dicts with task, input, answer) on base + extra pairs.
 
-    A Ray Train job, like every distillation; resumable in the sense that a finished
-    ``output_dir`` is returned as is (artifacts are immutable).
+    A task in ``extra`` with no base pairs gets its first head, of the kind ``new_task_kinds`` names,
+    from its new pairs alone, when it has at least ``settings.min_new_task_pairs`` of them (fewer
+    are left out and reported). A Ray Train job, like every distillation; resumable in the sense
+    that a finished ``output_dir`` is returned as is (artifacts are immutable).
     """
     started = time.perf_counter()
     folder, output = Path(artifact), Path(output_dir)
@@ -120,19 +132,27 @@ def refit_specialist(
     by_task: dict[str, list[Mapping[str, Any]]] = {}
     for example in extra:
         by_task.setdefault(example["task"], []).append(example)
-    unknown = sorted(set(by_task) - set(base))
+    kinds = dict(new_task_kinds or {}) if settings.new_tasks else {}
+    unknown = sorted(set(by_task) - set(base) - set(kinds))
     if unknown:
         raise ValueError(f"new pairs for tasks {unknown} that have no base pairs; base has {sorted(base)}")
+    too_few = {t: len(by_task[t]) for t in set(by_task) - set(base)
+               if len(by_task[t]) < settings.min_new_task_pairs}
+    for task in too_few:
+        del by_task[task]
+    empty = TaskPairs.model_construct(texts=[], answers=[])
     pairs = {
-        task: TaskPairs(kind=base[task].kind, texts=base[task].texts + [e["input"] for e in examples],
-                        answers=base[task].answers + [e["answer"] for e in examples])
+        task: TaskPairs(kind=base[task].kind if task in base else kinds[task],
+                        texts=base.get(task, empty).texts + [e["input"] for e in examples],
+                        answers=base.get(task, empty).answers + [e["answer"] for e in examples])
         for task, examples in by_task.items()
     }
-    # The C each base head chose; an answer cache has none.
+    # The C each base head chose; an answer cache has none, and a first head picks its own.
     task_Cs = {task: [float(manifest.tasks[task].metrics["C"])] for task in pairs
-               if "C" in manifest.tasks[task].metrics}
+               if task in manifest.tasks and "C" in manifest.tasks[task].metrics}
     training = SpecialistTrainingConfig(encoder_source=manifest.encoder.source, task_Cs=task_Cs,
-                                        cpus_per_worker=settings.cpus_per_worker)
+                                        cpus_per_worker=settings.cpus_per_worker,
+                                        encoding_cache=settings.encoding_cache)
     if not output.exists():
         if pairs:
             distill_specialists(pairs, output, version, training, storage_path=storage_path, run_name=run_name,
@@ -144,8 +164,11 @@ def refit_specialist(
         "artifact_dir": str(output),
         "init_artifact": str(folder.resolve()),
         "n_examples": len(extra),
-        "refitted_tasks": {task: {"base_pairs": len(base[task].texts), "new_pairs": len(by_task[task])}
+        "refitted_tasks": {task: {"base_pairs": len(base[task].texts) if task in base else 0,
+                                  "new_pairs": len(by_task[task])}
                            for task in sorted(by_task)},
+        "new_tasks": sorted(set(by_task) - set(base)),
+        "new_tasks_with_too_few_pairs": too_few,
         "task_Cs": task_Cs,
         "wall_seconds": time.perf_counter() - started,
     }

@@ -33,7 +33,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from routenlp_ray._exceptions import ArtifactError, MissingExtraError, NotFittedError
-from routenlp_ray.models.encoder import SentenceEncoder
+from routenlp_ray.models.encoder import MINILM_SOURCE, SentenceEncoder
+from routenlp_ray.models.encoding_cache import EncodingCache
 from routenlp_ray.specialists.artifact import HEAD_FILE, data_fingerprint, read_head
 from routenlp_ray.specialists.lexical import LexicalFeatures
 
@@ -70,8 +71,42 @@ class SpecialistEncoder(SentenceEncoder):
     sub-token's contextual state, next to the previous word's, for the entity tagger.
     """
 
+    def __init__(self, model_source: str = MINILM_SOURCE, *args: Any, cache_path: str | os.PathLike[str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(model_source, *args, **kwargs)
+        self.cache: EncodingCache | None = None
+        if cache_path is not None:
+            identity = json.dumps([model_source, self.quantize, self.max_length])
+            self.cache = EncodingCache(cache_path, identity)
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """As :meth:`SentenceEncoder.encode`; with a cache, only texts it has never seen are encoded."""
+        if self.cache is None or batch_size not in (None, 1):
+            return super().encode(texts, batch_size)
+        texts = list(texts)
+        found = self.cache.get_many("sentence", texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            fresh = super().encode(missing)
+            self.cache.put_many("sentence", zip(missing, fresh))
+            found.update(zip(missing, fresh))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([found[t] for t in texts])
+
     def word_features(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(features of shape (words, 2 * dim), a mask of the words that fit in ``max_length``)."""
+        if self.cache is None or not words:
+            return self._word_features(words)
+        key = json.dumps(list(words), ensure_ascii=False)
+        found = self.cache.get_many("words", [key]).get(key)
+        if found is not None:  # the fit mask rides along as the last column
+            return found[:, :-1].copy(), found[:, -1] > 0.5
+        features, fits = self._word_features(words)
+        self.cache.put_many("words", [(key, np.hstack([features, fits[:, None].astype(np.float32)]))])
+        return features, fits
+
+    def _word_features(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         dim = self.dim
         features = np.zeros((len(words), 2 * dim), dtype=np.float32)

@@ -79,6 +79,11 @@ class SpecialistTrainingConfig(StrictModel):
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs the worker reserves; also its torch thread count.")
     seed: int = Field(0, description="Seed of the held-out split.")
+    encoding_cache: str | None = Field(
+        None,
+        description="SQLite file of encoder outputs keyed by text (see models.encoding_cache): a refit then encodes "
+                    "only pairs it has never seen. Must be on a filesystem the Ray Train worker shares.",
+    )
 
 
 def fit_heads(
@@ -87,7 +92,8 @@ def fit_heads(
     """Fit every task's head on one shared encoder and save each to ``output_dir/<task>``; returns metrics."""
     from routenlp_ray.specialists.heads import SpecialistEncoder, make_head
 
-    encoder = SpecialistEncoder(config.encoder_source, num_threads=max(1, int(config.cpus_per_worker)))
+    encoder = SpecialistEncoder(config.encoder_source, num_threads=max(1, int(config.cpus_per_worker)),
+                                cache_path=config.encoding_cache)
     summary: dict[str, dict[str, Any]] = {}
     for task, data in sorted(pairs.items()):
         if len(data.texts) != len(data.answers):

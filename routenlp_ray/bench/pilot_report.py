@@ -1,0 +1,237 @@
+"""The pilot's report: per week and arm, on the week's traffic and on the held-out slice; the ratio CI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routenlp_ray.bench.pilot_plan import DriftPlan
+
+__all__ = ["bootstrap_improvement_ratio", "pilot_markdown", "plot_pilot", "summarise"]
+
+FIGURES = ("cost_reduction", "quality_retention", "specialist_share", "accepted_error_rate", "escalation_rate")
+
+
+def _mean_sd(values: Sequence[float | None]) -> dict[str, float] | None:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(arr):
+        return None
+    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": int(len(arr))}
+
+
+def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], frontier: Mapping[int, np.ndarray],
+                                reps: int, rng_seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap of (targeted - no_loop) / (untargeted - no_loop) cost reduction.
+
+    ``costs[seed][arm]`` is a (queries, weeks) matrix of costs paid on the held-out slice and
+    ``frontier[seed]`` the frontier-only cost per query. Seeds are resampled, then queries within a
+    seed (the same rows for every arm and week); improvements are summed over the weeks given.
+    """
+    rng = np.random.default_rng(rng_seed)
+    seeds = sorted(costs)
+
+    def gains(seed: int, pick: np.ndarray) -> tuple[float, float]:
+        front = frontier[seed][pick].sum() * costs[seed]["no_loop"].shape[1]
+        base = costs[seed]["no_loop"][pick].sum()
+        return ((base - costs[seed]["targeted"][pick].sum()) / front,
+                (base - costs[seed]["untargeted"][pick].sum()) / front)
+
+    point = np.mean([gains(s, np.arange(len(frontier[s]))) for s in seeds], axis=0)
+    ratios, diffs = [], []
+    for _ in range(reps):
+        drawn = [gains(s, rng.integers(0, len(frontier[s]), len(frontier[s])))
+                 for s in rng.choice(seeds, len(seeds))]
+        t, u = np.mean(drawn, axis=0)
+        diffs.append(t - u)
+        if u > 0:
+            ratios.append(t / u)
+    return {
+        "targeted_improvement": float(point[0]), "untargeted_improvement": float(point[1]),
+        "ratio": float(point[0] / point[1]) if point[1] > 0 else None,
+        "ratio_ci95": [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios else None,
+        "difference_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
+        "untargeted_at_most_zero_share": float(1 - len(ratios) / reps),
+        "reps": reps,
+    }
+
+
+def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, seeds_meta: dict[int, Any],
+              seconds: float, quality_targets: Mapping[str, float] | None = None) -> dict[str, Any]:
+    arms = list(dict.fromkeys(r["arm"] for r in records))
+    weeks = sorted({r["week"] for r in records})
+    seeds = sorted({r["seed"] for r in records})
+    by = {(r["seed"], r["arm"], r["week"]): r for r in records}
+    table = []
+    for arm in arms:
+        for week in weeks:
+            rows = [by[(s, arm, week)] for s in seeds if (s, arm, week) in by]
+            if not rows:
+                continue
+            entry: dict[str, Any] = {"arm": arm, "week": week, "seeds": len(rows)}
+            for where in ("traffic", "held_out"):
+                entry[where] = {k: _mean_sd([r[where][k] for r in rows]) for k in FIGURES}
+                tasks = sorted({t for r in rows for t in r[where]["per_task"]})
+                entry[where]["per_task"] = {
+                    t: {k: _mean_sd([r[where]["per_task"][t][k] for r in rows if t in r[where]["per_task"]])
+                        for k in FIGURES} for t in tasks}
+            loops = [r["loop"] for r in rows if r.get("loop")]
+            entry["releases"] = {o: sum(lp["outcome"] == o for lp in loops)
+                                 for o in ("published", "refused", "nothing_to_distil")}
+            entry["seconds"] = _mean_sd([r.get("seconds", 0.0) for r in rows])
+            table.append(entry)
+
+    ratios: dict[str, Any] = {}
+    if {"no_loop", "targeted", "untargeted"} <= set(arms):
+        complete = [s for s in seeds if all((s, a, w) in by for a in ("no_loop", "targeted", "untargeted")
+                                            for w in weeks)]
+        if complete:
+            def matrices(week_list: Sequence[int]) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, np.ndarray]]:
+                costs = {s: {a: np.array([[c[0] for c in by[(s, a, w)]["_held_out_costs"]] for w in week_list]).T
+                             for a in ("no_loop", "targeted", "untargeted")} for s in complete}
+                front = {s: np.array([c[1] for c in by[(s, "no_loop", week_list[0])]["_held_out_costs"]])
+                         for s in complete}
+                return costs, front
+
+            final, front = matrices([weeks[-1]])
+            ratios["final_week"] = bootstrap_improvement_ratio(final, front, settings.bootstrap, 1)
+            summed, front = matrices(weeks)
+            ratios["summed_over_weeks"] = bootstrap_improvement_ratio(summed, front, settings.bootstrap, 2)
+            ratios["seeds"] = complete
+            # On each week's own traffic (the same queries for every arm of a seed): point estimates.
+            gains = {a: [] for a in ("targeted", "untargeted")}
+            for s in complete:
+                base = sum(c[0] for w in weeks for c in by[(s, "no_loop", w)]["_traffic_costs"])
+                front_t = sum(c[1] for w in weeks for c in by[(s, "no_loop", w)]["_traffic_costs"])
+                for a in gains:
+                    paid = sum(c[0] for w in weeks for c in by[(s, a, w)]["_traffic_costs"])
+                    gains[a].append((base - paid) / front_t)
+            ratios["traffic_summed_over_weeks"] = {
+                "targeted_improvement": _mean_sd(gains["targeted"]), "untargeted_improvement": _mean_sd(gains["untargeted"]),
+                "ratio_of_means": (float(np.mean(gains["targeted"]) / np.mean(gains["untargeted"]))
+                                   if np.mean(gains["untargeted"]) > 0 else None)}
+
+    below = []
+    for r in records:
+        for where in ("traffic", "held_out"):
+            for task, m in r[where]["per_task"].items():
+                target = (quality_targets or {}).get(task)
+                if target is not None and m["quality_retention"] < target:
+                    below.append({"seed": r["seed"], "arm": r["arm"], "week": r["week"], "where": where, "task": task,
+                                  "retention": m["quality_retention"], "target": target})
+    for r in records:
+        r.pop("_held_out_costs", None)
+        r.pop("_traffic_costs", None)
+    return {
+        "benchmark": "pilot",
+        "plan": plan.model_dump(mode="json"),
+        "settings": settings.model_dump(mode="json"),
+        "seeds_meta": {str(k): v for k, v in seeds_meta.items()},
+        "seconds": seconds,
+        "weeks": table,
+        "ratios": ratios,
+        "below_quality_target": below,
+        "quality_targets": dict(quality_targets or {}),
+        "records": records,
+    }
+
+
+def _cell(stat: dict[str, float] | None, pct: bool = True) -> str:
+    if stat is None:
+        return "–"
+    if pct:
+        return f"{stat['mean']:.1%} ± {stat['sd']:.1%}"
+    return f"{stat['mean']:.2f} ± {stat['sd']:.2f}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any] | None = None) -> str:
+    plan, s = report["plan"], report["settings"]
+    lines = [
+        f"# Pilot: {plan['name']} plan, {s['weeks']} weeks × {s['queries_per_week']} queries, "
+        f"{len(s['seeds'])} seeds",
+        "",
+        f"Made by `{command}` in {report['seconds'] / 60:.0f} min. Drift plan:",
+        "",
+    ]
+    lines += [f"- {d['task']}: " + ("the whole task" if d["whole_task"] else
+                                    f"{d['label_share']:.0%} of its labels" if d["label_share"] else
+                                    f"labels {d['labels']}") + f" new from week {d['from_week']}"
+              for d in plan["drifts"]] or ["- none"]
+    lines += ["", "Costs are the cascade's cost against sending every query to the frontier (lower is better); "
+              "held-out is a fixed validation slice with every label, read with each arm's release of that week.", ""]
+    for where, title in (("held_out", "Held-out slice (validation)"), ("traffic", "That week's traffic (train)")):
+        lines += [f"## {title}", "",
+                  "| week | arm | cost reduction | quality retention | specialist share | accepted-error rate "
+                  "| escalation rate | releases (published / refused / nothing) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in sorted(report["weeks"], key=lambda e: (e["week"], e["arm"])):
+            m = e[where]
+            rel = e["releases"]
+            lines.append(f"| {e['week']} | {e['arm']} | {_cell(m['cost_reduction'])} | {_cell(m['quality_retention'])} "
+                         f"| {_cell(m['specialist_share'])} | {_cell(m['accepted_error_rate'])} "
+                         f"| {_cell(m['escalation_rate'])} | {rel['published']} / {rel['refused']} / "
+                         f"{rel['nothing_to_distil']} |")
+        lines.append("")
+    ratios = report["ratios"]
+    if ratios:
+        lines += ["## Targeted vs untargeted, over no loop (held-out slice, paired bootstrap over seeds and queries)",
+                  "", "| span | targeted improvement | untargeted improvement | ratio | ratio 95% CI | difference 95% CI |",
+                  "|---|---|---|---|---|---|"]
+        for key, name in (("final_week", "final week"), ("summed_over_weeks", "summed over weeks")):
+            r = ratios[key]
+            ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+            lines.append(f"| {name} | {r['targeted_improvement']:+.1%} | {r['untargeted_improvement']:+.1%} | {ratio} "
+                         f"| {_ci(r['ratio_ci95'])} | [{r['difference_ci95'][0]:+.1%}, {r['difference_ci95'][1]:+.1%}] |")
+        t = ratios["traffic_summed_over_weeks"]
+        lines += ["", f"On the weeks' own traffic, summed: targeted {_cell(t['targeted_improvement'])}, untargeted "
+                  f"{_cell(t['untargeted_improvement'])} of frontier cost saved over no loop"
+                  + (f" (ratio of means {t['ratio_of_means']:.2f}×)." if t["ratio_of_means"] else "."), ""]
+    below = report["below_quality_target"]
+    lines += ["## Quality targets", ""]
+    if below:
+        lines += [f"{len(below)} (seed, arm, week, task) cells fell below their task's quality target:", "",
+                  "| seed | arm | week | where | task | retention | target |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {b['seed']} | {b['arm']} | {b['week']} | {b['where']} | {b['task']} | {b['retention']:.1%} "
+                  f"| {b['target']:.0%} |" for b in below]
+    else:
+        lines.append("Every task's retention stayed at or above its quality target in every week, arm and seed.")
+    if baseline is not None:
+        lines += ["", f"## Next to it: the {baseline['plan']['name']} plan", ""]
+        r = baseline["ratios"].get("final_week")
+        if r:
+            lines.append(f"Final week: targeted {r['targeted_improvement']:+.1%}, untargeted "
+                         f"{r['untargeted_improvement']:+.1%} over no loop; ratio "
+                         f"{'n/a' if r['ratio'] is None else format(r['ratio'], '.2f') + '×'}, CI {_ci(r['ratio_ci95'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pilot(report: dict[str, Any], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for axis, where, title in zip(axes, ("held_out", "traffic"), ("held-out slice", "that week's traffic")):
+        for arm in dict.fromkeys(e["arm"] for e in report["weeks"]):
+            rows = sorted((e for e in report["weeks"] if e["arm"] == arm), key=lambda e: e["week"])
+            x = [e["week"] for e in rows]
+            y = [1 - e[where]["cost_reduction"]["mean"] for e in rows]
+            err = [e[where]["cost_reduction"]["sd"] for e in rows]
+            axis.errorbar(x, y, yerr=err, marker="o", capsize=3, label=arm)
+        for d in report["plan"]["drifts"]:
+            axis.axvline(d["from_week"] - 0.5, color="grey", lw=0.8, ls=":")
+        axis.set_title(f"cost per week, {title}")
+        axis.set_xlabel("week")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("cost / frontier-only cost")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
