@@ -577,6 +577,38 @@ def _cmd_bench_soak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_pilot(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.pilot import PilotSettings, run_pilot
+    from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
+    from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
+
+    from routenlp_ray.config import load_config
+
+    config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
+    plan = load_plan(args.plan or DEFAULT_PLAN)
+    settings = PilotSettings(
+        weeks=args.weeks, queries_per_week=args.queries, seeds=list(range(args.seed, args.seed + args.seeds)),
+        arms=args.arms, budget_examples=args.budget, eval_per_task=args.eval_per_task,
+        calibration_per_task=args.calibration_per_task, base_per_task=args.base_per_task,
+    )
+    out = Path(args.out)
+    workdir = Path(args.workdir or f"var/pilot/{plan.name}")
+    report = run_pilot(config, plan, args.data_dir, workdir, settings)
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    command = "routenlp bench pilot " + " ".join(sys.argv[3:])
+    out.with_suffix(".md").write_text(pilot_markdown(report, command.strip(), baseline))
+    plot_pilot(report, out.with_suffix(".png"))
+    for key, r in report["ratios"].items():
+        if "ratio_ci95" in r:
+            ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            print(f"{key}: targeted {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
+                  f"over no loop; ratio {ratio}, 95% CI {r['ratio_ci95']}")
+    print(f"wrote {out} and its .md and .png")
+    return 0
+
+
 def _cmd_bench_streaming(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.streaming_bench import run_streaming_benchmark
 
@@ -1021,6 +1053,28 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--audit-rate", type=float, default=None, help="override the monitor's audit rate")
     soak.add_argument("--out", default="results/soak.json")
     soak.set_defaults(func=_cmd_bench_soak)
+
+    pilot = benches.add_parser(
+        "pilot", help="weeks of drifting traffic through the router with the loop after each week: no loop, "
+                      "untargeted and targeted distillation at equal budget, over seeds")
+    pilot.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    pilot.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    pilot.add_argument("--plan", default=None, help="drift plan YAML (default: the shipped default plan; "
+                                                   "routenlp_ray/bench/plans/ has it and a no-drift plan)")
+    pilot.add_argument("--weeks", type=int, default=6)
+    pilot.add_argument("--queries", type=int, default=500, help="queries per week")
+    pilot.add_argument("--seeds", type=int, default=5)
+    pilot.add_argument("--seed", type=int, default=0, help="first seed")
+    pilot.add_argument("--arms", nargs="+", default=["no_loop", "untargeted", "targeted"],
+                       choices=["no_loop", "untargeted", "targeted"])
+    pilot.add_argument("--budget", type=int, default=100, help="distillation examples per week, for each loop arm")
+    pilot.add_argument("--base-per-task", type=int, default=600)
+    pilot.add_argument("--calibration-per-task", type=int, default=200)
+    pilot.add_argument("--eval-per-task", type=int, default=200)
+    pilot.add_argument("--workdir", default=None, help="resumable state (default: var/pilot/<plan name>)")
+    pilot.add_argument("--baseline", default=None, help="another plan's pilot JSON to report next to this one")
+    pilot.add_argument("--out", default="results/pilot.json")
+    pilot.set_defaults(func=_cmd_bench_pilot)
 
     streaming = benches.add_parser("streaming", help="time to the first token with and without live streaming")
     streaming.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)

@@ -185,7 +185,8 @@ class PilotRunner:
 
         self.plan, self.data_dir, self.workdir, self.settings, self.log = plan, data_dir, workdir, settings, log
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.cache_path = settings.encoding_cache or str(workdir / "encodings.sqlite")
+        # Absolute: a Ray Train worker runs in another working directory.
+        self.cache_path = str(Path(settings.encoding_cache or workdir / "encodings.sqlite").resolve())
         self.config = _pilot_config(config)
         self.frontier = make_engine(self.config.frontier)
         self.scorer = Scorer({t: self.config.task(t) for t in plan.tasks})

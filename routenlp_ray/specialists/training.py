@@ -160,6 +160,8 @@ def distill_specialists(
     if not pairs:
         raise ValueError("distill_specialists needs pairs for at least one task, got none")
     config = config or SpecialistTrainingConfig()
+    if config.encoding_cache is not None:  # the worker runs in another working directory
+        config = config.model_copy(update={"encoding_cache": str(Path(config.encoding_cache).expanduser().resolve())})
     carried: dict[str, tuple[Path, HeadEntry]] = {}
     if carry_from is not None:
         base = read_manifest(carry_from)

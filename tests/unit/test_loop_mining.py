@@ -325,3 +325,16 @@ def test_a_cost_share_selects_the_fewest_costliest_clusters_and_teaches_only_the
         taught = {e.query_id for e in result.teacher.examples}
         assert taught and taught <= selected
         assert taught == {f.query_id for f in result.failures_in(result.top_clusters)}
+
+
+def test_a_task_no_cheap_tier_serves_is_mined_as_uncovered_when_a_tier_could_learn_it(config) -> None:
+    direct = query("q40", "legal_risk", "the provider may end the contract at will",
+                   [attempt("frontier", "accepted", 120, 2)], "frontier")
+    served = query("q41", "cs_intent", "card never arrived", [attempt("cheap", "accepted", 100, 10)], "cheap")
+    assert find_failures([direct, served], [], ["cheap"], "frontier") == []
+    [failure] = find_failures([direct, served], [], ["cheap"], "frontier", uncovered={"legal_risk": "cheap"})
+    assert failure.reason == "uncovered" and failure.failed_tiers == ("cheap",) and failure.target_tier == "frontier"
+    assert failure.teacher_answer == "answer to q40" and failure.attempt_costs == {"frontier": usd("frontier", 120, 2)}
+    # It costs what the cheap tier would have saved: the price gap on the query's tokens.
+    [cluster] = rank_clusters([failure], [0], price_gap_from_config(config))
+    assert cluster.cost_usd == pytest.approx(usd("frontier", 120, 2) - usd("cheap", 120, 2))

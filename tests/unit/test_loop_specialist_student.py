@@ -108,14 +108,22 @@ def test_the_student_tier_is_the_lora_tier_by_default_and_a_specialist_learns_on
     assert lora.student.name == "small" and not lora.is_specialist and lora.student_tasks is None
     assert lora.starts_from == {"release": None, "artifact": None}
 
-    specialist = Iteration(config, LoopSettings(student_tier="specialist"), config.storage.log_uri, data_dir,
-                           tmp_path / "runs", "b")
+    heads_only = LoopSettings(student_tier="specialist", specialist=SpecialistRefitSettings(new_tasks=False))
+    specialist = Iteration(config, heads_only, config.storage.log_uri, data_dir, tmp_path / "runs", "b")
     assert specialist.is_specialist and specialist.current_artifact == str(artifact)
-    assert specialist.student_tasks == {"cs_intent"}
+    assert specialist.student_tasks == {"cs_intent"} and specialist.new_task_kinds == {}
     assert specialist._learnable("cs_intent") and not specialist._learnable("chat")
-    judged = specialist.variant_config(str(tmp_path / "candidate"))
+    candidate = make_artifact(tmp_path, "candidate", ROWS)
+    judged = specialist.variant_config(str(candidate))
     assert [t.name for t in judged.tiers] == ["specialist", "frontier"]
-    assert judged.tiers[0].engine.path == str(tmp_path / "candidate") and judged.tiers[0].tasks == ["cs_intent"]
+    assert judged.tiers[0].engine.path == str(candidate) and judged.tiers[0].tasks == ["cs_intent"]
+
+    # By default a specialist may also give a task with a metric its first head; chat has none.
+    learner = Iteration(config, LoopSettings(student_tier="specialist"), config.storage.log_uri, data_dir,
+                        tmp_path / "runs", "b2")
+    assert "chat" not in learner.new_task_kinds and learner.student_tasks == {"cs_intent"} | set(learner.new_task_kinds)
+    # The LoRA tier serves every task, so no task is uncovered: no frontier answer is mined as a failure.
+    assert learner.uncovered_tasks == {}
 
     with pytest.raises(ConfigError, match="tier 'frontier' with a transformers or specialist engine"):
         Iteration(config, LoopSettings(student_tier="frontier"), config.storage.log_uri, data_dir, tmp_path / "r", "c")
