@@ -187,7 +187,7 @@ class PilotRunner:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Absolute: a Ray Train worker runs in another working directory.
         self.cache_path = str(Path(settings.encoding_cache or workdir / "encodings.sqlite").resolve())
-        self.config = _pilot_config(config)
+        self.config = _pilot_config(config, self.cache_path)
         self.frontier = make_engine(self.config.frontier)
         self.scorer = Scorer({t: self.config.task(t) for t in plan.tasks})
         self._engines: dict[str, Any] = {}
@@ -464,12 +464,16 @@ def metrics(served: Sequence[Served]) -> dict[str, Any]:
     return {**block(served), "per_task": {t: block([s for s in served if s.task == t]) for t in tasks}}
 
 
-def _pilot_config(config: RouteNLPConfig) -> RouteNLPConfig:
-    """The config's specialist in front of its frontier, as a pilot serves it: no LLM tier, no live monitor."""
+def _pilot_config(config: RouteNLPConfig, encoding_cache: str) -> RouteNLPConfig:
+    """The config's specialist in front of its frontier, as a pilot serves it: no LLM tier, no live monitor,
+    and the specialist reading encoder outputs from the pilot's cache (every arm and seed sees the same texts)."""
     names = [t.name for t in config.tiers]
-    if SPECIALIST not in names:
+    if SPECIALIST not in names or config.tier(SPECIALIST).engine.type != "specialist":
         raise ValueError(f"the pilot distils into a tier named {SPECIALIST!r} with a specialist engine; tiers: {names}")
-    tiers = [config.tier(SPECIALIST), config.frontier]
+    specialist = config.tier(SPECIALIST)
+    specialist = specialist.model_copy(update={"engine": specialist.engine.model_copy(
+        update={"encoding_cache": encoding_cache})})
+    tiers = [specialist, config.frontier]
     return config.model_copy(update={
         "tiers": tiers, "monitoring": config.monitoring.model_copy(update={"enabled": False}),
         "cascade": config.cascade.model_copy(update={"start_policy": "cheapest", "router_path": None}),

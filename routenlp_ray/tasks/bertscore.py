@@ -41,6 +41,10 @@ def minilm_path() -> Path:
     return path
 
 
+_MEMO_MAX = 200_000
+_memo: dict[tuple[str, str], float] = {}
+
+
 def get_bert_scorer() -> BERTScorer:
     """The process-wide ``bert_score.BERTScorer``; the first call loads the model (a few seconds)."""
     global _scorer
@@ -57,17 +61,31 @@ def get_bert_scorer() -> BERTScorer:
 def bertscore_f1(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """BERTScore F1 of each prediction against its reference, in one batched pass.
 
-    An empty prediction scores 0.0 without reaching the model.
+    An empty prediction scores 0.0 without reaching the model, an exact copy of its reference 1.0,
+    and a pair scored before in this process is not scored again: an answer cache repeats the
+    same references, and the loop records the same answers for every student it compares.
     """
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
     scores = [0.0] * len(predictions)
-    todo = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
+    todo = []
+    for i, (p, r) in enumerate(zip(predictions, references)):
+        if not (p.strip() and r.strip()):
+            continue
+        if p == r:
+            scores[i] = 1.0
+        elif (p, r) in _memo:
+            scores[i] = _memo[(p, r)]
+        else:
+            todo.append(i)
     if todo:
         _, _, f1 = get_bert_scorer().score([predictions[i] for i in todo], [references[i] for i in todo])
-        for i, value in zip(todo, f1.tolist()):
-            # Identical strings give 1.0 up to float error; keep the scale's top at exactly 1.
-            scores[i] = min(1.0, float(value))
+        with _lock:
+            if len(_memo) > _MEMO_MAX:
+                _memo.clear()
+            for i, value in zip(todo, f1.tolist()):
+                # Identical strings give 1.0 up to float error; keep the scale's top at exactly 1.
+                scores[i] = _memo[(predictions[i], references[i])] = min(1.0, float(value))
     return scores
 
 

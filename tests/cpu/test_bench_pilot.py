@@ -1,0 +1,75 @@
+"""`routenlp bench pilot` on a tiny plan: real router, real Ray Train refits, the loop's own Iteration.
+
+One seed, three weeks of a few dozen queries: a third of cs_intent's intents are new from week 1,
+and legal_risk, which no cheap tier serves at week 0, arrives in week 1. The loop after week 1
+must give legal_risk its first specialist head, and what it publishes must serve week 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from routenlp_ray.bench.pilot import PilotSettings, run_pilot
+from routenlp_ray.bench.pilot_plan import DriftPlan
+from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
+from routenlp_ray.config import load_config
+from routenlp_ray.specialists import read_manifest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pilot(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("pilot")
+    plan = DriftPlan.model_validate({"name": "tiny", "tasks": ["cs_intent", "legal_risk"], "drifts": [
+        {"task": "cs_intent", "label_share": 0.3, "from_week": 1},
+        {"task": "legal_risk", "whole_task": True, "from_week": 1}]})
+    settings = PilotSettings(weeks=3, queries_per_week=80, seeds=[0], base_per_task=150, calibration_per_task=60,
+                             eval_per_task=40, budget_examples=40, n_clusters=4, bootstrap=100)
+    config = load_config(REPO / "serve_config.local.yaml").with_absolute_paths(str(REPO))
+    report = run_pilot(config, plan, data_dir, tmp / "work", settings, log=lambda line: None)
+    return {"report": report, "work": tmp / "work", "tmp": tmp}
+
+
+def _record(report: dict[str, Any], arm: str, week: int) -> dict[str, Any]:
+    return next(r for r in report["records"] if r["arm"] == arm and r["week"] == week)
+
+
+def test_every_week_of_every_arm_served_all_its_queries(pilot: dict[str, Any]) -> None:
+    report = pilot["report"]
+    assert len(report["records"]) == 3 * 3
+    for record in report["records"]:
+        assert record["traffic"]["queries"] == 80  # a query no tier answered would have raised
+        assert set(record["held_out"]["per_task"]) == {"cs_intent", "legal_risk"}
+    # Week 0 has no legal_risk traffic and no cheap tier for it; the no-loop arm never changes.
+    assert set(_record(report, "no_loop", 0)["traffic"]["per_task"]) == {"cs_intent"}
+    assert {_record(report, "no_loop", w)["release"] for w in range(3)} == {"week-00"}
+    assert _record(report, "targeted", 0)["specialist_tasks"] == ["cs_intent"]
+
+
+def test_the_loop_gives_a_new_task_its_first_head_and_the_next_week_serves_it(pilot: dict[str, Any]) -> None:
+    report = pilot["report"]
+    loop = _record(report, "targeted", 1)["loop"]
+    assert loop["outcome"] == "published", loop
+    assert "legal_risk" in loop["tasks"] and loop["refitted"]["legal_risk"]["base_pairs"] == 0
+    week2 = _record(report, "targeted", 2)
+    assert week2["release"] == loop["published"] and "legal_risk" in week2["specialist_tasks"]
+    artifact = pilot["work"] / "seed-0" / "targeted" / "releases" / loop["published"] / "adapters" / "specialist"
+    assert "legal_risk" in read_manifest(artifact).tasks
+    assert week2["held_out"]["per_task"]["legal_risk"]["specialist_share"] > 0
+
+
+def test_the_report_is_written_with_its_ratio_and_plot(pilot: dict[str, Any]) -> None:
+    report = pilot["report"]
+    assert {"final_week", "summed_over_weeks", "traffic_summed_over_weeks"} <= set(report["ratios"])
+    json.dumps(report)  # the per-query costs were dropped, the rest is plain JSON
+    markdown = pilot_markdown(report, "routenlp bench pilot (test)")
+    assert "| 2 | targeted |" in markdown and "Targeted vs untargeted" in markdown
+    plot_pilot(report, pilot["tmp"] / "pilot.png")
+    assert (pilot["tmp"] / "pilot.png").stat().st_size > 0
