@@ -37,10 +37,10 @@ from pydantic import Field
 from routenlp_ray.bench.pilot_plan import DriftPlan
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
-from routenlp_ray.loop.iteration import Iteration, LoopSettings
+from routenlp_ray.loop.iteration import Iteration, LoopSettings, frontier_caller
 from routenlp_ray.loop.specialist_student import SpecialistRefitSettings
 from routenlp_ray.releases import ReleaseStore
-from routenlp_ray.tasks.data import answer_text, task_file
+from routenlp_ray.tasks.data import answer_text, load_examples, task_file
 
 logger = logging.getLogger("routenlp.bench.pilot")
 
@@ -89,17 +89,11 @@ class SeedPlan:
     weeks: list[list[Row]]
 
 
-def read_train_rows(data_dir: Path, tasks: Sequence[str]) -> dict[str, list[Row]]:
-    out = {}
-    for task in tasks:
-        rows = []
-        with task_file(data_dir, task, "train").open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    raw = json.loads(line)
-                    rows.append(Row(str(raw["id"]), task, str(raw["input"]), answer_text(raw["reference"]), raw))
-        out[task] = rows
-    return out
+def read_rows(data_dir: Path, task: str, split: str) -> list[Row]:
+    """A split's rows, each kept whole (``raw``) so calibration slices can be written back out."""
+    return [Row(e.id, task, e.input, answer_text(e.reference),
+                {"id": e.id, "task": e.task, "input": e.input, "reference": e.reference, **e.extra})
+            for e in load_examples(task_file(data_dir, task, split))]
 
 
 def plan_seed(plan: DriftPlan, rows: dict[str, list[Row]], seed: int, settings: PilotSettings) -> SeedPlan:
@@ -192,7 +186,7 @@ class PilotRunner:
         self.scorer = Scorer({t: self.config.task(t) for t in plan.tasks})
         self._engines: dict[str, Any] = {}
         self._encoder: Any = None
-        self.rows = read_train_rows(data_dir, plan.tasks)
+        self.rows = {t: read_rows(data_dir, t, "train") for t in plan.tasks}
         plan.check({t.name: t.parser for t in self.config.tasks if (data_dir / t.name / "train.jsonl").is_file()},
                    {t: {r.label for r in self.rows[t]} for t in plan.tasks})
         self.eval_rows = self._eval_slice()
@@ -208,12 +202,7 @@ class PilotRunner:
     def _eval_slice(self) -> list[Row]:
         out = []
         for task in self.plan.tasks:
-            rows = []
-            with task_file(self.data_dir, task, "validation").open(encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        raw = json.loads(line)
-                        rows.append(Row(str(raw["id"]), task, str(raw["input"]), answer_text(raw["reference"]), raw))
+            rows = read_rows(self.data_dir, task, "validation")
             keep = np.random.default_rng(0).permutation(len(rows))[: self.settings.eval_per_task]
             out += [rows[i] for i in sorted(keep)]
         return out
@@ -221,19 +210,14 @@ class PilotRunner:
     # -- the arm's state ---------------------------------------------------------------------------
     def state_config(self, store: ReleaseStore, log_uri: str | None = None) -> RouteNLPConfig:
         """The pilot config serving ``store``'s current release: its specialist artifact and thresholds."""
-        from routenlp_ray.specialists.artifact import read_manifest
-
         release = store.current()
         assert release is not None, "every arm starts from its week-0 release"
-        artifact = release.adapter_for(SPECIALIST)
-        heads = sorted(set(read_manifest(artifact).tasks) & set(self.plan.tasks))
-        tiers = [t.model_copy(update={"engine": t.engine.model_copy(update={"path": str(artifact)}), "tasks": heads})
-                 if t.name == SPECIALIST else t for t in self.config.tiers]
-        cascade = self.config.cascade.model_copy(update={"thresholds_path": str(release.thresholds_path)})
-        storage = self.config.storage.model_copy(update={"log_uri": log_uri or str(self.workdir / "unused-log"),
-                                                         "spool_dir": str(self.workdir / "spool")})
-        return self.config.model_copy(update={
-            "tiers": tiers, "cascade": cascade, "storage": storage,
+        config = self.config_with_artifact(release.adapter_for(SPECIALIST))
+        cascade = config.cascade.model_copy(update={"thresholds_path": str(release.thresholds_path)})
+        storage = config.storage.model_copy(update={"log_uri": log_uri or str(self.workdir / "unused-log"),
+                                                    "spool_dir": str(self.workdir / "spool")})
+        return config.model_copy(update={
+            "cascade": cascade, "storage": storage,
             "releases": self.config.releases.model_copy(update={"path": str(store.root)}),
         })
 
@@ -353,19 +337,7 @@ class PilotRunner:
             delta=s.delta, gate_rule="meets_target", gate_cost_tolerance=0.0, seed=0, eval_seed=0,
         )
         return Iteration(config, loop, log_uri, data_dir, workdir, run_id, encoder=self.encoder,
-                         frontier_call=self._frontier_call)
-
-    async def _frontier_call(self, task: str, text: str) -> str | None:
-        from routenlp_ray.engines.base import GenerationRequest
-
-        spec = self.config.task(task)
-        request = GenerationRequest(
-            request_id="pilot-teacher", messages=spec.apply_to_messages([{"role": "user", "content": text}]),
-            task=task, raw_input=text, max_tokens=self.config.frontier.limits.default_max_tokens)
-        try:
-            return (await self.frontier.generate(request)).text
-        except Exception:  # the replay frontier has no answer for this text
-            return None
+                         frontier_call=frontier_caller(self.config, self.frontier))
 
     # -- one arm of one seed ---------------------------------------------------------------------------
     def run_arm(self, seed_plan: SeedPlan, arm: Arm, seed_dir: Path, artifact: Path, thresholds: Path

@@ -227,7 +227,7 @@ class Iteration:
     @functools.cached_property
     def frontier_call(self) -> Callable[[str, str], Awaitable[str | None]] | None:
         # Built once: a replay frontier reads every recorded answer when it starts.
-        return _frontier_caller(self.config)
+        return frontier_caller(self.config)
 
     def _stage(self, name: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         path = self.run_dir / "stages" / f"{name}.json"
@@ -705,14 +705,17 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def _frontier_caller(config: RouteNLPConfig) -> Callable[[str, str], Awaitable[str | None]] | None:
-    """Ask the frontier in process where it can run here (replay, OpenAI-compatible); else None."""
-    if config.frontier.engine.type == "vllm":
+def frontier_caller(config: RouteNLPConfig, engine: Any = None) -> Callable[[str, str], Awaitable[str | None]] | None:
+    """Ask the frontier in process where it can run here (replay, OpenAI-compatible); else None.
+
+    ``engine``: the frontier's engine when the caller has it up already (a benchmark), else one is made.
+    """
+    if engine is None and config.frontier.engine.type == "vllm":
         return None
     from routenlp_ray.engines.base import GenerationRequest
     from routenlp_ray.engines.factory import make_engine
 
-    engine = make_engine(config.frontier)
+    engine = engine or make_engine(config.frontier)
 
     async def call(task: str, text: str) -> str | None:
         request = GenerationRequest(

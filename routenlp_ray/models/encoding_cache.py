@@ -74,9 +74,3 @@ class EncodingCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def __getstate__(self) -> dict[str, object]:  # a cache crosses process boundaries as its path
-        return {"path": str(self.path), "identity": self.identity}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__(state["path"], state["identity"])  # type: ignore[misc]
