@@ -303,11 +303,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     from routenlp_ray.config import load_config
     from routenlp_ray.conformal.calibrator import ConformalCalibrator
+    from routenlp_ray.recording.coverage import quality_loss
 
     config = load_config(args.config)
     score = _score_from_args(args)
     uncertainty: list[float] = []
     correct: list[bool] = []
+    loss: list[float] = []
     tiers: list[str] = []
     task_names: list[str] = []
     ids: list[str] = []
@@ -324,6 +326,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                 continue  # skipped for this task when serving: nothing to calibrate
             uncertainty += table.uncertainty[:, 0].tolist()
             correct += (table.correct[:, 0] > 0).tolist()
+            loss += quality_loss(table)[:, 0].tolist()
             tiers += [cheap.name] * len(table.ids)
             task_names += [table.task] * len(table.ids)
             ids += [str(i) for i in table.ids]
@@ -336,7 +339,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        calibrator.conformalize(np.array(uncertainty), correct, tiers, task_names)
+        calibrator.conformalize(np.array(uncertainty), correct, tiers, task_names,
+                                loss=loss if args.method == "quality" else None)
     for warning in caught:
         print(f"warning: {warning.message}")
     version = args.version or f"cal-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"

@@ -23,7 +23,10 @@ Two rules:
   every query rather than on the accepted ones, which makes it far more powerful than
   ``risk`` at the same budget. With ``m`` cheap tiers calibrated for a task, each gets
   ``epsilon / m`` at level ``delta_conf / m`` (a union bound), so the task's total loss stays
-  within its budget.
+  within its budget. With a graded metric (BERTScore, ROUGE-L, entity F1) an accepted answer
+  can be "correct" and still lose quality, so the loss of accepting it is the score it gives up
+  against the last tier's answer, in [0, 1], and the test is the Hoeffding-Bentkus bound of
+  Learn-then-Test instead of the exact binomial one (which holds only for 0/1 losses).
 
 With too few examples (correct ones for coverage, accepted ones for risk) a tier gets no
 threshold for that task, so it never accepts it, and a warning says why.
@@ -89,16 +92,30 @@ def risk_controlling_threshold(
     return chosen
 
 
+def hoeffding_bentkus_p_value(mean_loss: float, n: int, epsilon: float) -> float:
+    """p-value of H0 "expected loss > epsilon" from the mean of ``n`` losses in [0, 1] (Learn-then-Test's
+    Hoeffding-Bentkus bound; Angelopoulos et al., 2021). Valid for any bounded loss, not only 0/1 ones."""
+    r = min(mean_loss, epsilon)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = (0.0 if r == 0 else r * math.log(r / epsilon)) + (1 - r) * math.log((1 - r) / (1 - epsilon))
+    hoeffding = math.exp(-n * kl)
+    bentkus = math.e * float(binom.cdf(math.ceil(n * mean_loss - 1e-9), n, epsilon))
+    return min(1.0, hoeffding, bentkus)
+
+
 def quality_controlling_threshold(
     uncertainty: Sequence[float],
     correct: Sequence[bool],
     epsilon: float,
     delta: float,
     max_accepted_error: float = 0.5,
+    loss: Sequence[float] | None = None,
 ) -> float | None:
-    """The loosest threshold whose accepted-and-wrong share of all queries is certified <= epsilon.
+    """The loosest threshold whose quality loss, as a share of all queries, is certified <= epsilon.
 
-    An answer with no uncertainty (NaN) is never accepted but still counts among the queries.
+    The loss of accepting an answer is 1 if it is wrong, 0 if right; or, with ``loss``, the
+    quality given up by accepting each answer, in [0, 1] (a graded metric). An answer with no
+    uncertainty (NaN) is never accepted but still counts among the queries.
     The budget allows accepting a few wrong answers, but a tier that is wrong on more than
     ``max_accepted_error`` of what it would accept earns nothing by it: the threshold then falls
     back to the loosest certified one that is right on most of what it accepts (None if none
@@ -106,14 +123,19 @@ def quality_controlling_threshold(
     """
     u = np.asarray(uncertainty, dtype=float)
     ok = np.asarray(correct, dtype=bool)
+    graded = None if loss is None else np.clip(np.asarray(loss, dtype=float), 0.0, 1.0)
     n = u.size
     finite = ~np.isnan(u)
     chosen: float | None = None
     for candidate in np.unique(u[finite]):  # strict to loose; the loss only grows
         accepted = finite & (u <= candidate)
         errors = int((accepted & ~ok).sum())
-        # p-value of H0 "loss > epsilon": P(Binomial(n, epsilon) <= errors).
-        if binom.cdf(errors, n, epsilon) > delta:
+        if graded is None:
+            # p-value of H0 "loss > epsilon": P(Binomial(n, epsilon) <= errors), exact for 0/1 losses.
+            p_value = float(binom.cdf(errors, n, epsilon))
+        else:
+            p_value = hoeffding_bentkus_p_value(float(graded[accepted].sum()) / n, n, epsilon)
+        if p_value > delta:
             break
         if errors <= max_accepted_error * int(accepted.sum()):
             chosen = float(candidate)
@@ -142,7 +164,8 @@ class ConformalCalibrator:
 
     ``conformalize(uncertainty, correct, tiers, tasks)`` takes one row per (query, tier)
     answer: its uncertainty (NaN when unscorable), whether it met the task's bar, and the
-    tier and task it belongs to. ``score`` is a fixed score name ("mean_nll", ...) or a
+    tier and task it belongs to; the quality rule also takes ``loss``, the quality each answer
+    gives up (graded metrics; default: 1 when wrong). ``score`` is a fixed score name ("mean_nll", ...) or a
     ``LearnedAnswerScorer``; ``fit`` trains the latter on a *separate* split, because the
     conformal guarantee needs calibration data the score never saw.
     """
@@ -195,14 +218,22 @@ class ConformalCalibrator:
         tiers: Sequence[str],
         tasks: Sequence[str],
         tiers_per_task: Mapping[str, int] | None = None,
+        loss: Sequence[float] | None = None,
     ) -> "ConformalCalibrator":
         """Fit every (tier, task) in the rows. ``tiers_per_task`` overrides how many cheap tiers
-        share a task's quality budget, for a refit of some tiers alone (default: the tiers in the rows)."""
+        share a task's quality budget, for a refit of some tiers alone (default: the tiers in the rows).
+        ``loss`` (quality rule only; NaN: 1 when wrong) is the quality accepting each answer gives up."""
         u = np.asarray(uncertainty, dtype=float)
         ok = np.asarray(correct, dtype=bool)
         tier_arr, task_arr = np.asarray(tiers), np.asarray(tasks)
         if not (len(u) == len(ok) == len(tier_arr) == len(task_arr)):
             raise ValueError("uncertainty, correct, tiers and tasks must have the same length")
+        graded = None
+        if loss is not None:
+            graded = np.asarray(loss, dtype=float)
+            if len(graded) != len(u):
+                raise ValueError("loss must have one value per row")
+            graded = np.where(np.isnan(graded), (~ok).astype(float), graded)
         self.thresholds_: dict[str, dict[str, float | None]] = {}
         self.counts_: dict[str, dict[str, dict[str, int]]] = {}
         # The quality rule splits each task's budget over the tiers calibrated for it.
@@ -212,7 +243,8 @@ class ConformalCalibrator:
         for tier in sorted(set(tier_arr.tolist())):
             for task in sorted(set(task_arr[tier_arr == tier].tolist())):
                 rows = (tier_arr == tier) & (task_arr == task)
-                threshold = self._threshold(u[rows], ok[rows], task, tiers_per_task[task])
+                row_loss = None if graded is None else graded[rows]
+                threshold = self._threshold(u[rows], ok[rows], task, tiers_per_task[task], row_loss)
                 self.thresholds_.setdefault(tier, {})[task] = threshold
                 self.counts_.setdefault(tier, {})[task] = {"n": int(rows.sum()), "n_correct": int(ok[rows].sum())}
                 if threshold is None:
@@ -223,12 +255,17 @@ class ConformalCalibrator:
         """The error budget of ``task``: its own under ``epsilon_per_task``, else ``epsilon``."""
         return (self.epsilon_per_task or {}).get(task, self.epsilon)
 
-    def _threshold(self, u: np.ndarray, ok: np.ndarray, task: str, tiers_for_task: int) -> float | None:
+    def _threshold(self, u: np.ndarray, ok: np.ndarray, task: str, tiers_for_task: int,
+                   loss: np.ndarray | None = None) -> float | None:
         if self.method == "coverage":
             return conformal_threshold(u[ok].tolist(), self.alpha)
         if self.method == "quality":
             share = 1 / tiers_for_task
-            return quality_controlling_threshold(u, ok, self.task_epsilon(task) * share, self.delta * share)
+            # A task whose losses are all 0/1 keeps the exact binomial test.
+            if loss is not None and np.all((loss == 0) | (loss == 1)):
+                loss = None
+            return quality_controlling_threshold(u, ok, self.task_epsilon(task) * share, self.delta * share,
+                                                 loss=loss)
         return risk_controlling_threshold(u.tolist(), ok.tolist(), self.task_epsilon(task), self.delta)
 
     def _why_none(self, tier: str, task: str, n: int, n_correct: int) -> str:

@@ -34,6 +34,7 @@ from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.conformal.thresholds import ThresholdTable, load_thresholds
 from routenlp_ray.loop.distill import DistillConfig, DistillExample, train_lora_adapter
+from routenlp_ray.loop.mining import NoveltyFn, Targeting
 from routenlp_ray.loop.specialist_student import SpecialistRefitSettings
 from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
@@ -60,6 +61,15 @@ class LoopSettings(StrictModel):
         description="Instead of top_clusters: the fewest costliest clusters covering this share of failure cost.",
     )
     n_clusters: int | None = Field(None, ge=1, description="Fixed cluster count; None picks it by silhouette.")
+    targeting: Targeting = Field(
+        "novel_first",
+        description="How failure clusters are ranked. cost: by the cost they cause (the paper's rule). novel_first: "
+                    "by the cost of the failures the student cannot express today (a label its head never had, an "
+                    "entity type it never tagged, a task it has no head or threshold for), then by cost, and the "
+                    "budget is filled with those failures first: they are the ones distillation surely fixes, where "
+                    "a failure in known territory is often a hard case more data does not. Falls back to cost when "
+                    "there are none.",
+    )
     since: str | None = Field(None, description="Only mine queries logged at or after this ISO time.")
     budget_examples: int = Field(64, ge=1, description="Training examples for each student (targeted and untargeted).")
     students: list[Student] = Field(
@@ -258,7 +268,8 @@ class Iteration:
                 self.log_uri, self.config, self.encoder, top_k=self.settings.top_clusters,
                 since=self.settings.since, n_clusters=self.settings.n_clusters, frontier_call=self.frontier_call,
                 random_state=self.settings.seed, top_cost_share=self.settings.top_cost_share,
-                tasks=self.student_tasks, uncovered=self.uncovered_tasks,
+                tasks=self.student_tasks, uncovered=self.uncovered_tasks, novelty=self.novelty(),
+                targeting=self.settings.targeting, min_failures=self.settings.budget_examples,
             )
             write_cluster_report(
                 result.clusters, self.run_dir / "clusters.md", self.run_dir / "clusters.json",
@@ -280,6 +291,8 @@ class Iteration:
             targeted = [e for e in mined["teacher"] if self._learnable(e["task"])]
             rng = random.Random(self.settings.seed)
             rng.shuffle(targeted)
+            if self.settings.targeting == "novel_first":
+                targeted.sort(key=lambda e: not e.get("novel", False))  # stable: still shuffled within each part
             budget = min(self.settings.budget_examples, len(targeted))
             if budget == 0:
                 raise ValueError("no teacher examples were mined from the query log: nothing to distil")
@@ -288,6 +301,33 @@ class Iteration:
             return {"budget": budget, "targeted": targeted, "untargeted": untargeted}
 
         return self._stage("training_sets", compute)
+
+    def novelty(self) -> NoveltyFn | None:
+        """Which teacher answers the specialist's current heads cannot express (None for a LoRA student)."""
+        if not self.is_specialist or self.current_artifact is None:
+            return None
+        from routenlp_ray.specialists.artifact import read_head
+        from routenlp_ray.specialists.heads import parse_entity_answer
+
+        folder = Path(self.current_artifact)
+        known: dict[str, tuple[str, set[str]]] = {}
+        for task in _head_tasks(folder):
+            head = read_head(folder / task)
+            classes = [str(c) for c in head.get("classes", [])]
+            if head.get("kind") == "entities":
+                known[task] = ("entities", {c.split("-", 1)[1] for c in classes if "-" in c})
+            elif head.get("kind") == "label":
+                known[task] = ("label", set(classes))
+
+        def novel(task: str, answer: str) -> bool:
+            kind, seen = known.get(task, ("", set()))
+            if kind == "label":
+                return answer.strip() not in seen
+            if kind == "entities":
+                return any(str(e.get("type")) not in seen for e in parse_entity_answer(answer))
+            return False  # an answer cache or a task with no head (those are "uncovered" failures)
+
+        return novel
 
     def _learnable(self, task: str) -> bool:
         known = any(t.name == task for t in self.config.tasks)

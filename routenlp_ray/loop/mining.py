@@ -26,7 +26,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -53,6 +53,12 @@ PriceGapFn = Callable[[str, str, int, int], float]
 
 FrontierCall = Callable[[str, str], "str | None | Awaitable[str | None]"]
 """``(task, input) -> answer``, sync or async; None or an exception means no answer."""
+
+NoveltyFn = Callable[[str, str], bool]
+"""``(task, teacher answer) -> True`` when the student cannot express that answer today: a label its
+head never had, an entity type it never tagged. Such a failure is sure to be recoverable by distilling it."""
+
+Targeting = Literal["cost", "novel_first"]
 
 
 class Encoder(Protocol):
@@ -347,6 +353,9 @@ class ClusterSummary:
     share: float
     examples: list[str]
     query_ids: list[str]
+    # What the failures the student cannot express today (see NoveltyFn) cost, and how many there are.
+    novel_cost_usd: float = 0.0
+    novel: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -365,8 +374,20 @@ def select_clusters(costs_in_rank_order: Sequence[float], fraction: float) -> in
     return int(min(len(covered), np.searchsorted(covered, fraction - 1e-12) + 1))
 
 
-def rank_clusters(failures: Sequence[Failure], labels: Sequence[int], price_gap_fn: PriceGapFn) -> list[ClusterSummary]:
-    """One summary per cluster, costliest first (ties: larger first, then lower cluster id)."""
+def is_novel(failure: Failure, novelty: NoveltyFn | None) -> bool:
+    """A failure on a task no cheap tier serves, or whose teacher answer the student cannot express today."""
+    if failure.reason == "uncovered":
+        return True
+    return bool(novelty and failure.teacher_answer and novelty(failure.task, failure.teacher_answer))
+
+
+def rank_clusters(failures: Sequence[Failure], labels: Sequence[int], price_gap_fn: PriceGapFn,
+                  novelty: NoveltyFn | None = None, targeting: Targeting = "cost") -> list[ClusterSummary]:
+    """One summary per cluster, costliest first (ties: larger first, then lower cluster id).
+
+    With ``targeting="novel_first"`` the clusters are ranked by the cost of their novel failures
+    first (see :func:`is_novel`), then by cost: a failure in known territory is often a hard case
+    more data does not fix, while one the student cannot express is fixed by distilling it."""
     if len(failures) != len(labels):
         raise ValueError(f"failures ({len(failures)}) and labels ({len(labels)}) must have the same length")
     members: dict[int, list[tuple[float, Failure]]] = {}
@@ -376,6 +397,7 @@ def rank_clusters(failures: Sequence[Failure], labels: Sequence[int], price_gap_
     summaries = []
     for cluster, group in members.items():
         total = sum(cost for cost, _ in group)
+        novel = [cost for cost, f in group if is_novel(f, novelty)]
         # The costliest inputs first: they are the ones worth reading.
         ordered = sorted(group, key=lambda item: -item[0])
         examples = list(dict.fromkeys(_truncate(f.input) for _, f in ordered))[:EXAMPLES_PER_CLUSTER]
@@ -390,9 +412,32 @@ def rank_clusters(failures: Sequence[Failure], labels: Sequence[int], price_gap_
                 share=total / grand_total if grand_total > 0 else 0.0,
                 examples=examples,
                 query_ids=[f.query_id for _, f in group],
+                novel_cost_usd=float(sum(novel)),
+                novel=len(novel),
             )
         )
+    if targeting == "novel_first":
+        return sorted(summaries, key=lambda s: (-s.novel_cost_usd, -s.cost_usd, -s.size, s.cluster))
     return sorted(summaries, key=lambda s: (-s.cost_usd, -s.size, s.cluster))
+
+
+def top_clusters(clusters: Sequence[ClusterSummary], top_k: int, top_cost_share: float | None,
+                 targeting: Targeting = "cost", min_failures: int = 0) -> list[int]:
+    """The clusters to distil, in rank order: the ``top_k`` first, or the fewest covering ``top_cost_share``
+    of the failure cost. With ``novel_first``, the share is of the novel failures' cost when there are
+    any, and clusters are added in rank order until they hold ``min_failures`` (the budget)."""
+    if targeting == "novel_first" and any(c.novel for c in clusters):
+        ranked = [c for c in clusters if c.novel]
+        k = select_clusters([c.novel_cost_usd for c in ranked], top_cost_share) if top_cost_share else top_k
+        chosen = list(clusters[: min(k, len(ranked))])
+        for cluster in clusters[len(chosen):]:
+            if sum(c.size for c in chosen) >= min_failures:
+                break
+            chosen.append(cluster)
+        return [c.cluster for c in chosen]
+    if top_cost_share is not None:
+        top_k = select_clusters([c.cost_usd for c in clusters], top_cost_share)
+    return [c.cluster for c in clusters[:top_k]]
 
 
 # -- teacher data -------------------------------------------------------------------------
@@ -403,6 +448,7 @@ class TeacherExample:
     answer: str
     source: Literal["log", "frontier"]
     query_id: str
+    novel: bool = False
 
 
 @dataclass
@@ -569,12 +615,16 @@ def mine(
     top_cost_share: float | None = None,
     tasks: Iterable[str] | None = None,
     uncovered: Mapping[str, str] | None = None,
+    novelty: NoveltyFn | None = None,
+    targeting: Targeting = "cost",
+    min_failures: int = 0,
 ) -> MiningResult:
     """Read the log, find and cluster cheap-tier failures, rank them, and gather teacher data
     for the ``top_k`` costliest clusters, or, with ``top_cost_share``, for the fewest costliest
     clusters that cover that share of the failure cost. ``since`` keeps queries logged at or after it;
     ``tasks`` keeps only failures of those tasks (a student that can learn only some of them);
-    ``uncovered`` counts the frontier's answers on tasks no cheap tier serves (see ``find_failures``)."""
+    ``uncovered`` counts the frontier's answers on tasks no cheap tier serves (see ``find_failures``);
+    ``novelty``, ``targeting`` and ``min_failures`` are :func:`rank_clusters`'s and :func:`top_clusters`'."""
     queries = logged_since(read_records(log_uri, "queries"), since)
     # Feedback is not filtered: a verdict only matters through its query, which is.
     feedback = read_records(log_uri, "feedback")
@@ -584,10 +634,8 @@ def mine(
         wanted = set(tasks)
         failures = [f for f in failures if f.task in wanted]
     clusterer = FailureClusterer(encoder, n_clusters=n_clusters, random_state=random_state).fit(failures)
-    clusters = rank_clusters(failures, clusterer.labels_, price_gap_from_config(config))
-    if top_cost_share is not None:
-        top_k = select_clusters([c.cost_usd for c in clusters], top_cost_share)
-    top = [s.cluster for s in clusters[:top_k]]
+    clusters = rank_clusters(failures, clusterer.labels_, price_gap_from_config(config), novelty, targeting)
+    top = top_clusters(clusters, top_k, top_cost_share, targeting, min_failures)
     result = MiningResult(
         failures=failures,
         labels=clusterer.labels_,
@@ -598,4 +646,9 @@ def mine(
         n_feedback=len(feedback),
     )
     result.teacher = teacher_examples(result.failures_in(top), frontier_call)
+    uncovered_ids = {f.query_id for f in failures if f.reason == "uncovered"}
+    result.teacher.examples = [
+        replace(e, novel=e.query_id in uncovered_ids or bool(novelty and novelty(e.task, e.answer)))
+        for e in result.teacher.examples
+    ]
     return result

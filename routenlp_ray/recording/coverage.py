@@ -146,6 +146,17 @@ def coverage_report(
     return out
 
 
+def quality_loss(table: TaskTable) -> np.ndarray:
+    """(n, K) the quality each tier's answer gives up against the last tier's, in [0, 1].
+
+    With a graded metric, an answer above the task's bar can still lose quality, and retention
+    counts that; with a 0/1 metric it is the usual wrong-answer loss (NaN: "1 when wrong")."""
+    q = np.asarray(table.quality, dtype=float)
+    if np.all((q == 0) | (q == 1)):
+        return np.full(q.shape, np.nan)
+    return np.clip(q[:, -1:] - q, 0.0, 1.0)
+
+
 def calibrate_table(
     table: TaskTable, alpha: float, method: Method = "coverage", delta: float = 0.1
 ) -> list[float | None]:
@@ -165,6 +176,7 @@ def calibrate_table(
             (table.correct[:, served] > 0).T.ravel(),
             np.repeat([table.tiers[i] for i in served], len(table.ids)),
             [table.task] * (len(table.ids) * len(served)),
+            loss=quality_loss(table)[:, served].T.ravel() if method == "quality" else None,
         )
     return [calibrator.thresholds_.get(tier, {}).get(table.task) for tier in table.tiers[: k - 1]] + [None]
 

@@ -158,3 +158,52 @@ def test_quality_rule_gives_no_threshold_to_a_tier_wrong_on_most_of_what_it_woul
     mostly_right[:3] = False  # its three surest answers are wrong, the rest right
     threshold = quality_controlling_threshold(u, mostly_right, epsilon=0.04, delta=0.1)
     assert threshold is not None and threshold >= u[5]
+
+
+def test_graded_quality_control_holds_in_at_least_1_minus_delta_of_trials() -> None:
+    # A graded metric: every answer is "right" by the bar, but gives up 0.3 * u of its score.
+    # True loss of threshold t = E[0.3 u; u <= t] = 0.15 t^2; the 0/1 rule would accept everything.
+    rng = np.random.default_rng(3)
+    epsilon, delta, n = 0.04, 0.1, 300
+    violations = 0
+    trials = 200
+    for _ in range(trials):
+        u = rng.random(n)
+        loss = 0.3 * u * rng.random(n) * 2  # mean 0.3 u, in [0, 0.6 u]
+        threshold = quality_controlling_threshold(u, np.ones(n, bool), epsilon, delta, loss=loss)
+        assert threshold is not None and threshold < 1.0
+        if 0.15 * threshold**2 > epsilon:
+            violations += 1
+    assert violations / trials <= delta + 3 * math.sqrt(delta * (1 - delta) / trials)
+    assert quality_controlling_threshold(u, np.ones(n, bool), epsilon, delta) == u.max()
+
+
+def test_hoeffding_bentkus_p_value_is_small_only_well_below_the_budget() -> None:
+    from routenlp_ray.conformal.calibrator import hoeffding_bentkus_p_value
+
+    assert hoeffding_bentkus_p_value(0.0, 500, 0.04) < 1e-3
+    assert hoeffding_bentkus_p_value(0.04, 500, 0.04) == 1.0
+    assert hoeffding_bentkus_p_value(0.02, 500, 0.04) < hoeffding_bentkus_p_value(0.03, 500, 0.04) < 1.0
+
+
+def test_calibrate_table_controls_graded_loss_but_keeps_the_binomial_rule_for_0_1_metrics() -> None:
+    from routenlp_ray.recording.coverage import calibrate_table, quality_loss
+    from routenlp_ray.recording.tables import TaskTable
+
+    rng = np.random.default_rng(0)
+    n = 400
+    u = rng.random(n)
+
+    def table(cheap_quality: np.ndarray) -> TaskTable:
+        quality = np.stack([cheap_quality, np.ones(n)], axis=1)
+        return TaskTable("t", [str(i) for i in range(n)], [""] * n, quality, quality >= 0.6,
+                         np.zeros((n, 2)), np.stack([u, np.full(n, np.nan)], axis=1), ["cheap", "frontier"])
+
+    graded = table(1 - 0.35 * u)  # always above the bar, never a perfect copy
+    assert np.allclose(quality_loss(graded)[:, 0], 0.35 * u)
+    threshold = calibrate_table(graded, 0.04, "quality")[0]
+    assert threshold is not None and 0.35 * u[u <= threshold].sum() / n <= 0.04
+    binary = table((rng.random(n) > 0.02).astype(float))
+    assert np.isnan(quality_loss(binary)).all()
+    accepted = calibrate_table(binary, 0.04, "quality")[0]
+    assert accepted == quality_controlling_threshold(u, binary.correct[:, 0], 0.04, 0.1)

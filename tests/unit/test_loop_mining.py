@@ -338,3 +338,42 @@ def test_a_task_no_cheap_tier_serves_is_mined_as_uncovered_when_a_tier_could_lea
     # It costs what the cheap tier would have saved: the price gap on the query's tokens.
     [cluster] = rank_clusters([failure], [0], price_gap_from_config(config))
     assert cluster.cost_usd == pytest.approx(usd("frontier", 120, 2) - usd("cheap", 120, 2))
+
+
+def _priced(qid: str, task: str, answer: str, cost: float, reason: str = "escalated") -> Failure:
+    return Failure(qid, task, f"text {qid}", reason, ("cheap",), "frontier", "frontier", cost, answer,
+                   attempt_costs={"cheap": 0.0, "frontier": cost})
+
+
+def test_novel_first_ranks_failures_the_student_cannot_express_ahead_of_costlier_hard_cases() -> None:
+    from routenlp_ray.loop.mining import is_novel, top_clusters
+
+    known_labels = {"cs_intent": {"card_arrival", "refund"}}
+
+    def novelty(task: str, answer: str) -> bool:
+        return task in known_labels and answer.strip() not in known_labels[task]
+
+    failures = [
+        _priced("r1", "cs_response", "a long reply", 0.010),  # costly, in known territory
+        _priced("r2", "cs_response", "another reply", 0.010),
+        _priced("i1", "cs_intent", "card_arrival", 0.001),  # a label the head has: a hard case
+        _priced("i2", "cs_intent", "new_product", 0.001),  # a label it never had
+        _priced("i3", "cs_intent", "new_product", 0.001),
+        _priced("k1", "legal_risk", "high", 0.003, reason="uncovered"),  # a task it has no head for
+    ]
+    labels = [0, 0, 1, 2, 2, 3]
+    def gap(*_: object) -> float:  # unused: every failure carries both tiers' logged costs
+        return 0.0
+
+    assert [is_novel(f, novelty) for f in failures] == [False, False, False, True, True, True]
+    by_cost = rank_clusters(failures, labels, gap)
+    assert by_cost[0].cluster == 0
+    ranked = rank_clusters(failures, labels, gap, novelty, "novel_first")
+    assert [c.cluster for c in ranked] == [3, 2, 0, 1]
+    assert ranked[0].novel == 1 and ranked[1].novel == 2 and ranked[1].novel_cost_usd == pytest.approx(0.002)
+    # The novel clusters first, then clusters in rank order until the budget's worth of failures is held.
+    assert top_clusters(ranked, 1, 1.0, "novel_first", min_failures=0) == [3, 2]
+    assert top_clusters(ranked, 1, 1.0, "novel_first", min_failures=5) == [3, 2, 0]
+    # With nothing novel, novel_first is the cost rule.
+    plain = rank_clusters(failures[:3], labels[:3], gap, novelty, "novel_first")
+    assert top_clusters(plain, 1, None, "novel_first") == top_clusters(plain, 1, None, "cost") == [0]
