@@ -33,6 +33,8 @@ AttemptStatus = Literal["accepted", "escalated", "error", "timeout", "fallback",
 # Why a tier was passed over without a call; a skip costs nothing and is not an escalation.
 SKIP_UNSERVED = "does not serve this task"
 SKIP_NO_THRESHOLD = "no threshold for this task: its answer could never be accepted"
+# Why the configured fallback tier (``cascade.fallback_tier``) was asked.
+FALLBACK_TIER = "cascade.fallback_tier: no tier that serves this task gave an answer"
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class CascadeOutcome:
     answer: GenerationResult
     answered_by: str
     attempts: list[TierAttempt] = field(default_factory=list)
-    # True when the accepting tier failed and an earlier, unaccepted answer was returned.
+    # True when no tier accepted the answer returned: an earlier, unaccepted answer, a cheaper
+    # tier asked as a last resort, or the configured fallback tier (``cascade.fallback_tier``).
     fallback: bool = False
 
     @property
@@ -139,6 +142,7 @@ async def run_cascade(
     threshold_for: Callable[[str], float | None],
     uncertainty_of: Callable[[GenerationResult], float | None],
     sink: TextSink | None = None,
+    fallback: CascadeTier | None = None,
 ) -> CascadeOutcome:
     """Try tiers from ``start`` upward until one's answer is accepted.
 
@@ -147,7 +151,9 @@ async def run_cascade(
     times out escalates. If the last tier fails too, the least uncertain earlier answer is
     returned as a fallback; if no tier from ``start`` up answered, the tiers that were skipped
     for want of a threshold and the cheaper tiers below ``start`` are tried, most capable
-    first. With no answer at all, ``AllTiersFailedError`` is raised.
+    first. If that gives no answer either, ``fallback`` (``cascade.fallback_tier``) is asked,
+    whether or not it serves the task, unless it was already called for this request; its
+    answer is returned as a fallback. With no answer at all, ``AllTiersFailedError`` is raised.
 
     With a ``sink``, the last tier (whose answer is accepted unconditionally) streams its text
     into it as it is made, if the tier can stream; a cheaper tier's answer must be whole before
@@ -190,7 +196,17 @@ async def run_cascade(
         if result is not None:
             attempts[-1].status = "fallback"
             return CascadeOutcome(answer=result[0], answered_by=tiers[index].name, attempts=attempts, fallback=True)
-    details = "; ".join(f"{a.tier}: {a.error}" for a in attempts)
+    # Every tier that serves the task failed, e.g. a replay frontier that has no record of a new
+    # query: a new query is the normal case, so a configured general tier answers it instead.
+    # A tier already called here failed on this very request and is not asked twice. Its answer
+    # is whole before it goes out (never streamed live), so the headers can say it is a fallback.
+    called = {a.tier for a in attempts if a.status != "skipped"}
+    if fallback is not None and fallback.name not in called:
+        result = await _attempt(request, fallback, attempts, threshold_for, uncertainty_of, is_last=True)
+        if result is not None:
+            attempts[-1].status, attempts[-1].reason = "fallback", FALLBACK_TIER
+            return CascadeOutcome(answer=result[0], answered_by=fallback.name, attempts=attempts, fallback=True)
+    details = "; ".join(f"{a.tier}: {a.error or f'skipped ({a.reason})'}" for a in attempts)
     raise AllTiersFailedError(f"every tier failed: {details}")
 
 

@@ -74,7 +74,28 @@ class RouteNLPConfig(StrictModel):
         unknown = sorted(set(self.cascade.uncertainty_per_task) - task_names)
         if unknown:
             raise ValueError(f"cascade.uncertainty_per_task names unknown tasks {unknown}")
+        self._check_fallback_tier()
         return self
+
+    def _check_fallback_tier(self) -> None:
+        name = self.cascade.fallback_tier
+        if name is None:
+            return
+        names = [t.name for t in self.tiers]
+        if name not in names:
+            raise ValueError(f"cascade.fallback_tier ({name!r}) is not a configured tier; known tiers: {names}")
+        if name == self.frontier.name:
+            # Every query reaches the last tier already: as its own fallback it would only be asked twice.
+            raise ValueError(
+                f"cascade.fallback_tier ({name!r}) is the last tier, which every query reaches anyway; "
+                f"name a cheaper one of {names[:-1]}"
+            )
+        if self.tier(name).engine.type == "specialist":
+            # A specialist has heads only for its own tasks, so it cannot answer the others at all.
+            raise ValueError(
+                f"cascade.fallback_tier ({name!r}) is a specialist tier, which answers only its own tasks "
+                f"{self.tier(name).tasks}; name a generative tier"
+            )
 
     def tier(self, name: str) -> TierConfig:
         for tier in self.tiers:

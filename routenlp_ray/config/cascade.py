@@ -44,6 +44,16 @@ class CascadeConfig(StrictModel):
         ),
     )
     router_path: str | None = Field(None, description="Artifact handed to the start-policy factory.")
+    fallback_tier: str | None = Field(
+        None,
+        description=(
+            "Tier asked, with the task's prompt, when every tier that serves the query's task failed (errored, "
+            "timed out, or a replay tier had no record of the input) and no answer at all came back. Its answer "
+            "is returned unconditionally, even for a task outside its `tasks`, and marked `fallback` (it met no "
+            "quality bar and saves nothing). A cheaper tier than the last, not a specialist. None: such a query "
+            "is a 503."
+        ),
+    )
 
     @model_validator(mode="after")
     def _learned_needs_artifact(self) -> "CascadeConfig":

@@ -73,6 +73,8 @@ class RouterService:
             for t in config.tiers
         ]
         self._tier_names = [t.name for t in config.tiers]
+        # Asked when every tier that serves a query's task failed (``cascade.fallback_tier``).
+        self._fallback = next((t for t in self._tiers if t.name == config.cascade.fallback_tier), None)
         self._tasks = {t.name: t for t in config.tasks}
         # Audits and feedback labels go to the coverage monitor (a deployment handle on Ray).
         sampler = AuditSampler(
@@ -246,6 +248,7 @@ class RouterService:
                 threshold_for=live.threshold_for(task.name),
                 uncertainty_of=lambda result: score(AnswerEvidence.from_result(result, task.name, raw_input)),
                 sink=sink,
+                fallback=self._fallback,
             )
         except (AllTiersFailedError, StreamInterruptedError) as exc:
             reason = "stream_interrupted" if isinstance(exc, StreamInterruptedError) else "all_tiers_failed"

@@ -143,6 +143,30 @@ def test_completions_and_streaming(client: OpenAI) -> None:
     assert text and chunks[-1].model_extra["routing"]["answered_by"]
 
 
+def test_a_new_fin_summarization_query_is_answered_by_the_fallback_tier(
+    client: OpenAI, app: dict[str, Any], data_dir: Path
+) -> None:
+    # The replay frontier here holds cs_intent answers only, so this validation filing is held out (a new
+    # query), and no cheaper tier serves fin_summarization: cascade.fallback_tier (SmolLM2) answers it.
+    with (data_dir / "fin_summarization" / "validation.jsonl").open() as handle:
+        example = json.loads(handle.readline())
+    raw = client.chat.completions.with_raw_response.create(
+        model="routenlp/fin_summarization", messages=[{"role": "user", "content": example["input"]}], max_tokens=8
+    )
+    response = raw.parse()
+    routing = response.model_extra["routing"]
+    assert raw.http_response.status_code == 200 and response.choices[0].message.content
+    assert [(a["tier"], a["status"]) for a in routing["attempts"]] == [
+        ("specialist", "skipped"), ("smollm2", "skipped"), ("frontier", "error"), ("smollm2", "fallback")
+    ]
+    assert routing["attempts"][2]["error"].startswith("ReplayMissError")
+    assert routing["answered_by"] == "smollm2" and routing["fallback"] is True
+    assert routing["met_quality_bar"] is False and routing["saved_usd"] == 0.0
+    assert raw.headers["x-routenlp-fallback"] == "true" and raw.headers["x-routenlp-answered-by"] == "smollm2"
+    logged = {r["id"]: r for r in read_records(app["log"], "queries")}
+    assert logged[response.id]["status"] == "ok" and logged[response.id]["fallback"] is True
+
+
 def test_feedback_lands_in_the_log_and_ray_data_reads_it(client: OpenAI, app: dict[str, Any]) -> None:
     response = client.chat.completions.create(
         model="routenlp/chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=4
