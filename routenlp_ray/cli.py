@@ -604,10 +604,11 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     command = "routenlp bench pilot " + " ".join(sys.argv[3:])
     out.with_suffix(".md").write_text(pilot_markdown(report, command.strip(), baseline))
     plot_pilot(report, out.with_suffix(".png"))
-    for key, r in report["ratios"].items():
-        if "ratio_ci95" in r:
+    for arm, arm_ratios in report["ratios"].items():
+        for key in ("final_week", "summed_over_weeks"):
+            r = arm_ratios[key]
             ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-            print(f"{key}: targeted {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
+            print(f"{key}: {arm} {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
                   f"over no loop; ratio {ratio}, 95% CI {r['ratio_ci95']}")
     print(f"wrote {out} and its .md and .png")
     return 0
@@ -1070,7 +1071,9 @@ def build_parser() -> argparse.ArgumentParser:
     pilot.add_argument("--seeds", type=int, default=5)
     pilot.add_argument("--seed", type=int, default=0, help="first seed")
     pilot.add_argument("--arms", nargs="+", default=["no_loop", "untargeted", "targeted"],
-                       choices=["no_loop", "untargeted", "targeted"])
+                       choices=["no_loop", "untargeted", "targeted", "targeted_cost"],
+                       help="targeted ranks failures by the loop's default rule (novel_first); targeted_cost by "
+                            "cost alone, the paper's rule")
     pilot.add_argument("--budget", type=int, default=100, help="distillation examples per week, for each loop arm")
     pilot.add_argument("--base-per-task", type=int, default=600)
     pilot.add_argument("--calibration-per-task", type=int, default=200)

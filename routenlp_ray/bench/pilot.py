@@ -44,8 +44,14 @@ from routenlp_ray.tasks.data import answer_text, load_examples, task_file
 
 logger = logging.getLogger("routenlp.bench.pilot")
 
-Arm = Literal["no_loop", "untargeted", "targeted"]
+Arm = Literal["no_loop", "untargeted", "targeted", "targeted_cost"]
 ARMS: tuple[Arm, ...] = ("no_loop", "untargeted", "targeted")
+# Each loop arm: the student the iteration trains, and how it ranks failure clusters.
+ARM_LOOPS: dict[str, tuple[str, str]] = {
+    "untargeted": ("untargeted", "novel_first"),  # a random sample of traffic: the ranking is not used
+    "targeted": ("targeted", "novel_first"),  # the loop's default rule
+    "targeted_cost": ("targeted", "cost"),  # the paper's rule: the costliest clusters
+}
 SPECIALIST = "specialist"
 
 
@@ -326,11 +332,12 @@ class PilotRunner:
                  if t.name == SPECIALIST else t for t in self.config.tiers]
         return self.config.model_copy(update={"tiers": tiers})
 
-    def iteration(self, config: RouteNLPConfig, data_dir: Path, workdir: Path, run_id: str, student: str,
+    def iteration(self, config: RouteNLPConfig, data_dir: Path, workdir: Path, run_id: str, arm: str,
                   split: str, log_uri: str) -> Iteration:
         s = self.settings
+        student, targeting = ARM_LOOPS[arm]
         loop = LoopSettings(
-            student_tier=SPECIALIST, n_clusters=s.n_clusters, top_cost_share=s.top_cost_share,
+            student_tier=SPECIALIST, n_clusters=s.n_clusters, top_cost_share=s.top_cost_share, targeting=targeting,
             budget_examples=s.budget_examples, students=[student], publish_student=student,  # type: ignore[list-item]
             specialist=SpecialistRefitSettings(encoding_cache=self.cache_path),
             eval_tasks=None, eval_split=split, eval_per_task=s.calibration_per_task, calibration="quality",
@@ -390,14 +397,15 @@ class PilotRunner:
         except ValueError as exc:  # nothing mined: no failures, or no teacher answers
             return {"outcome": "nothing_to_distil", "reason": str(exc)}
         report = result.report
+        student = ARM_LOOPS[arm][0]
         return {
             "outcome": "published" if result.published else "refused",
             "published": result.published, "gate_reasons": result.gate_reasons,
             "failures": report["mining"]["failures"], "examples": report["budget"]["examples_per_student"],
-            "tasks": report["budget"][f"{arm}_tasks"],
-            "refitted": report["training"][arm].get("refitted_tasks"),
-            "new_tasks": report["training"][arm].get("new_tasks"),
-            "calibration_gain": report["cost_improvement"][arm],
+            "tasks": report["budget"][f"{student}_tasks"],
+            "refitted": report["training"][student].get("refitted_tasks"),
+            "new_tasks": report["training"][student].get("new_tasks"),
+            "calibration_gain": report["cost_improvement"][student],
         }
 
     def evaluate(self, store: ReleaseStore) -> dict[str, Any]:
@@ -448,7 +456,8 @@ def _pilot_config(config: RouteNLPConfig, encoding_cache: str) -> RouteNLPConfig
     tiers = [specialist, config.frontier]
     return config.model_copy(update={
         "tiers": tiers, "monitoring": config.monitoring.model_copy(update={"enabled": False}),
-        "cascade": config.cascade.model_copy(update={"start_policy": "cheapest", "router_path": None}),
+        "cascade": config.cascade.model_copy(update={"start_policy": "cheapest", "router_path": None,
+                                                     "fallback_tier": None}),
     })
 
 

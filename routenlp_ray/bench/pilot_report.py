@@ -13,6 +13,7 @@ from routenlp_ray.bench.pilot_plan import DriftPlan
 __all__ = ["bootstrap_improvement_ratio", "pilot_markdown", "plot_pilot", "summarise"]
 
 FIGURES = ("cost_reduction", "quality_retention", "specialist_share", "accepted_error_rate", "escalation_rate")
+TARGETED_ARMS = ("targeted", "targeted_cost")  # the loop's rule (novel_first), and the paper's cost-only rule
 
 
 def _mean_sd(values: Sequence[float | None]) -> dict[str, float] | None:
@@ -23,8 +24,8 @@ def _mean_sd(values: Sequence[float | None]) -> dict[str, float] | None:
 
 
 def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], frontier: Mapping[int, np.ndarray],
-                                reps: int, rng_seed: int = 0) -> dict[str, Any]:
-    """Paired bootstrap of (targeted - no_loop) / (untargeted - no_loop) cost reduction.
+                                reps: int, rng_seed: int = 0, arm: str = "targeted") -> dict[str, Any]:
+    """Paired bootstrap of (``arm`` - no_loop) / (untargeted - no_loop) cost reduction.
 
     ``costs[seed][arm]`` is a (queries, weeks) matrix of costs paid on the held-out slice and
     ``frontier[seed]`` the frontier-only cost per query. Seeds are resampled, then queries within a
@@ -36,7 +37,7 @@ def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], f
     def gains(seed: int, pick: np.ndarray) -> tuple[float, float]:
         front = frontier[seed][pick].sum() * costs[seed]["no_loop"].shape[1]
         base = costs[seed]["no_loop"][pick].sum()
-        return ((base - costs[seed]["targeted"][pick].sum()) / front,
+        return ((base - costs[seed][arm][pick].sum()) / front,
                 (base - costs[seed]["untargeted"][pick].sum()) / front)
 
     point = np.mean([gains(s, np.arange(len(frontier[s]))) for s in seeds], axis=0)
@@ -84,34 +85,11 @@ def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, see
             table.append(entry)
 
     ratios: dict[str, Any] = {}
-    if {"no_loop", "targeted", "untargeted"} <= set(arms):
-        complete = [s for s in seeds if all((s, a, w) in by for a in ("no_loop", "targeted", "untargeted")
-                                            for w in weeks)]
-        if complete:
-            def matrices(week_list: Sequence[int]) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, np.ndarray]]:
-                costs = {s: {a: np.array([[c[0] for c in by[(s, a, w)]["_held_out_costs"]] for w in week_list]).T
-                             for a in ("no_loop", "targeted", "untargeted")} for s in complete}
-                front = {s: np.array([c[1] for c in by[(s, "no_loop", week_list[0])]["_held_out_costs"]])
-                         for s in complete}
-                return costs, front
-
-            final, front = matrices([weeks[-1]])
-            ratios["final_week"] = bootstrap_improvement_ratio(final, front, settings.bootstrap, 1)
-            summed, front = matrices(weeks)
-            ratios["summed_over_weeks"] = bootstrap_improvement_ratio(summed, front, settings.bootstrap, 2)
-            ratios["seeds"] = complete
-            # On each week's own traffic (the same queries for every arm of a seed): point estimates.
-            gains = {a: [] for a in ("targeted", "untargeted")}
-            for s in complete:
-                base = sum(c[0] for w in weeks for c in by[(s, "no_loop", w)]["_traffic_costs"])
-                front_t = sum(c[1] for w in weeks for c in by[(s, "no_loop", w)]["_traffic_costs"])
-                for a in gains:
-                    paid = sum(c[0] for w in weeks for c in by[(s, a, w)]["_traffic_costs"])
-                    gains[a].append((base - paid) / front_t)
-            ratios["traffic_summed_over_weeks"] = {
-                "targeted_improvement": _mean_sd(gains["targeted"]), "untargeted_improvement": _mean_sd(gains["untargeted"]),
-                "ratio_of_means": (float(np.mean(gains["targeted"]) / np.mean(gains["untargeted"]))
-                                   if np.mean(gains["untargeted"]) > 0 else None)}
+    for arm in TARGETED_ARMS:
+        if {"no_loop", arm, "untargeted"} <= set(arms):
+            found = _arm_ratios(by, seeds, weeks, arm, settings.bootstrap)
+            if found:
+                ratios[arm] = found
 
     below = []
     for r in records:
@@ -136,6 +114,38 @@ def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, see
         "quality_targets": dict(quality_targets or {}),
         "records": records,
     }
+
+
+def _arm_ratios(by: Mapping[tuple[int, str, int], dict[str, Any]], seeds: Sequence[int], weeks: Sequence[int],
+                arm: str, reps: int) -> dict[str, Any] | None:
+    """``arm`` against untargeted, over no loop: bootstraps at the final week and summed, and traffic means."""
+    trio = ("no_loop", arm, "untargeted")
+    complete = [s for s in seeds if all((s, a, w) in by for a in trio for w in weeks)]
+    if not complete:
+        return None
+
+    def matrices(week_list: Sequence[int]) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, np.ndarray]]:
+        costs = {s: {a: np.array([[c[0] for c in by[(s, a, w)]["_held_out_costs"]] for w in week_list]).T
+                     for a in trio} for s in complete}
+        front = {s: np.array([c[1] for c in by[(s, "no_loop", week_list[0])]["_held_out_costs"]]) for s in complete}
+        return costs, front
+
+    out: dict[str, Any] = {"seeds": complete}
+    out["final_week"] = bootstrap_improvement_ratio(*matrices([weeks[-1]]), reps, 1, arm=arm)
+    out["summed_over_weeks"] = bootstrap_improvement_ratio(*matrices(weeks), reps, 2, arm=arm)
+    # On each week's own traffic (the same queries for every arm of a seed): point estimates.
+    gains: dict[str, list[float]] = {arm: [], "untargeted": []}
+    for s in complete:
+        base = sum(c[0] for w in weeks for c in by[(s, "no_loop", w)]["_traffic_costs"])
+        front_t = sum(c[1] for w in weeks for c in by[(s, "no_loop", w)]["_traffic_costs"])
+        for a in gains:
+            paid = sum(c[0] for w in weeks for c in by[(s, a, w)]["_traffic_costs"])
+            gains[a].append((base - paid) / front_t)
+    out["traffic_summed_over_weeks"] = {
+        "targeted_improvement": _mean_sd(gains[arm]), "untargeted_improvement": _mean_sd(gains["untargeted"]),
+        "ratio_of_means": (float(np.mean(gains[arm]) / np.mean(gains["untargeted"]))
+                           if np.mean(gains["untargeted"]) > 0 else None)}
+    return out
 
 
 def _cell(stat: dict[str, float] | None, pct: bool = True) -> str:
@@ -178,18 +188,17 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
                          f"| {_cell(m['escalation_rate'])} | {rel['published']} / {rel['refused']} / "
                          f"{rel['nothing_to_distil']} |")
         lines.append("")
-    ratios = report["ratios"]
-    if ratios:
-        lines += ["## Targeted vs untargeted, over no loop (held-out slice, paired bootstrap over seeds and queries)",
-                  "", "| span | targeted improvement | untargeted improvement | ratio | ratio 95% CI | difference 95% CI |",
+    for arm, arm_ratios in report["ratios"].items():
+        lines += [f"## {arm} vs untargeted, over no loop (held-out slice, paired bootstrap over seeds and queries)",
+                  "", f"| span | {arm} improvement | untargeted improvement | ratio | ratio 95% CI | difference 95% CI |",
                   "|---|---|---|---|---|---|"]
         for key, name in (("final_week", "final week"), ("summed_over_weeks", "summed over weeks")):
-            r = ratios[key]
+            r = arm_ratios[key]
             ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}×"
             lines.append(f"| {name} | {r['targeted_improvement']:+.1%} | {r['untargeted_improvement']:+.1%} | {ratio} "
                          f"| {_ci(r['ratio_ci95'])} | [{r['difference_ci95'][0]:+.1%}, {r['difference_ci95'][1]:+.1%}] |")
-        t = ratios["traffic_summed_over_weeks"]
-        lines += ["", f"On the weeks' own traffic, summed: targeted {_cell(t['targeted_improvement'])}, untargeted "
+        t = arm_ratios["traffic_summed_over_weeks"]
+        lines += ["", f"On the weeks' own traffic, summed: {arm} {_cell(t['targeted_improvement'])}, untargeted "
                   f"{_cell(t['untargeted_improvement'])} of frontier cost saved over no loop"
                   + (f" (ratio of means {t['ratio_of_means']:.2f}×)." if t["ratio_of_means"] else "."), ""]
     below = report["below_quality_target"]
@@ -203,7 +212,7 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
         lines.append("Every task's retention stayed at or above its quality target in every week, arm and seed.")
     if baseline is not None:
         lines += ["", f"## Next to it: the {baseline['plan']['name']} plan", ""]
-        r = baseline["ratios"].get("final_week")
+        r = baseline["ratios"].get("targeted", {}).get("final_week")
         if r:
             lines.append(f"Final week: targeted {r['targeted_improvement']:+.1%}, untargeted "
                          f"{r['untargeted_improvement']:+.1%} over no loop; ratio "

@@ -67,9 +67,9 @@ def test_the_loop_gives_a_new_task_its_first_head_and_the_next_week_serves_it(pi
 
 def test_the_report_is_written_with_its_ratio_and_plot(pilot: dict[str, Any]) -> None:
     report = pilot["report"]
-    assert {"final_week", "summed_over_weeks", "traffic_summed_over_weeks"} <= set(report["ratios"])
+    assert {"final_week", "summed_over_weeks", "traffic_summed_over_weeks"} <= set(report["ratios"]["targeted"])
     json.dumps(report)  # the per-query costs were dropped, the rest is plain JSON
     markdown = pilot_markdown(report, "routenlp bench pilot (test)")
-    assert "| 2 | targeted |" in markdown and "Targeted vs untargeted" in markdown
+    assert "| 2 | targeted |" in markdown and "targeted vs untargeted" in markdown
     plot_pilot(report, pilot["tmp"] / "pilot.png")
     assert (pilot["tmp"] / "pilot.png").stat().st_size > 0
