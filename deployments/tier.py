@@ -106,7 +106,14 @@ class TierDeployment:
                 return
             engine_config = self.tier.engine.model_copy(update={field: wanted})
             try:
-                engine = self._engine_factory(self.tier.model_copy(update={"engine": engine_config}))
+                update: dict[str, Any] = {"engine": engine_config}
+                if released and self.tier.engine.type == "specialist":
+                    # A released specialist serves every head it has: the loop may have given a task its
+                    # first one (the router learns the same list from the release).
+                    from routenlp_ray.specialists.artifact import read_manifest
+
+                    update["tasks"] = sorted(read_manifest(released).tasks)
+                engine = self._engine_factory(self.tier.model_copy(update=update))
             except Exception as exc:
                 logger.exception("tier %s: could not load release %s; keeping %s", self.tier.name, release.version,
                                  self.release_version)

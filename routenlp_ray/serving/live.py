@@ -6,7 +6,9 @@ the release version. They change three ways, each logged as an event in the quer
 - ``reconfigure(user_config)``: Serve's ``user_config`` (event ``reconfigure``);
 - ``apply_thresholds(table, reason)``: thresholds decided by the coverage monitor (event
   ``thresholds_applied``);
-- ``apply_release(release)``: a loop release's thresholds and router (event ``release_applied``).
+- ``apply_release(release)``: a loop release's thresholds and router, and the tasks each
+  specialist tier serves: those its released artifact has heads for, so a task's first head is
+  served from the release that brings it (event ``release_applied``).
 
 ``follow()`` polls the release store and the coverage monitor and applies what changed; the
 ingress starts it with ``ensure_following()`` from inside its event loop. The request path
@@ -22,7 +24,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -78,6 +80,9 @@ class LiveSnapshot:
     policy: StartTierPolicy
     scores: TaskScores
     release: str | None = None
+    # tier -> the tasks it serves under the current release, where that differs from the config
+    # (a specialist tier serves what its released artifact has heads for).
+    tier_tasks: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def thresholds_version(self) -> str:
@@ -99,6 +104,20 @@ class LiveSnapshot:
 
 def policy_for(cascade: CascadeConfig) -> StartTierPolicy:
     return load_policy(cascade.start_policy, cascade.router_path)
+
+
+def released_tier_tasks(release: Release, config: RouteNLPConfig) -> dict[str, frozenset[str]]:
+    """The tasks each specialist tier serves under ``release``: the app's tasks its released artifact has
+    heads for. Tiers the release carries no artifact for serve their configured tasks (not listed)."""
+    from routenlp_ray.specialists.artifact import read_manifest
+
+    known = {t.name for t in config.tasks}
+    out = {}
+    for tier in config.tiers:
+        artifact = release.adapter_for(tier.name)
+        if artifact is not None and tier.engine.type == "specialist":
+            out[tier.name] = frozenset(set(read_manifest(artifact).tasks) & known)
+    return out
 
 
 class LiveArtifacts:
@@ -186,8 +205,10 @@ class LiveArtifacts:
             self.apply_thresholds(ThresholdTable.load(release.thresholds_path), reason=f"release {release.version}")
         if release.router_path is not None:
             self._snapshot = replace(self._snapshot, policy=load_policy("router", str(release.router_path)))
-        self._snapshot = replace(self._snapshot, release=release.version)
-        after = {"release": release.version, "policy_version": self.policy.version}
+        tier_tasks = released_tier_tasks(release, self.config)
+        self._snapshot = replace(self._snapshot, release=release.version, tier_tasks=tier_tasks)
+        after = {"release": release.version, "policy_version": self.policy.version,
+                 "tier_tasks": {tier: sorted(tasks) for tier, tasks in tier_tasks.items()}}
         self._log_event({"event": "release_applied", "before": before, "after": after})
 
     # -- following the release store and the coverage monitor -----------------------------------

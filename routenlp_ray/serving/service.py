@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from routenlp_ray._exceptions import (
@@ -29,7 +30,7 @@ from routenlp_ray.serving.events import RequestEvents
 from routenlp_ray.serving.feed import MonitorFeed, MonitorSink
 from routenlp_ray.serving.feedback import FeedbackDesk
 from routenlp_ray.serving.http import RequestGate
-from routenlp_ray.serving.live import LiveArtifacts
+from routenlp_ray.serving.live import LiveArtifacts, LiveSnapshot
 from routenlp_ray.serving.metadata import system_fingerprint
 from routenlp_ray.serving.responses import MODEL_PREFIX, envelope, query_record, routing_object
 from routenlp_ray.serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
@@ -243,7 +244,7 @@ class RouterService:
         try:
             outcome = await run_cascade(
                 request,
-                self._tiers,
+                self._tiers_under(live),
                 start=self._tier_names.index(start_tier),
                 threshold_for=live.threshold_for(task.name),
                 uncertainty_of=lambda result: score(AnswerEvidence.from_result(result, task.name, raw_input)),
@@ -271,6 +272,12 @@ class RouterService:
         if task.metric != "none":
             self.feed.maybe_audit(request, task.name, outcome, score, raw_input)
         return outcome, routing
+
+    def _tiers_under(self, live: LiveSnapshot) -> list[CascadeTier]:
+        """The cascade's tiers, each serving the tasks the current release gives it."""
+        if not live.tier_tasks:
+            return self._tiers
+        return [replace(t, tasks=live.tier_tasks[t.name]) if t.name in live.tier_tasks else t for t in self._tiers]
 
     async def _log(self, record: dict[str, Any], trace_id: str | None) -> None:
         # The client's x-request-id (or Serve's own) ties a logged decision to the client's request.

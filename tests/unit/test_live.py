@@ -132,3 +132,38 @@ async def test_following_starts_only_when_there_is_something_to_follow(tmp_path:
     assert poller is not None and live._poller is poller
     poller.cancel()
     log.close()
+
+
+async def test_a_release_sets_what_its_specialist_serves_from_the_heads_it_carries(
+    tmp_path: Path, replay_file: Path
+) -> None:
+    from routenlp_ray.specialists.artifact import read_manifest
+    from tests.conftest import REPO_ROOT
+
+    artifact = REPO_ROOT / "artifacts" / "specialists" / "embedded-v3"
+    overrides = {
+        "releases": {"path": str(tmp_path / "releases"), "poll_interval_s": 0.001},
+        "tiers": [
+            {"name": "specialist", "engine": {"type": "specialist", "path": str(artifact)}, "tasks": ["cs_intent"],
+             "pricing": {"input_per_1m": 0.001, "output_per_1m": 0.001}},
+            {"name": "frontier", "engine": {"type": "replay", "records": [str(replay_file)]},
+             "pricing": {"input_per_1m": 2.5, "output_per_1m": 10.0}},
+        ],
+        "tasks": [{"name": "chat", "metric": "none"}, {"name": "cs_intent"}, {"name": "legal_risk"}],
+    }
+    live, config, log = make_live(tmp_path, replay_file, **overrides)
+    assert live.snapshot().tier_tasks == {}  # the configured tasks until a release says otherwise
+    store = ReleaseStore(tmp_path / "releases")
+    store.publish("rel-1", adapters={"specialist": artifact})
+    await live.follow_releases()
+    known = {t.name for t in config.tasks}
+    served = live.snapshot().tier_tasks["specialist"]
+    assert served == frozenset(set(read_manifest(artifact).tasks) & known) and "cs_intent" in served
+    assert len(served) > 1  # the shipped artifact has heads for more tasks than this config gave the tier
+    time.sleep(0.01)
+    store.publish("rel-2")  # no artifact: the configured tasks again
+    await live.follow_releases()
+    assert live.snapshot().tier_tasks == {}
+    log.close()
+    applied = [e for e in read_records(config.storage.log_uri, "events") if e["event"] == "release_applied"]
+    assert applied[0]["after"]["tier_tasks"] == {"specialist": sorted(served)}
