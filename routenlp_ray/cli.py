@@ -614,6 +614,30 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_pilot_live(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.pilot import PilotSettings
+    from routenlp_ray.bench.pilot_live import LiveCluster, live_markdown, run_live_arm
+    from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
+    from routenlp_ray.config import load_config
+
+    config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
+    plan = load_plan(args.plan or DEFAULT_PLAN)
+    settings = PilotSettings(
+        weeks=args.weeks, queries_per_week=args.queries, seeds=[args.seed], arms=["targeted"],
+        budget_examples=args.budget, calibration_per_task=args.calibration_per_task, base_per_task=args.base_per_task,
+    )
+    cluster = LiveCluster(address=args.address, dashboard_url=args.dashboard, http_port=args.port)
+    report = run_live_arm(config, plan, args.data_dir, Path(args.workdir or f"var/pilot-live/{plan.name}"), settings,
+                          cluster, seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    command = "routenlp bench pilot-live " + " ".join(sys.argv[3:])
+    out.with_suffix(".md").write_text(live_markdown(report, plan.name, command.strip()))
+    print(f"{report['failed_requests']} failed requests; wrote {out} and its .md")
+    return 0 if report["failed_requests"] == 0 else 1
+
+
 def _cmd_bench_streaming(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.streaming_bench import run_streaming_benchmark
 
@@ -1082,6 +1106,25 @@ def build_parser() -> argparse.ArgumentParser:
     pilot.add_argument("--baseline", default=None, help="another plan's pilot JSON to report next to this one")
     pilot.add_argument("--out", default="results/pilot.json")
     pilot.set_defaults(func=_cmd_bench_pilot)
+
+    live = benches.add_parser(
+        "pilot-live", help="the pilot's targeted arm on the real service: serve run, traffic through the openai client, "
+                           "each week's loop a Ray job whose release is hot-swapped under traffic")
+    live.add_argument("--address", required=True, help="Ray cluster (GCS) address, host:port (`ray start --head` prints it)")
+    live.add_argument("--dashboard", default="http://127.0.0.1:8265", help="the cluster's job server, for ray job submit")
+    live.add_argument("--port", type=int, default=8000, help="HTTP port the service listens on")
+    live.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    live.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    live.add_argument("--plan", default=None, help="drift plan YAML (default: the shipped default plan)")
+    live.add_argument("--weeks", type=int, default=6)
+    live.add_argument("--queries", type=int, default=500, help="queries per week")
+    live.add_argument("--seed", type=int, default=0)
+    live.add_argument("--budget", type=int, default=100)
+    live.add_argument("--base-per-task", type=int, default=600)
+    live.add_argument("--calibration-per-task", type=int, default=200)
+    live.add_argument("--workdir", default=None, help="resumable state (default: var/pilot-live/<plan name>)")
+    live.add_argument("--out", default="results/pilot_live.json")
+    live.set_defaults(func=_cmd_bench_pilot_live)
 
     streaming = benches.add_parser("streaming", help="time to the first token with and without live streaming")
     streaming.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
