@@ -401,6 +401,7 @@ class PilotRunner:
         return {
             "outcome": "published" if result.published else "refused",
             "published": result.published, "gate_reasons": result.gate_reasons,
+            "published_tasks": report["gate"].get("published_tasks"), "held_back": report["gate"].get("held_back"),
             "failures": report["mining"]["failures"], "examples": report["budget"]["examples_per_student"],
             "tasks": report["budget"][f"{student}_tasks"],
             "refitted": report["training"][student].get("refitted_tasks"),

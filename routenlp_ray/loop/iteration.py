@@ -113,6 +113,14 @@ class LoopSettings(StrictModel):
         description="Also gate on cost: how far the volume-weighted cost reduction may fall below the current "
                     "model's (0: cost may never rise). None: quality only.",
     )
+    gate_scope: Literal["release", "task"] = Field(
+        "task",
+        description="release: the whole student passes the gate or nothing is published. task (specialist students; "
+                    "a LoRA adapter cannot be split): each refitted head is judged on its own task, by the same "
+                    "quality rule and, with gate_cost_tolerance, on that task's cost; the heads that pass are "
+                    "published with their thresholds and the others keep the current head and threshold. One head "
+                    "that got worse then no longer holds back another task's first head.",
+    )
     seed: int = Field(0, description="Seed of the clustering, the untargeted sample and the held-out slice.")
     eval_seed: int | None = Field(
         None, description="Seed of the held-out slice alone, so runs with different seeds read the same queries.",
@@ -475,9 +483,33 @@ class Iteration:
         current model (or, by ``gate_rule``, below its quality target), nor (with ``gate_cost_tolerance``)
         the overall cost reduction."""
         variant = variant or self.settings.publish_student
-        reasons = []
         base, new = evaluation["base"]["per_task"], evaluation[variant]["per_task"]
-        for task in evaluation["tasks"]:
+        reasons = self._quality_reasons(base, new, evaluation["tasks"])
+        tolerance = self.settings.gate_cost_tolerance
+        before, after = evaluation["base"]["cost_reduction"], evaluation[variant]["cost_reduction"]
+        if tolerance is not None and after < before - tolerance:
+            reasons.append(f"cost reduction {after:.3f} < current {before:.3f}: the release would cost more")
+        return (not reasons), reasons
+
+    def task_gate(self, evaluation: dict[str, Any], tasks: Sequence[str]) -> dict[str, list[str]]:
+        """``gate_scope: task``: each of ``tasks`` judged alone; task -> reasons it fails (empty: it passes)."""
+        variant = self.settings.publish_student
+        base, new = evaluation["base"]["per_task"], evaluation[variant]["per_task"]
+        tolerance = self.settings.gate_cost_tolerance
+        out: dict[str, list[str]] = {}
+        for task in tasks:
+            if task not in new:
+                continue
+            reasons = [r for r in self._quality_reasons(base, new, [task])]
+            before, after = base[task]["cost_reduction"], new[task]["cost_reduction"]
+            if tolerance is not None and after < before - tolerance:
+                reasons.append(f"{task}: cost reduction {after:.3f} < current {before:.3f}")
+            out[task] = reasons
+        return out
+
+    def _quality_reasons(self, base: dict[str, Any], new: dict[str, Any], tasks: Sequence[str]) -> list[str]:
+        reasons = []
+        for task in tasks:
             before, after = base[task]["quality_retention"], new[task]["quality_retention"]
             floor = before
             if self.settings.gate_rule == "meets_target":
@@ -485,20 +517,34 @@ class Iteration:
             if after < floor - self.settings.gate_tolerance:
                 reasons.append(f"{task}: quality retention {after:.3f} < {'current' if floor == before else 'target'} "
                                f"{floor:.3f}")
-        tolerance = self.settings.gate_cost_tolerance
-        before, after = evaluation["base"]["cost_reduction"], evaluation[variant]["cost_reduction"]
-        if tolerance is not None and after < before - tolerance:
-            reasons.append(f"cost reduction {after:.3f} < current {before:.3f}: the release would cost more")
-        return (not reasons), reasons
+        return reasons
 
-    def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any]) -> Path:
-        """Thresholds for the new student, calibrated on all of its held-out answers."""
+    def partial_artifact(self, candidate: str | Path, tasks: Sequence[str]) -> Path:
+        """The current artifact with the candidate's heads for ``tasks``: what a task-scoped gate publishes."""
+        from routenlp_ray.specialists.artifact import read_manifest, write_artifact
+
+        target = self.run_dir / "published-artifact"
+        if target.exists():
+            return target
+        new, current = Path(candidate), self.current_artifact
+        new_manifest = read_manifest(new)
+        heads = {}
+        if current is not None:
+            current_manifest = read_manifest(current)
+            heads = {t: (Path(current) / t, e) for t, e in current_manifest.tasks.items()}
+        heads.update({t: (new / t, new_manifest.tasks[t]) for t in tasks})
+        return write_artifact(target, f"{new_manifest.version}-partial", new_manifest.encoder.source, heads)
+
+    def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any],
+                    tasks: Sequence[str] | None = None) -> Path:
+        """Thresholds for the new student, calibrated on all of its held-out answers (only ``tasks``' if given:
+        the others keep the current thresholds)."""
         published = self.settings.publish_student
         config = self.variant_config(trained[published]["artifact_dir"])
         tables = load_tables(config, [self.records_dir(published)], self.data_dir, evaluation["tasks"],
                              [self.settings.eval_split])
         # The student is the first tier of each table; the frontier (last) has no threshold.
-        fitted = {t.task: self.threshold_for(t) for t in tables}
+        fitted = {t.task: self.threshold_for(t) for t in tables if tasks is None or t.task in tasks}
         merged = self.current_thresholds().merged({self.student.name: fitted}, version=f"loop-{self.run_id}")
         path = self.run_dir / "thresholds.json"
         merged.model_copy(update={"alpha": self.settings.alpha}).save(path)
@@ -555,9 +601,21 @@ class Iteration:
         passed, reasons = self.gate(evaluation)
         published = None
         router_path = None
+        artifact = trained[self.settings.publish_student]["artifact_dir"]
+        held_back: dict[str, list[str]] = {}
+        published_tasks: list[str] | None = None
+        if not passed and self.settings.gate_scope == "task" and self.is_specialist:
+            refitted = sorted(trained[self.settings.publish_student].get("refitted_tasks") or {})
+            verdicts = self.task_gate(evaluation, refitted)
+            published_tasks = [t for t, why in verdicts.items() if not why]
+            held_back = {t: why for t, why in verdicts.items() if why}
+            if published_tasks:
+                passed = True
+                artifact = str(self.partial_artifact(artifact, published_tasks))
         if passed:
-            thresholds = self.recalibrate(trained, evaluation)
-            router_path = self.retrain_router(trained, evaluation)
+            thresholds = self.recalibrate(trained, evaluation, published_tasks)
+            # A learned router is retrained on the whole student's answers: only a whole release gets one.
+            router_path = self.retrain_router(trained, evaluation) if published_tasks is None else None
             if publish and self.config.releases.path:
                 store = ReleaseStore(self.config.releases.path)
                 version = f"loop-{self.run_id}"
@@ -566,12 +624,14 @@ class Iteration:
                 else:
                     published = store.publish(
                         version,
-                        adapters=self.release_artifacts(trained[self.settings.publish_student]["artifact_dir"]),
+                        adapters=self.release_artifacts(artifact),
                         thresholds=thresholds,
                         router=router_path,
                         report=_summary(evaluation, self.variants),
                     ).version
         report = build_report(self, mined, sets, trained, evaluation, passed, reasons, published, router_path)
+        report["gate"].update({"scope": self.settings.gate_scope, "published_tasks": published_tasks,
+                               "held_back": held_back})
         path = self.run_dir / "report.json"
         path.write_text(json.dumps(report, indent=2, default=_jsonable))
         (self.run_dir / "report.md").write_text(report_markdown(report))

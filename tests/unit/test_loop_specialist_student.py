@@ -201,3 +201,43 @@ def test_the_loop_sets_thresholds_by_the_rule_the_service_uses(tmp_path: Path, d
     # The quality rule spends the task's budget of accepted-and-wrong answers, 1 - quality_target.
     assert threshold(calibration="quality", delta=0.2) == calibrate_table(table, 0.1, "quality", delta=0.2)[0]
     assert threshold(calibration="quality") != threshold()
+
+
+def test_a_task_scoped_gate_publishes_the_heads_that_pass_and_keeps_the_current_ones_for_the_rest(
+    tmp_path: Path, data: tuple[Path, Path]
+) -> None:
+    data_dir, replay = data
+    current = make_artifact(tmp_path, "v1", ROWS)
+    raw = two_students(small_config_dict(tmp_path, replay), current)
+    raw["tasks"] += [{"name": "legal_risk"}, {"name": "fin_ner"}]
+    config = parse_config(raw)
+    evaluation = {
+        "tasks": ["cs_intent", "legal_risk", "fin_ner"],
+        "base": {"cost_reduction": 0.3, "per_task": {
+            "cs_intent": {"quality_retention": 0.99, "cost_reduction": 0.5},
+            "legal_risk": {"quality_retention": 1.0, "cost_reduction": 0.0},
+            "fin_ner": {"quality_retention": 0.99, "cost_reduction": 0.4}}},
+        "targeted": {"cost_reduction": 0.2, "per_task": {
+            "cs_intent": {"quality_retention": 0.93, "cost_reduction": 0.6},  # below the 0.96 target
+            "legal_risk": {"quality_retention": 0.97, "cost_reduction": 0.5},  # a first head that meets it
+            "fin_ner": {"quality_retention": 0.99, "cost_reduction": 0.3}}},  # costs more
+    }
+    iteration = Iteration(config, LoopSettings(student_tier="specialist", gate_rule="meets_target",
+                                               gate_cost_tolerance=0.0), config.storage.log_uri, data_dir,
+                          tmp_path / "runs", "p")
+    assert not iteration.gate(evaluation)[0]
+    assert iteration.task_gate(evaluation, ["cs_intent", "legal_risk", "fin_ner"]) == {
+        "cs_intent": ["cs_intent: quality retention 0.930 < target 0.960"],
+        "legal_risk": [],
+        "fin_ner": ["fin_ner: cost reduction 0.300 < current 0.400"],
+    }
+    # The published artifact: the current cs_intent head, the candidate's legal_risk head.
+    candidate_head = tmp_path / "heads-v2" / "legal_risk"
+    candidate_head.mkdir(parents=True)
+    (candidate_head / HEAD_FILE).write_text(json.dumps({"kind": "label"}))
+    entry = HeadEntry(kind="label", files={}, n_examples=1, metrics={}, data_fingerprint="x")
+    candidate = write_artifact(tmp_path / "v2", "v2", MINILM_SOURCE, {"legal_risk": (candidate_head, entry)})
+    published = iteration.partial_artifact(candidate, ["legal_risk"])
+    manifest = read_manifest(published)
+    assert sorted(manifest.tasks) == ["cs_intent", "legal_risk"]
+    assert manifest.tasks["cs_intent"].data_fingerprint == read_manifest(current).tasks["cs_intent"].data_fingerprint
