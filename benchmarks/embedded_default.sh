@@ -37,8 +37,8 @@ $R record --config var/base_config.yaml --split validation --limit 300 --tiers s
     --out results/student_vs_base.json
 
 # 4. Thresholds on all validation records (the shipped ones; in-sample for any check on validation).
-$R calibrate --method quality --delta 0.1 --version embedded-default-v4 \
-    --out artifacts/thresholds/embedded-default.json
+$R calibrate --method quality --delta 0.1 --version embedded-default-v5 \
+    --out artifacts/thresholds/embedded-default.json --rows-out artifacts/thresholds/embedded-default.rows.jsonl
 $R calibrate --method risk --epsilon 0.05 --delta 0.1 --version embedded-default-risk-v4 \
     --out artifacts/thresholds/embedded-default-risk.json
 $R calibrate --alpha 0.1 --version embedded-default-coverage-v4 \

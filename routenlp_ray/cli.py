@@ -296,6 +296,7 @@ def _per_task_score_name(config: Any) -> str:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     import itertools
+    import math
     import warnings
     from datetime import datetime, timezone
 
@@ -349,8 +350,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         from routenlp_ray.conformal.rows import CalibrationRow, save_calibration_rows
 
         save_calibration_rows(args.rows_out, (
-            CalibrationRow(tier, task, u, ok, id_)
-            for tier, task, u, ok, id_ in zip(tiers, task_names, uncertainty, correct, ids)
+            CalibrationRow(tier, task, u, ok, id_, None if math.isnan(lost) else lost)
+            for tier, task, u, ok, id_, lost in zip(tiers, task_names, uncertainty, correct, ids, loss)
         ))
         print(f"wrote the {len(ids)} calibration rows to {args.rows_out} (monitoring.calibration_rows)")
     for tier, per_task in table.thresholds.items():

@@ -347,7 +347,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines += [
             "## The cascade as served: per-tier thresholds calibrated on the training half",
             "",
-            f"`cascade_quality`: the share of queries a cheap tier answers wrong <= 1 - quality_target of the task, "
+            f"`cascade_quality`: the quality a task loses to accepted cheap answers (the share answered wrong; with a graded "
+            f"metric, the score given up) <= 1 - quality_target of the task, "
             f"with probability {1 - risk['delta']:.2f}. "
             f"`cascade_risk`: Learn-then-Test, accepted-error rate <= {risk['epsilon']} with probability "
             f"{1 - risk['delta']:.2f}. `cascade_coverage`: the paper's split-conformal rule, alpha = {coverage['alpha']}.",

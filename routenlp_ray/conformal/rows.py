@@ -28,6 +28,9 @@ class CalibrationRow:
     uncertainty: float | None
     correct: bool
     id: str | None = None
+    # The quality accepting it gives up against the last tier's answer, in [0, 1] (graded metrics);
+    # None: 1 when wrong (see ``ConformalCalibrator.conformalize``).
+    loss: float | None = None
 
 
 def save_calibration_rows(path: str | os.PathLike[str], rows: Iterable[CalibrationRow]) -> Path:
@@ -37,8 +40,10 @@ def save_calibration_rows(path: str | os.PathLike[str], rows: Iterable[Calibrati
         for row in rows:
             u = row.uncertainty
             u = None if u is None or math.isnan(u) or math.isinf(u) else round(float(u), 6)
-            handle.write(json.dumps({"id": row.id, "tier": row.tier, "task": row.task, "uncertainty": u,
-                                     "correct": bool(row.correct)}) + "\n")
+            record = {"id": row.id, "tier": row.tier, "task": row.task, "uncertainty": u, "correct": bool(row.correct)}
+            if row.loss is not None and not math.isnan(row.loss):
+                record["loss"] = round(float(row.loss), 6)
+            handle.write(json.dumps(record) + "\n")
     return target
 
 
@@ -57,6 +62,7 @@ def load_calibration_rows(path: str | os.PathLike[str]) -> list[CalibrationRow]:
             rows.append(CalibrationRow(
                 tier=str(data["tier"]), task=str(data["task"]), uncertainty=None if u is None else float(u),
                 correct=bool(data["correct"]), id=data.get("id"),
+                loss=None if data.get("loss") is None else float(data["loss"]),
             ))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"calibration rows {str(file)!r} line {number} is invalid: {exc!r}") from None

@@ -112,6 +112,8 @@ class AuditLabeller:
                 source="audit",
                 ts=audit.ts,
                 query_id=audit.query_id,
+                # The reference is the last tier's own answer, so what accepting this one gives up is 1 - score.
+                loss=min(1.0, max(0.0, 1.0 - float(score))),
             )
             for a, score in zip(audit.answers, scores)
         ]

@@ -64,6 +64,8 @@ class LabelledAnswer:
     source: LabelSource = "audit"
     ts: float = 0.0
     query_id: str | None = None
+    # The quality it gives up against the reference, in [0, 1], where the metric is graded; None: 1 when wrong.
+    loss: float | None = None
 
 
 @dataclass
@@ -341,6 +343,7 @@ class CoverageMonitor:
                 np.array([math.nan if a.uncertainty is None else a.uncertainty for a in rows], dtype=float),
                 [a.correct for a in rows], [tier] * len(rows), [task] * len(rows),
                 tiers_per_task={task: self._tiers_for(task)},
+                loss=[math.nan if a.loss is None else a.loss for a in rows],
             )
         return calibrator.thresholds_[tier][task]
 
@@ -372,7 +375,7 @@ def _shipped_by_cell(rows: Sequence[CalibrationRow], seed: int) -> dict[Cell, li
     by_cell: dict[Cell, list[LabelledAnswer]] = {}
     for row in rows:
         by_cell.setdefault((row.tier, row.task), []).append(
-            LabelledAnswer(row.tier, row.task, row.uncertainty, row.correct, "calibration", 0.0, row.id)
+            LabelledAnswer(row.tier, row.task, row.uncertainty, row.correct, "calibration", 0.0, row.id, row.loss)
         )
     rng = np.random.default_rng(seed)
     return {cell: [answers[i] for i in rng.permutation(len(answers))] for cell, answers in by_cell.items()}

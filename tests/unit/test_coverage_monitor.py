@@ -171,3 +171,15 @@ async def test_monitor_rejects_unknown_payloads_and_adopts_published_tables(tmp_
         await monitor.submit({"kind": "x"})
     assert monitor.adopt(ThresholdTable(version="published-1").model_dump(mode="json")) == "published-1"
     assert monitor.current("published-1") is None and monitor.status()["thresholds_version"] == "published-1"
+
+
+def test_labeller_gives_a_graded_metric_the_quality_an_answer_loses(tmp_path: Path, replay_file: Path) -> None:
+    raw = small_config_dict(tmp_path, replay_file)
+    raw["tasks"].append({"name": "fin_ner"})
+    labeller = AuditLabeller(parse_config(raw))
+    reference = '[{"text": "Acme Corp", "type": "ORG"}, {"text": "Paris", "type": "LOC"}]'
+    half = '[{"text": "Acme Corp", "type": "ORG"}]'  # one entity of two: F1 2/3
+    [answer] = labeller.label(Audit("q1", "fin_ner", [AuditedAnswer("cheap", half, 0.2)], reference=reference))
+    assert answer.loss == pytest.approx(1 - 2 / 3)
+    [exact] = labeller.label(Audit("q2", "fin_ner", [AuditedAnswer("cheap", reference, 0.1)], reference=reference))
+    assert exact.correct and exact.loss == 0.0

@@ -181,8 +181,15 @@ def test_the_shipped_rows_reproduce_the_shipped_thresholds() -> None:
     shipped = ThresholdTable.load(root / "artifacts/thresholds/embedded-default.json").thresholds["specialist"]
     calibrator = ConformalCalibrator(method="quality", delta=0.1, epsilon_per_task={t: 0.04 for t in shipped})
     calibrator.conformalize([r.uncertainty if r.uncertainty is not None else math.nan for r in rows],
-                            [r.correct for r in rows], [r.tier for r in rows], [r.task for r in rows])
+                            [r.correct for r in rows], [r.tier for r in rows], [r.task for r in rows],
+                            loss=[math.nan if r.loss is None else r.loss for r in rows])
     for task, delta in shipped.items():
         assert calibrator.thresholds_["specialist"][task] >= delta - 1e-4, task
         if task != "fin_ner":
             assert calibrator.thresholds_["specialist"][task] == pytest.approx(delta, abs=1e-4), task
+
+
+def test_calibration_rows_keep_the_graded_loss(tmp_path: Path) -> None:
+    rows = [CalibrationRow("specialist", "cs_response", 0.1, True, "a", 0.25),
+            CalibrationRow("specialist", "cs_intent", None, False, "b")]
+    assert load_calibration_rows(save_calibration_rows(tmp_path / "rows.jsonl", rows)) == rows
