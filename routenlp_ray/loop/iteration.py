@@ -35,6 +35,7 @@ from routenlp_ray.config.tiers import TierConfig
 from routenlp_ray.conformal.thresholds import ThresholdTable, load_thresholds
 from routenlp_ray.loop.distill import DistillConfig, DistillExample, train_lora_adapter
 from routenlp_ray.loop.mining import NoveltyFn, Targeting
+from routenlp_ray.loop.rehearsal import write_lineage
 from routenlp_ray.loop.specialist_student import SpecialistRefitSettings
 from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
 from routenlp_ray.recording.tables import TaskTable, in_held_out_half, load_tables
@@ -79,6 +80,12 @@ class LoopSettings(StrictModel):
                     "targeted set has either way.",
     )
     publish_student: Student = Field("targeted", description="The student a passed gate publishes; one of students.")
+    rehearsal_share: float = Field(
+        0.25, ge=0, lt=1,
+        description="LoRA students: the share of each student's budget drawn from the pairs its current adapter was "
+                    "distilled on (see routenlp_ray.loop.rehearsal), so what the new set leaves out is not "
+                    "forgotten. Every student gets the same share; a specialist refit keeps its base pairs anyway.",
+    )
     distill: DistillConfig = Field(
         default_factory=lambda: DistillConfig(max_steps=40, batch_size=4, max_seq_len=384, checkpoint_every=20),
         description="LoRA and Ray Train settings, shared by both students so the budgets are equal.",
@@ -304,11 +311,24 @@ class Iteration:
             budget = min(self.settings.budget_examples, len(targeted))
             if budget == 0:
                 raise ValueError("no teacher examples were mined from the query log: nothing to distil")
-            targeted = targeted[:budget]
-            untargeted = self._random_traffic(budget, rng) if "untargeted" in self.settings.students else []
-            return {"budget": budget, "targeted": targeted, "untargeted": untargeted}
+            pool = self.rehearsal_pool
+            rehearsed = min(len(pool), round(self.settings.rehearsal_share * budget))
+            targeted = targeted[: budget - rehearsed] + rng.sample(pool, rehearsed)
+            untargeted = (self._random_traffic(budget - rehearsed, rng) + rng.sample(pool, rehearsed)
+                          if "untargeted" in self.settings.students else [])
+            return {"budget": budget, "targeted": targeted, "untargeted": untargeted, "rehearsed": rehearsed,
+                    "rehearsal_pool": len(pool)}
 
         return self._stage("training_sets", compute)
+
+    @functools.cached_property
+    def rehearsal_pool(self) -> list[dict[str, str]]:
+        """A LoRA student's earlier distillation pairs (none for a specialist, or with rehearsal off); read once."""
+        if self.is_specialist or self.settings.rehearsal_share == 0:
+            return []
+        from routenlp_ray.loop.rehearsal import earlier_pairs
+
+        return [p for p in earlier_pairs(self.student.engine.adapter_path, self.config) if self._learnable(p["task"])]
 
     def novelty(self) -> NoveltyFn | None:
         """Which teacher answers the specialist's current heads cannot express (None for a LoRA student)."""
@@ -380,6 +400,8 @@ class Iteration:
                     self.run_dir / "adapters" / variant, storage_path=self.run_dir / "ray_train",
                     run_name=f"{self.run_id}-{variant}", init_adapter=self.student.engine.adapter_path,
                 )
+                # The adapter carries its lineage's pairs: the next iteration rehearses them.
+                write_lineage(result.adapter_dir, self.rehearsal_pool, sets[variant])
                 return result.model_dump(mode="json")
 
             results[variant] = self._stage(f"train_{variant}", compute)
@@ -743,6 +765,7 @@ def build_report(
         "budget": {
             "examples_per_student": sets["budget"],
             "untargeted_examples": len(sets["untargeted"]),
+            "rehearsed_per_student": sets.get("rehearsed", 0),
             "targeted_tasks": dict(Counter(e["task"] for e in sets["targeted"]).most_common()),
             "untargeted_tasks": dict(Counter(e["task"] for e in sets["untargeted"]).most_common()),
             "distill": iteration.settings.distill.model_dump(mode="json"),
