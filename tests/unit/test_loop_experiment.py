@@ -140,3 +140,29 @@ def test_the_memo_encoder_embeds_each_text_once_and_returns_the_encoders_vectors
     again = memo.encode(["c", "abc"])
     assert first.tolist() == [[2, 1], [1, 1], [2, 1]] and again.tolist() == [[1, 1], [3, 1]]
     assert inner.seen == ["ab", "c", "abc"] and memo.dim == 2
+
+
+def test_held_out_rows_read_every_row_once_with_a_threshold_fitted_on_the_other_half() -> None:
+    from routenlp_ray.loop.iteration import held_out_rows
+    from routenlp_ray.recording.tables import TaskTable, in_held_out_half
+
+    n = 40
+    ids = [f"q{i}" for i in range(n)]
+    u = np.linspace(0, 1, n)
+    quality = np.c_[np.ones(n), np.ones(n)]
+    table = TaskTable("t", ids, [""] * n, quality, quality > 0, np.c_[np.full(n, 0.1), np.ones(n)],
+                      np.c_[u, np.zeros(n)], ["cheap", "frontier"])
+    seen: list[set[str]] = []
+
+    def threshold_for(calib: TaskTable) -> float:
+        seen.append(set(calib.ids))
+        return float(np.median(calib.uncertainty[:, 0]))
+
+    [rows] = held_out_rows([table], threshold_for)
+    assert sorted(rows.ids) == sorted(ids) and len(rows.paid) == n
+    first = {i for i in ids if in_held_out_half(i)}
+    assert seen == [set(ids) - first, first]  # each half calibrated on the other
+    position = {i: k for k, i in enumerate(rows.ids)}
+    for i, fitted_without in ((i, rows.thresholds[0] if i in first else rows.thresholds[1]) for i in ids):
+        accepted = u[ids.index(i)] <= fitted_without
+        assert rows.answered[position[i]] == (0 if accepted else 1)
