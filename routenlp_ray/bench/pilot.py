@@ -399,7 +399,8 @@ class PilotRunner:
         report = result.report
         student = ARM_LOOPS[arm][0]
         return {
-            "outcome": "published" if result.published else "refused",
+            "outcome": ("recalibrated" if report["gate"].get("recalibration_only") else "published")
+            if result.published else "refused",
             "published": result.published, "gate_reasons": result.gate_reasons,
             "published_tasks": report["gate"].get("published_tasks"), "held_back": report["gate"].get("held_back"),
             "failures": report["mining"]["failures"], "examples": report["budget"]["examples_per_student"],

@@ -80,7 +80,7 @@ def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, see
                         for k in FIGURES} for t in tasks}
             loops = [r["loop"] for r in rows if r.get("loop")]
             entry["releases"] = {o: sum(lp["outcome"] == o for lp in loops)
-                                 for o in ("published", "refused", "nothing_to_distil")}
+                                 for o in ("published", "recalibrated", "refused", "nothing_to_distil")}
             entry["seconds"] = _mean_sd([r.get("seconds", 0.0) for r in rows])
             table.append(entry)
 
@@ -178,14 +178,14 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
     for where, title in (("held_out", "Held-out slice (validation)"), ("traffic", "That week's traffic (train)")):
         lines += [f"## {title}", "",
                   "| week | arm | cost reduction | quality retention | specialist share | accepted-error rate "
-                  "| escalation rate | releases (published / refused / nothing) |",
+                  "| escalation rate | releases (published / recalibrated only / refused / nothing) |",
                   "|---|---|---|---|---|---|---|---|"]
         for e in sorted(report["weeks"], key=lambda e: (e["week"], e["arm"])):
             m = e[where]
             rel = e["releases"]
             lines.append(f"| {e['week']} | {e['arm']} | {_cell(m['cost_reduction'])} | {_cell(m['quality_retention'])} "
                          f"| {_cell(m['specialist_share'])} | {_cell(m['accepted_error_rate'])} "
-                         f"| {_cell(m['escalation_rate'])} | {rel['published']} / {rel['refused']} / "
+                         f"| {_cell(m['escalation_rate'])} | {rel['published']} / {rel.get('recalibrated', 0)} / {rel['refused']} / "
                          f"{rel['nothing_to_distil']} |")
         lines.append("")
     for arm, arm_ratios in report["ratios"].items():

@@ -557,16 +557,22 @@ class Iteration:
         heads.update({t: (new / t, new_manifest.tasks[t]) for t in tasks})
         return write_artifact(target, f"{new_manifest.version}-partial", new_manifest.encoder.source, heads)
 
-    def recalibrate(self, trained: dict[str, Any], evaluation: dict[str, Any],
+    def recalibrate(self, trained: dict[str, Any] | None, evaluation: dict[str, Any],
                     tasks: Sequence[str] | None = None) -> Path:
-        """Thresholds for the new student, calibrated on all of its held-out answers (only ``tasks``' if given:
-        the others keep the current thresholds)."""
-        published = self.settings.publish_student
-        config = self.variant_config(trained[published]["artifact_dir"])
-        tables = load_tables(config, [self.records_dir(published)], self.data_dir, evaluation["tasks"],
-                             [self.settings.eval_split])
-        # The student is the first tier of each table; the frontier (last) has no threshold.
-        fitted = {t.task: self.threshold_for(t) for t in tables if tasks is None or t.task in tasks}
+        """Thresholds for the new student, calibrated on all of its held-out answers. With ``tasks``, only
+        theirs: the heads kept from the current model get theirs refitted on the same rows (the newest
+        labelled data), so what is served keeps its quality target as traffic drifts. ``trained`` None:
+        only the current model's."""
+        fitted: dict[str, float | None] = {}
+        if tasks is not None:
+            fitted = {t: v for t, v in self.fit_current_thresholds().items() if t not in tasks}
+        if trained is not None:
+            published = self.settings.publish_student
+            config = self.variant_config(trained[published]["artifact_dir"])
+            tables = load_tables(config, [self.records_dir(published)], self.data_dir, evaluation["tasks"],
+                                 [self.settings.eval_split])
+            # The student is the first tier of each table; the frontier (last) has no threshold.
+            fitted |= {t.task: self.threshold_for(t) for t in tables if tasks is None or t.task in tasks}
         merged = self.current_thresholds().merged({self.student.name: fitted}, version=f"loop-{self.run_id}")
         path = self.run_dir / "thresholds.json"
         merged.model_copy(update={"alpha": self.settings.alpha}).save(path)
@@ -634,8 +640,14 @@ class Iteration:
             if published_tasks:
                 passed = True
                 artifact = str(self.partial_artifact(artifact, published_tasks))
-        if passed:
-            thresholds = self.recalibrate(trained, evaluation, published_tasks)
+        recalibration_only = False
+        if not passed and self.settings.gate_scope == "task" and self.is_specialist and self.current_artifact:
+            # No new head passed, but the heads served are recalibrated on the newest labelled rows.
+            thresholds = self.recalibrate(None, evaluation, [])
+            if ThresholdTable.load(thresholds).thresholds != self.current_thresholds().thresholds:
+                recalibration_only, artifact, published_tasks = True, str(self.current_artifact), []
+        if passed or recalibration_only:
+            thresholds = self.recalibrate(None if recalibration_only else trained, evaluation, published_tasks)
             # A learned router is retrained on the whole student's answers: only a whole release gets one.
             router_path = self.retrain_router(trained, evaluation) if published_tasks is None else None
             if publish and self.config.releases.path:
@@ -653,7 +665,7 @@ class Iteration:
                     ).version
         report = build_report(self, mined, sets, trained, evaluation, passed, reasons, published, router_path)
         report["gate"].update({"scope": self.settings.gate_scope, "published_tasks": published_tasks,
-                               "held_back": held_back})
+                               "held_back": held_back, "recalibration_only": recalibration_only})
         path = self.run_dir / "report.json"
         path.write_text(json.dumps(report, indent=2, default=_jsonable))
         (self.run_dir / "report.md").write_text(report_markdown(report))
