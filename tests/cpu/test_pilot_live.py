@@ -37,6 +37,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
     if ray.is_initialized():
         ray.shutdown()
     gcs, dashboard = free_port(), free_port()
+    # A throwaway local cluster: without token authentication, so this process, `serve run` and
+    # `ray job submit` (which all inherit this environment) need no shared token.
+    saved_auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     subprocess.run([os.path.join(BIN, "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=4",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -48,6 +52,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
         ray.shutdown()
         subprocess.run([os.path.join(BIN, "ray"), "stop", "--force"], check=False, env=env, capture_output=True,
                        timeout=180)
+        if saved_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_auth
 
 
 @pytest.fixture(scope="module")
