@@ -259,7 +259,9 @@ def test_a_failed_specialist_gate_publishes_nothing(app: dict[str, Any], data_di
     store = ReleaseStore(app["tmp"] / "releases")
     before = store.versions()
     config = parse_config(app["config"])
-    settings = LoopSettings(student_tier="specialist", eval_tasks=["cs_intent"], eval_per_task=12)
+    # The whole-release gate: the default per-task gate may still ship a thresholds-only recalibration.
+    settings = LoopSettings(student_tier="specialist", eval_tasks=["cs_intent"], eval_per_task=12,
+                            gate_scope="release")
     result = Iteration(config, settings, config.storage.log_uri, data_dir, runs, "spec-2").run()
     assert not result.gate_passed and result.published is None
     assert store.versions() == before and tier_status()["release"] == "before-loop"
