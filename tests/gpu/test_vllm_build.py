@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from routenlp_ray.config import load_config
-from routenlp_ray.engines import GenerationRequest
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.vllm
@@ -55,67 +54,24 @@ def test_gpu_serve_config_builds_llm_servers_behind_the_router() -> None:
         assert llm_config.model_id == tier.name
         assert llm_config.accelerator_type == tier.engine.accelerator_type
         assert llm_config.engine_kwargs["max_logprobs"] >= 1
+        # Each engine worker (one per tensor-parallel rank) holds one GPU; the replica reserves nothing more.
+        assert llm_config.accelerator_config.kind == "gpu"
+        assert llm_config.placement_group_config["bundle_per_worker"] == {
+            "CPU": tier.resources.num_cpus, "GPU": tier.resources.num_gpus}
+        assert deployment._deployment_config.max_ongoing_requests == tier.max_ongoing_requests
 
 
-def test_router_asks_llm_servers_for_logprobs_and_reads_them() -> None:
-    from ray.serve.llm.openai_api_models import ChatCompletionResponse
+def test_cpu_serve_config_builds_a_cpu_llm_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.builders import build_app
 
-    from routenlp_ray.engines.serve_llm import ServeLLMTierClient
-
-    tier = load_config(REPO_ROOT / "serve_config.yaml").tier("small")
-    sent: list[Any] = []
-
-    class FakeStream:
-        """Stands in for the streaming handle call: yields one non-streaming response."""
-
-        def __init__(self, body: Any) -> None:
-            sent.append(body)
-
-        def __aiter__(self) -> "FakeStream":
-            self._done = False
-            return self
-
-        async def __anext__(self) -> Any:
-            if self._done:
-                raise StopAsyncIteration
-            self._done = True
-            return ChatCompletionResponse.model_validate({
-                "id": "x", "object": "chat.completion", "created": 0, "model": "small",
-                "choices": [{
-                    "index": 0, "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": "card_arrival"},
-                    "logprobs": {"content": [
-                        {"token": "card", "logprob": -0.1, "bytes": None, "top_logprobs": []},
-                        {"token": "_arrival", "logprob": -0.3, "bytes": None, "top_logprobs": []},
-                    ]},
-                }],
-                "usage": {"prompt_tokens": 20, "completion_tokens": 2, "total_tokens": 22},
-            })
-
-    class FakeHandle:
-        def options(self, **kwargs: Any) -> "FakeHandle":
-            assert kwargs == {"stream": True}
-            return self
-
-        class chat:  # noqa: N801 - mirrors the handle's method attribute
-            @staticmethod
-            def remote(body: Any) -> FakeStream:
-                return FakeStream(body)
-
-    client = ServeLLMTierClient(FakeHandle(), tier)
-    request = GenerationRequest(request_id="r", messages=[{"role": "user", "content": "where is my card?"}], max_tokens=8)
-    result = asyncio.run(client(request))
-    assert sent[0].logprobs is True and sent[0].model == "small" and sent[0].max_tokens == 8
-    assert result.text == "card_arrival" and result.token_logprobs == [-0.1, -0.3]
-    assert (result.prompt_tokens, result.completion_tokens) == (20, 2)
-
-
-def test_streaming_request_to_llm_servers_asks_for_usage_and_logprobs() -> None:
-    from routenlp_ray.engines.serve_llm import ServeLLMTierClient
-
-    tier = load_config(REPO_ROOT / "serve_config.yaml").tier("small")
-    client = ServeLLMTierClient(type("Handle", (), {"options": lambda self, **kw: self})(), tier)
-    request = GenerationRequest(request_id="r", messages=[{"role": "user", "content": "where is my card?"}], max_tokens=8)
-    method, body = client.build_request(request, stream=True)
-    assert method == "chat" and body.stream is True and body.logprobs is True
-    assert body.stream_options.include_usage is True
+    (tmp_path / "models" / "smollm2-student-v1").mkdir(parents=True)  # building only checks that it exists
+    monkeypatch.setenv("ROUTENLP_CACHE", str(tmp_path))
+    args = yaml.safe_load((REPO_ROOT / "serve_config.vllm-cpu.yaml").read_text())["applications"][0]["args"]
+    llm_apps = build_app(args)._bound_deployment.init_args[2]
+    deployment = llm_apps["smollm2"]._bound_deployment
+    llm_config = deployment.init_kwargs.get("llm_config") or deployment.init_args[0]
+    assert llm_config.accelerator_config.kind == "cpu" and llm_config.accelerator_type is None
+    assert llm_config.engine_kwargs["dtype"] == "float32"
+    assert llm_config.placement_group_config["bundle_per_worker"] == {"CPU": 0.25}
+    assert llm_config.runtime_env["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    assert Path(llm_config.model_loading_config.model_source).is_absolute()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,3 +151,47 @@ def test_a_specialist_tier_must_name_its_tasks(tmp_path: Path, replay_file: Path
     config = parse_config(data).with_absolute_paths(tmp_path)
     assert config.tiers[0].engine.path == str(tmp_path / "artifacts/specialists/x")
     assert config.tiers[0].serves("chat") and not config.tiers[0].serves("other")
+
+
+def vllm_tier_dict(**engine: Any) -> dict[str, Any]:
+    return {"name": "small", "engine": {"type": "vllm", "model_source": "some/model", **engine},
+            "pricing": {"input_per_1m": 0.1, "output_per_1m": 0.2}, "resources": {"num_cpus": 1, "num_gpus": 1}}
+
+
+@pytest.mark.parametrize(("engine", "resources", "message"), [
+    ({"device": "cpu", "accelerator_type": "L4"}, {"num_gpus": 0},
+     "accelerator_type 'L4' needs device: gpu"),
+    ({"cpu_kvcache_space_gb": 2}, {"num_gpus": 1}, "cpu_kvcache_space_gb 2 needs device: cpu"),
+    ({"device": "cpu"}, {"num_gpus": 1}, "resources.num_gpus 1.0 with engine.device cpu"),
+    ({}, {"num_gpus": 4}, "resources.num_gpus 4.0: a vLLM tier's resources are per engine worker"),
+    ({}, {"num_gpus": 0}, "resources.num_gpus 0.0"),
+    ({"max_input_tokens": 1000, "engine_kwargs": {"max_model_len": 1024}}, {"num_gpus": 1},
+     "engine.max_input_tokens 1000 + limits.max_tokens 512 exceeds engine.engine_kwargs.max_model_len 1024"),
+    ({"device": "cpu", "cpu_threads_bind": "all of them"}, {"num_gpus": 0}, "cpu_threads_bind"),
+])
+def test_vllm_engine_config_errors_name_the_field(
+    tmp_path: Path, replay_file: Path, engine: dict[str, Any], resources: dict[str, Any], message: str
+) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    tier = vllm_tier_dict(**engine)
+    tier["resources"].update(resources)
+    data["tiers"][0] = tier
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert message in str(err.value)
+
+
+def test_a_cpu_vllm_engine_sets_vllms_cpu_environment(tmp_path: Path, replay_file: Path) -> None:
+    data = small_config_dict(tmp_path, replay_file)
+    tier = vllm_tier_dict(device="cpu", cpu_kvcache_space_gb=2, cpu_threads_bind="0-1")
+    tier["resources"]["num_gpus"] = 0
+    data["tiers"][0] = tier
+    engine = parse_config(data).tier("small").engine
+    assert engine.environment() == {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1"}
+
+
+def test_cpu_vllm_config_loads() -> None:
+    config = load_config(REPO_ROOT / "serve_config.vllm-cpu.yaml")
+    engine = config.tier("smollm2").engine
+    assert engine.type == "vllm" and engine.device == "cpu" and engine.engine_kwargs["dtype"] == "float32"
+    assert [t.name for t in config.tiers] == ["specialist", "smollm2", "frontier"]
