@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.routenlp-installed
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup serve serve-vllm-cpu vllm-cpu-model test test-unit test-vllm bench check clean
+.PHONY: setup serve serve-vllm-cpu vllm-cpu-model bench-llm-tiers test test-unit test-vllm bench check clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ vllm-cpu-model: $(VLLM_VENV)/.installed
 # The embedded default with its SmolLM2 tier on real vLLM (CPU backend) through Ray Serve LLM.
 serve-vllm-cpu: vllm-cpu-model
 	$(VLLM_VENV)/bin/routenlp serve serve_config.vllm-cpu.yaml
+
+# The transformers and vLLM-CPU LLM tiers side by side (results/bench_llm_tiers.{json,md}).
+bench-llm-tiers: vllm-cpu-model
+	$(VLLM_VENV)/bin/routenlp bench llm-tiers --out results/bench_llm_tiers.json
 
 # The real vLLM CPU engine behind the real router and the openai client (tests/gpu, marker `vllm`).
 test-vllm: $(VLLM_VENV)/.installed

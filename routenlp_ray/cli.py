@@ -651,6 +651,35 @@ def _cmd_bench_pilot_live(args: argparse.Namespace) -> int:
     return 0 if report["failed_requests"] == 0 else 1
 
 
+def _cmd_bench_llm_tiers(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.llm_tiers import llm_tiers_markdown, run_llm_tier_benchmark
+
+    sides = {"transformers": (args.transformers_config, args.tier), "vllm-cpu": (args.vllm_config, args.tier)}
+    report = run_llm_tier_benchmark(args.out, _serving_apps(), sides, concurrency=tuple(args.concurrency),
+                                    requests_per_client=args.requests_per_client, rounds=args.rounds,
+                                    max_tokens=args.max_tokens)
+    markdown = llm_tiers_markdown(report)
+    Path(args.out).with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+    return 0
+
+
+def _cmd_bench_gpu_smoke(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.gpu_smoke import GPUUnavailableError, run_gpu_smoke
+
+    try:
+        report = run_gpu_smoke(args.out, args.data_dir, _serving_apps(), per_task=args.per_task)
+    except GPUUnavailableError as exc:
+        print(f"routenlp bench gpu-smoke: {exc}", file=sys.stderr)
+        return 2
+    for task, row in report["per_task"].items():
+        print(f"{task}: {row['queries']} queries, answered by {row['answered_by']}, "
+              f"median {row['median_latency_s']:.2f} s")
+    print(f"{report['gpu']}: wrote {args.out}")
+    return 0
+
+
 def _cmd_bench_streaming(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.streaming_bench import run_streaming_benchmark
 
@@ -1158,6 +1187,27 @@ def build_parser() -> argparse.ArgumentParser:
     streaming.add_argument("--max-tokens", type=int, default=48)
     streaming.add_argument("--out", default="results/bench_streaming.json")
     streaming.set_defaults(func=_cmd_bench_streaming)
+
+    gpu_smoke = benches.add_parser(
+        "gpu-smoke", help="two vLLM tiers on a CUDA GPU, the six tasks through the openai client "
+        "(benchmarks/gpu_smoke.sh); stops at once without a GPU")
+    gpu_smoke.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    gpu_smoke.add_argument("--per-task", type=int, default=5)
+    gpu_smoke.add_argument("--out", default="results/gpu_smoke.json")
+    gpu_smoke.set_defaults(func=_cmd_bench_gpu_smoke)
+
+    llm_tiers = benches.add_parser(
+        "llm-tiers", help="the transformers and vLLM-CPU SmolLM2 tiers side by side at 1, 8 and 16 clients "
+        "(run it from the vLLM environment: make bench-llm-tiers)")
+    llm_tiers.add_argument("--transformers-config", default=DEFAULT_LOCAL_CONFIG)
+    llm_tiers.add_argument("--vllm-config", default="serve_config.vllm-cpu.yaml")
+    llm_tiers.add_argument("--tier", default="smollm2", help="the tier measured in both configs")
+    llm_tiers.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
+    llm_tiers.add_argument("--requests-per-client", type=int, default=3)
+    llm_tiers.add_argument("--rounds", type=int, default=2)
+    llm_tiers.add_argument("--max-tokens", type=int, default=32)
+    llm_tiers.add_argument("--out", default="results/bench_llm_tiers.json")
+    llm_tiers.set_defaults(func=_cmd_bench_llm_tiers)
 
     serving = benches.add_parser("serving", help="router ingress overhead and memory of the embedded default")
     serving.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
