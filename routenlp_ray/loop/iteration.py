@@ -344,7 +344,7 @@ class Iteration:
             classes = [str(c) for c in head.get("classes", [])]
             if head.get("kind") == "entities":
                 known[task] = ("entities", {c.split("-", 1)[1] for c in classes if "-" in c})
-            elif head.get("kind") == "label":
+            elif head.get("kind") in ("label", "finetuned_label"):
                 known[task] = ("label", set(classes))
 
         def novel(task: str, answer: str) -> bool:

@@ -28,7 +28,12 @@ from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.specialists.artifact import data_fingerprint, read_head, read_manifest, read_pairs, write_artifact
 from routenlp_ray.specialists.heads import source_pairs
-from routenlp_ray.specialists.training import SpecialistTrainingConfig, TaskPairs, distill_specialists
+from routenlp_ray.specialists.training import (
+    FineTuneSettings,
+    SpecialistTrainingConfig,
+    TaskPairs,
+    distill_specialists,
+)
 
 __all__ = ["SpecialistRefitSettings", "base_pairs", "refit_specialist"]
 
@@ -150,7 +155,10 @@ def refit_specialist(
     # The C each base head chose; an answer cache has none, and a first head picks its own.
     task_Cs = {task: [float(manifest.tasks[task].metrics["C"])] for task in pairs
                if task in manifest.tasks and "C" in manifest.tasks[task].metrics}
-    training = SpecialistTrainingConfig(encoder_source=manifest.encoder.source, task_Cs=task_Cs,
+    # A fine-tuned head is continued, not started over: its layers and classifier are the starting point.
+    finetune = {task: _continued_settings(folder / task) for task in pairs
+                if task in manifest.tasks and read_head(folder / task).get("kind") == "finetuned_label"}
+    training = SpecialistTrainingConfig(encoder_source=manifest.encoder.source, task_Cs=task_Cs, finetune=finetune,
                                         cpus_per_worker=settings.cpus_per_worker,
                                         encoding_cache=settings.encoding_cache)
     if not output.exists():
@@ -170,5 +178,20 @@ def refit_specialist(
         "new_tasks": sorted(set(by_task) - set(base)),
         "new_tasks_with_too_few_pairs": too_few,
         "task_Cs": task_Cs,
+        "continued_finetuned_heads": sorted(finetune),
         "wall_seconds": time.perf_counter() - started,
     }
+
+
+def _continued_settings(head_folder: Path) -> FineTuneSettings:
+    """The settings a fine-tuned head was trained with, continuing from its own weights."""
+    head = read_head(head_folder)
+    training = head.get("training", {})
+    return FineTuneSettings(
+        trained_layers=int(head["trained_layers"]), max_length=int(head["max_length"]),
+        epochs=int(training.get("max_epochs", FineTuneSettings().epochs)),
+        learning_rate=float(training.get("learning_rate", FineTuneSettings().learning_rate)),
+        head_learning_rate=float(training.get("head_learning_rate", FineTuneSettings().head_learning_rate)),
+        batch_size=int(training.get("batch_size", FineTuneSettings().batch_size)),
+        init_from=str(head_folder.resolve()),
+    )

@@ -13,11 +13,12 @@ encoder, and answers with the evidence the cascade scores (:class:`HeadAnswer`):
   log of that cosine similarity, so ``mean_nll`` is ``-log(similarity)``, monotone in it.
 
 All heads share one frozen encoder (:class:`SpecialistEncoder`), so a query is encoded once
-whatever the task, and a head is a few hundred KB of weights, not an encoder copy. Fine-tuning
-the encoder itself (LoRA through transformers ``Trainer``) was measured and set aside: on a
-2-core CPU, one epoch over 2,000 cs_intent pairs took 50 s and reached 12% accuracy on a
-held-out slice of train, where the frozen encoder and a logistic-regression head reached
-90% from all 9,054 pairs in 27 s.
+whatever the task, and a head is a few hundred KB of weights, not an encoder copy. A label task
+can instead fine-tune the encoder's top layers over a shared frozen trunk
+(:class:`~routenlp_ray.specialists.finetuned.FineTunedLabelSpecialist`, kind ``finetuned_label``,
+chosen per task in :class:`~routenlp_ray.specialists.training.SpecialistTrainingConfig`). An
+earlier LoRA attempt that reached 12% on cs_intent after one epoch was mis-tuned: one short
+epoch with a linear decay, a randomly initialised 77-way classifier at the adapters' learning rate.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from routenlp_ray._exceptions import ArtifactError, MissingExtraError, NotFitted
 from routenlp_ray.models.encoder import MINILM_SOURCE, SentenceEncoder
 from routenlp_ray.models.encoding_cache import EncodingCache
 from routenlp_ray.specialists.artifact import HEAD_FILE, data_fingerprint, read_head
+from routenlp_ray.specialists.finetuned import FineTunedLabelSpecialist
 from routenlp_ray.specialists.lexical import LexicalFeatures
 
 __all__ = [
@@ -573,7 +575,8 @@ def source_pairs(ref: dict[str, str], data_dir: str | os.PathLike[str]) -> tuple
     return [str(r[ref["input_field"]]) for r in rows], [answer_text(r[ref["answer_field"]]) for r in rows]
 
 
-HEADS: dict[str, Any] = {"label": LabelSpecialist, "entities": EntitySpecialist, "cache": AnswerCache}
+HEADS: dict[str, Any] = {"label": LabelSpecialist, "entities": EntitySpecialist, "cache": AnswerCache,
+                         "finetuned_label": FineTunedLabelSpecialist}
 
 
 def make_head(kind: str, encoder: SpecialistEncoder, **params: Any) -> Any:

@@ -1,7 +1,9 @@
 """Distil the frontier into specialist heads as a Ray Train job, and write a versioned artifact.
 
 :func:`distill_specialists` runs one :class:`ray.train.torch.TorchTrainer` worker that loads the
-shared encoder once and fits one head per task from (query, frontier answer) pairs. The heads
+shared encoder once and fits one head per task from (query, frontier answer) pairs: a linear head
+on frozen features or, for the label tasks ``SpecialistTrainingConfig.finetune`` names, the
+encoder's top layers fine-tuned with transformers ``Trainer`` (a ``finetuned_label`` head). The heads
 come back as the run's checkpoint (kept in Ray Train storage, so a finished run is on record),
 and the driver assembles them into an artifact folder with a checksummed manifest
 (:mod:`routenlp_ray.specialists.artifact`) that the specialist engine and the release store load.
@@ -29,6 +31,7 @@ from routenlp_ray.specialists.artifact import (
 )
 
 __all__ = [
+    "FineTuneSettings",
     "SpecialistTrainingConfig",
     "TaskPairs",
     "distill_specialists",
@@ -59,6 +62,22 @@ class TaskPairs(StrictModel):
     )
 
 
+class FineTuneSettings(StrictModel):
+    """How a label task's fine-tuned head is trained (:class:`~routenlp_ray.specialists.finetuned.FineTunedLabelSpecialist`)."""
+
+    trained_layers: int = Field(2, ge=1, description="Top encoder layers fine-tuned per task; the rest are a shared frozen trunk.")
+    epochs: int = Field(8, ge=1, description="Most epochs trained; the best epoch on the held-out slice is kept.")
+    learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the fine-tuned encoder layers.")
+    head_learning_rate: float = Field(2e-3, gt=0, description="Learning rate of the new classifier.")
+    batch_size: int = Field(32, ge=1, description="Training batch size (length-grouped).")
+    max_length: int = Field(256, ge=8, description="Tokens kept per query.")
+    init_from: str | None = Field(
+        None,
+        description="A fine-tuned head folder to continue from (a loop refit): its layers, and its classifier rows "
+                    "for the classes it knows, are the starting point instead of the packaged encoder.",
+    )
+
+
 class SpecialistTrainingConfig(StrictModel):
     """How heads are fitted and where the Ray Train worker runs."""
 
@@ -76,6 +95,11 @@ class SpecialistTrainingConfig(StrictModel):
     lexical_features: int = Field(
         20_000, ge=0,
         description="Word n-gram TF-IDF columns a label head adds to the sentence vector (0: the sentence vector only).",
+    )
+    finetune: dict[str, FineTuneSettings] = Field(
+        default_factory=dict,
+        description="Label tasks that fine-tune the encoder's top layers (finetuned_label heads) instead of fitting "
+                    "a linear head on frozen features; task -> settings.",
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs the worker reserves; also its torch thread count.")
     seed: int = Field(0, description="Seed of the held-out split.")
@@ -100,17 +124,28 @@ def fit_heads(
             raise ValueError(f"task {task!r}: {len(data.texts)} texts but {len(data.answers)} answers")
         started = time.perf_counter()
         Cs = config.task_Cs.get(task, config.Cs)
-        params = {} if data.kind == "cache" else {"Cs": Cs, "holdout": config.holdout, "seed": config.seed}
-        if data.kind == "label":
+        params: dict[str, Any] = {} if data.kind == "cache" else {"Cs": Cs, "holdout": config.holdout, "seed": config.seed}
+        head_kind: str = data.kind
+        if task in config.finetune:
+            if data.kind != "label":
+                raise ValueError(f"task {task!r} has a {data.kind!r} head; only label tasks can be fine-tuned "
+                                 f"(SpecialistTrainingConfig.finetune names it)")
+            head_kind = "finetuned_label"
+            params = {**config.finetune[task].model_dump(), "holdout": config.holdout, "seed": config.seed,
+                      "num_threads": max(1, int(config.cpus_per_worker))}
+        elif data.kind == "label":
             params["lexical_features"] = config.lexical_features
-        head = make_head(data.kind, encoder, **params).fit(data.texts, data.answers)
+        head = make_head(head_kind, encoder, **params).fit(data.texts, data.answers)
         if data.source is not None and data.kind == "cache":
             head.save(output_dir / task, source=data.source)
         else:
             # The pairs travel with the head, so the loop can refit it on them plus what it mines.
             write_pairs(head.save(output_dir / task), data.texts, data.answers)
         metrics: dict[str, float] = {"fit_seconds": time.perf_counter() - started}
-        if data.kind != "cache":
+        if head_kind == "finetuned_label":
+            metrics.update({"epochs": head.epochs_, "train_seconds": head.train_seconds_,
+                            **{f"holdout_at_epoch={e}": v for e, v in head.holdout_scores_.items()}})
+        elif data.kind != "cache":
             metrics.update({"C": head.C_, **{f"holdout_at_C={c:g}": v for c, v in head.holdout_scores_.items()}})
         summary[task] = {
             "kind": data.kind,

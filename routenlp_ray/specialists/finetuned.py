@@ -1,0 +1,395 @@
+"""A label specialist that fine-tunes the encoder: the top layers of the packaged MiniLM, per task.
+
+:class:`FineTunedLabelSpecialist` splits all-MiniLM-L6-v2 in two:
+
+- a **shared trunk**, the embeddings and the bottom ``6 - trained_layers`` transformer layers,
+  frozen and never copied (one per process and encoder, see :func:`shared_trunk`);
+- a **per-task top**: copies of the top ``trained_layers`` layers, fine-tuned, then mean pooling
+  and a linear classifier over the frontier's labels.
+
+Why a shared trunk and not LoRA over all layers: the trunk's token states are computed once per
+training text and reused every epoch, so an epoch costs the top layers' forward and backward only
+(about a third of a full fine-tune on a 2-core CPU); the artifact holds the top layers in float16
+(2 layers: 3.6M parameters, 7 MB), and serving runs the trunk plus one task's top, the same six
+layers a frozen-encoder head runs, with no adapter arithmetic.
+
+Training is transformers ``Trainer`` over the cached trunk states, length-grouped batches, a
+linear schedule with separate learning rates for the layers and the freshly initialised
+classifier. The number of epochs is chosen on a seeded held-out slice of the pairs (the best
+epoch's weights are kept); the model kept is the one trained on the rest.
+
+Evidence is the same as :class:`~routenlp_ray.specialists.heads.LabelSpecialist`'s: the chosen
+class's log-probability and the top-k class log-probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routenlp_ray._exceptions import ArtifactError, NotFittedError
+from routenlp_ray.specialists.artifact import HEAD_FILE, read_head
+
+__all__ = ["FineTunedLabelSpecialist", "shared_trunk"]
+
+WEIGHTS_FILE = "top.safetensors"
+
+
+class _Trunk:
+    """Embeddings and the bottom ``n_layers`` layers of the encoder, frozen, float32, in eval mode."""
+
+    def __init__(self, model_source: str, n_layers: int, max_length: int) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from routenlp_ray.models.sources import resolve_model_source
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = str(resolve_model_source(model_source))
+        self.torch = torch
+        self.model_source, self.n_layers, self.max_length = model_source, n_layers, max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path).eval()
+        self.config = model.config
+        self.total_layers = len(model.encoder.layer)
+        if not 0 <= n_layers < self.total_layers:
+            raise ValueError(f"the trunk keeps {n_layers} of the encoder's {self.total_layers} layers; "
+                             f"it must keep fewer than all of them")
+        self.embeddings = model.embeddings
+        self.layers = model.encoder.layer[:n_layers]
+        # The layers above the trunk, as loaded: a new task's top starts from them.
+        self.upper_layers = model.encoder.layer[n_layers:]
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+
+    def states(self, batch: Any) -> Any:
+        """Token states after the trunk, shape (batch, tokens, hidden)."""
+        with self.torch.inference_mode():
+            hidden = self.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+            mask = additive_mask(batch["attention_mask"], hidden.dtype)
+            for layer in self.layers:
+                hidden = layer(hidden, mask)
+        return hidden
+
+    def token_states(self, texts: Sequence[str], batch_size: int = 64) -> list[tuple[list[int], Any]]:
+        """Per text: (its token ids, its trunk states of shape (tokens, hidden)), batched by length."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[Any] = [None] * len(texts)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = self.tokenize([texts[i] for i in chunk])
+            states = self.states(batch)
+            for row, i in enumerate(chunk):
+                n = int(batch["attention_mask"][row].sum())
+                out[i] = (batch["input_ids"][row, :n].tolist(), states[row, :n].clone())
+        return out
+
+
+@lru_cache(maxsize=4)
+def shared_trunk(model_source: str, n_layers: int, max_length: int = 256) -> _Trunk:
+    """The one trunk every fine-tuned head on this encoder and depth shares in this process."""
+    return _Trunk(model_source, n_layers, max_length)
+
+
+def additive_mask(attention_mask: Any, dtype: Any) -> Any:
+    """(batch, 1, 1, tokens) mask to add to attention scores: 0 for tokens, the dtype's minimum for padding."""
+    import torch
+
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def _top_module(trunk: _Trunk, n_classes: int, dropout: float) -> Any:
+    import torch
+
+    class TopClassifier(torch.nn.Module):
+        """The task's top layers, mean pooling over the tokens, and a linear classifier."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.ModuleList(copy.deepcopy(list(trunk.upper_layers)))
+            for parameter in self.layers.parameters():
+                parameter.requires_grad_(True)
+            self.dropout = torch.nn.Dropout(dropout)
+            self.classifier = torch.nn.Linear(trunk.config.hidden_size, n_classes)
+            torch.nn.init.zeros_(self.classifier.weight)
+            torch.nn.init.zeros_(self.classifier.bias)
+
+        def forward(self, hidden_states: Any, attention_mask: Any, labels: Any = None) -> dict[str, Any]:
+            mask = additive_mask(attention_mask, hidden_states.dtype)
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, mask)
+            weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+            pooled = (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            logits = self.classifier(self.dropout(pooled))
+            out = {"logits": logits}
+            if labels is not None:
+                out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
+            return out
+
+    return TopClassifier()
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pad cached trunk states into a batch; ``input_ids`` only tell the length-grouped sampler the lengths."""
+    import torch
+
+    width = max(item["states"].shape[0] for item in items)
+    hidden = items[0]["states"].shape[1]
+    states = torch.zeros(len(items), width, hidden)
+    mask = torch.zeros(len(items), width, dtype=torch.long)
+    for row, item in enumerate(items):
+        n = item["states"].shape[0]
+        states[row, :n], mask[row, :n] = item["states"], 1
+    return {"hidden_states": states, "attention_mask": mask,
+            "labels": torch.tensor([item["labels"] for item in items], dtype=torch.long)}
+
+
+class FineTunedLabelSpecialist:
+    """A label classifier that fine-tunes the encoder's top layers on (query, frontier answer) pairs.
+
+    Parameters appear only here; ``fit`` returns ``self`` and learned attributes end in ``_``.
+    ``epochs`` is the most it trains; the epoch kept is the best on the held-out slice.
+    """
+
+    kind = "finetuned_label"
+
+    def __init__(
+        self,
+        encoder: Any = None,
+        *,
+        encoder_source: str | None = None,
+        trained_layers: int = 2,
+        epochs: int = 4,
+        learning_rate: float = 1e-4,
+        head_learning_rate: float = 2e-3,
+        batch_size: int = 32,
+        max_length: int = 256,
+        dropout: float = 0.1,
+        holdout: float = 0.1,
+        seed: int = 0,
+        num_threads: int | None = None,
+        init_from: str | os.PathLike[str] | None = None,
+    ) -> None:
+        from routenlp_ray.models.encoder import MINILM_SOURCE
+
+        # ``encoder`` is the tier's shared SpecialistEncoder (for its source); this head runs its own trunk.
+        self.encoder = encoder
+        self.encoder_source = encoder_source or getattr(encoder, "model_source", None) or MINILM_SOURCE
+        self.trained_layers = trained_layers
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.head_learning_rate = head_learning_rate
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.dropout = dropout
+        self.holdout = holdout
+        self.seed = seed
+        self.num_threads = num_threads
+        self.init_from = init_from
+
+    # -- training ---------------------------------------------------------------------------
+    def _trunk(self) -> _Trunk:
+        import torch
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        # The trunk depth is the encoder's layers minus the trained ones; read the depth from its config.
+        total = _encoder_depth(self.encoder_source)
+        if not 1 <= self.trained_layers <= total:
+            raise ValueError(f"trained_layers must be between 1 and {total} (the encoder's layers), "
+                             f"got {self.trained_layers}")
+        return shared_trunk(self.encoder_source, total - self.trained_layers, self.max_length)
+
+    def fit(self, texts: Sequence[str], answers: Sequence[str]) -> "FineTunedLabelSpecialist":
+        import torch
+        from transformers import Trainer, TrainingArguments, get_linear_schedule_with_warmup
+
+        if len(texts) != len(answers) or not texts:
+            raise ValueError(f"fit needs as many answers as texts, at least one (got {len(texts)} and {len(answers)})")
+        texts, labels = list(texts), [a.strip() for a in answers]
+        torch.manual_seed(self.seed)
+        trunk = self._trunk()
+        self.classes_ = np.asarray(sorted(set(labels)))
+        label_id = {c: i for i, c in enumerate(self.classes_.tolist())}
+        order = np.random.default_rng(self.seed).permutation(len(texts))
+        n_held = int(len(texts) * self.holdout) if len(texts) >= 20 else 0
+        held, fit = order[:n_held], order[n_held:]
+        started = time.perf_counter()
+        cached = trunk.token_states(texts)
+        self.encode_seconds_ = time.perf_counter() - started
+        items = [{"input_ids": cached[i][0], "states": cached[i][1], "labels": label_id[labels[i]]} for i in range(len(texts))]
+        train_items, held_items = [items[i] for i in fit], [items[i] for i in held]
+        model = _top_module(trunk, len(self.classes_), self.dropout)
+        if self.init_from is not None:
+            self._continue_from(model, Path(self.init_from))
+        head_params = list(model.classifier.parameters())
+        layer_params = list(model.layers.parameters())
+        optimizer = torch.optim.AdamW([
+            {"params": layer_params, "lr": self.learning_rate},
+            {"params": head_params, "lr": self.head_learning_rate},
+        ], weight_decay=0.01)
+        steps = -(-len(train_items) // self.batch_size) * self.epochs
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
+
+        def accuracy(prediction: Any) -> dict[str, float]:
+            return {"accuracy": float(np.mean(np.argmax(prediction.predictions, -1) == prediction.label_ids))}
+
+        with tempfile.TemporaryDirectory(prefix="finetuned-label-") as run_dir:
+            evaluate = "epoch" if held_items else "no"
+            args = TrainingArguments(
+                output_dir=run_dir, per_device_train_batch_size=self.batch_size, per_device_eval_batch_size=64,
+                num_train_epochs=self.epochs, eval_strategy=evaluate, save_strategy=evaluate, save_total_limit=1,
+                load_best_model_at_end=bool(held_items), metric_for_best_model="accuracy", greater_is_better=True,
+                train_sampling_strategy="group_by_length", use_cpu=True, dataloader_num_workers=0,
+                remove_unused_columns=False, report_to=[], logging_strategy="no", seed=self.seed,
+                disable_tqdm=True, save_only_model=True,
+            )
+            trainer = Trainer(model=model, args=args, train_dataset=train_items, eval_dataset=held_items or None,
+                              data_collator=_collate, compute_metrics=accuracy, optimizers=(optimizer, scheduler))
+            started = time.perf_counter()
+            trainer.train()
+            self.train_seconds_ = time.perf_counter() - started
+            history = [h for h in trainer.state.log_history if "eval_accuracy" in h]
+            self.holdout_scores_ = {int(round(h["epoch"])): float(h["eval_accuracy"]) for h in history}
+            self.epochs_ = (max(self.holdout_scores_, key=lambda e: (self.holdout_scores_[e], -e))
+                            if self.holdout_scores_ else self.epochs)
+        self.n_fit_, self.holdout_index_ = len(train_items), np.sort(held)
+        self.model_ = model.eval()
+        return self
+
+    def _continue_from(self, model: Any, folder: Path) -> None:
+        """Start from a fitted head: its layers, and its classifier rows for the classes both know."""
+        import torch
+
+        base = type(self).load(folder)
+        if (base.encoder_source, base.trained_layers) != (self.encoder_source, self.trained_layers):
+            raise ValueError(f"init_from {str(folder)!r} fine-tuned {base.trained_layers} layers of "
+                             f"{base.encoder_source!r}; this head fine-tunes {self.trained_layers} of {self.encoder_source!r}")
+        model.layers.load_state_dict(base.model_.layers.state_dict())
+        known = {str(c): i for i, c in enumerate(base.classes_)}
+        with torch.no_grad():
+            for row, name in enumerate(self.classes_.tolist()):
+                if name in known:
+                    model.classifier.weight[row] = base.model_.classifier.weight[known[name]]
+                    model.classifier.bias[row] = base.model_.classifier.bias[known[name]]
+        self.continued_classes_ = sorted(set(known) & set(self.classes_.tolist()))
+
+    # -- answering --------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit or load first")
+
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        trunk = self._trunk()
+        batch = trunk.tokenize(texts)
+        states = trunk.states(batch)
+        with trunk.torch.inference_mode():
+            return self.model_(states, batch["attention_mask"])["logits"].float().numpy()
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Class probabilities, shape (len(texts), len(classes_)); texts are batched by length."""
+        self._check_fitted()
+        texts = list(texts)
+        probs = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            logits = self._logits([texts[i] for i in chunk])
+            logits -= logits.max(axis=1, keepdims=True)
+            p = np.exp(logits)
+            probs[chunk] = p / p.sum(axis=1, keepdims=True)
+        return probs
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [str(self.classes_[i]) for i in self.predict_proba(texts).argmax(axis=1)]
+
+    def answer(self, texts: Sequence[str], top_k: int = 5) -> list[Any]:
+        from routenlp_ray.specialists.heads import HeadAnswer
+
+        answers = []
+        for row in self.predict_proba(texts):
+            logp = np.log(np.clip(row, 1e-12, 1.0))
+            best = int(row.argmax())
+            top = np.sort(logp)[::-1][:top_k]
+            answers.append(HeadAnswer(str(self.classes_[best]), [float(logp[best])], [[float(x) for x in top]]))
+        return answers
+
+    # -- artifact ---------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the top layers and classifier in float16 (``top.safetensors``) and the settings (``head.json``)."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().to(dtype=_half()).contiguous() for k, v in self.model_.state_dict().items()},
+                  str(target / WEIGHTS_FILE))
+        settings = {
+            "kind": self.kind,
+            "encoder_source": self.encoder_source,
+            "classes": [str(c) for c in self.classes_],
+            "trained_layers": self.trained_layers,
+            "max_length": self.max_length,
+            "dropout": self.dropout,
+            "epochs": self.epochs_,
+            "holdout_scores": {str(k): v for k, v in self.holdout_scores_.items()},
+            "training": {"learning_rate": self.learning_rate, "head_learning_rate": self.head_learning_rate,
+                         "batch_size": self.batch_size, "max_epochs": self.epochs, "holdout": self.holdout,
+                         "seed": self.seed, "init_from": None if self.init_from is None else str(self.init_from)},
+        }
+        (target / HEAD_FILE).write_text(json.dumps(settings, indent=2, ensure_ascii=False))
+        return target
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], encoder: Any = None,
+             num_threads: int | None = None) -> "FineTunedLabelSpecialist":
+        from safetensors.torch import load_file
+
+        source = Path(folder)
+        head = read_head(source)
+        if head.get("kind") != cls.kind:
+            raise ArtifactError(f"{str(source / HEAD_FILE)!r} holds a {head.get('kind')!r} head, not a {cls.kind!r} one")
+        self = cls(encoder, encoder_source=head["encoder_source"], trained_layers=int(head["trained_layers"]),
+                   max_length=int(head["max_length"]), dropout=float(head.get("dropout", 0.1)),
+                   num_threads=num_threads)
+        if encoder is not None and getattr(encoder, "model_source", head["encoder_source"]) != head["encoder_source"]:
+            raise ArtifactError(f"{str(source / HEAD_FILE)!r} was trained on encoder {head['encoder_source']!r}, "
+                                f"not the tier's {encoder.model_source!r}")
+        self.classes_ = np.asarray(head["classes"])
+        self.epochs_ = int(head.get("epochs", 0))
+        self.holdout_scores_ = {int(k): float(v) for k, v in head.get("holdout_scores", {}).items()}
+        model = _top_module(self._trunk(), len(self.classes_), self.dropout)
+        try:
+            weights = load_file(str(source / WEIGHTS_FILE))
+            model.load_state_dict({k: v.float() for k, v in weights.items()})
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a corrupt header
+            raise ArtifactError(f"fine-tuned head {str(source / WEIGHTS_FILE)!r} cannot be loaded: {exc}") from None
+        self.model_ = model.eval()
+        return self
+
+
+def _half() -> Any:
+    import torch
+
+    return torch.float16
+
+
+@lru_cache(maxsize=8)
+def _encoder_depth(model_source: str) -> int:
+    from routenlp_ray.models.sources import resolve_model_source
+
+    config = json.loads((resolve_model_source(model_source) / "config.json").read_text())
+    return int(config["num_hidden_layers"])
