@@ -75,3 +75,16 @@ def test_cpu_serve_config_builds_a_cpu_llm_server(tmp_path: Path, monkeypatch: p
     assert llm_config.placement_group_config["bundle_per_worker"] == {"CPU": 0.25}
     assert llm_config.runtime_env["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     assert Path(llm_config.model_loading_config.model_source).is_absolute()
+
+
+def test_requests_ask_for_logprobs_usage_and_the_prompt_limit() -> None:
+    from routenlp_ray.engines import GenerationRequest
+    from routenlp_ray.engines.serve_llm import ServeLLMTierClient
+
+    tier = load_config(REPO_ROOT / "serve_config.vllm-cpu.yaml").tier("smollm2")
+    client = ServeLLMTierClient(type("Handle", (), {"options": lambda self, **kw: self})(), tier)
+    request = GenerationRequest(request_id="r", messages=[{"role": "user", "content": "where is my card?"}], max_tokens=8)
+    method, body = client.build_request(request, stream=True)
+    assert method == "chat" and body.stream is True and body.logprobs is True and body.top_logprobs == 5
+    assert body.stream_options.include_usage is True
+    assert body.truncate_prompt_tokens == tier.engine.max_input_tokens == 7936
