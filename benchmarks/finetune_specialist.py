@@ -5,6 +5,8 @@ For each label task it fits :class:`~routenlp_ray.specialists.finetuned.FineTune
 trunk) on the frontier's answers to the train split: the same pairs ``routenlp distill-specialists``
 gives the frozen heads (the config's replay frontier). The epoch kept is chosen on the head's seeded
 held-out slice of train (10%); validation is read once, at the end, with ``--validation``.
+With ``--artifact`` it measures the heads a Ray Train job already fitted (their held-out slice is
+rebuilt from the pairs the artifact carries) instead of fitting them here.
 
 Measured per task, in one process: held-out accuracy per epoch, validation accuracy (the task's own
 ``is_correct``) of both heads, training seconds, artifact size, single-query p50 latency and batched
@@ -63,8 +65,9 @@ def latency(answer_fn, texts: list[str], batch_size: int = 64) -> dict[str, floa
             "n_texts": len(texts)}
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != "pairs.jsonl")
+def folder_bytes(folder: Path, pairs: bool = False) -> int:
+    """Bytes of a head's files; without ``pairs``, leaving out the training pairs it carries for the loop."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and (pairs or p.name != "pairs.jsonl"))
 
 
 def main() -> int:
@@ -82,15 +85,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--validation", action="store_true", help="read the validation split (once, at the end)")
-    parser.add_argument("--load", action="store_true",
-                        help="load each task's head from --save-dir (fitted by an earlier run into --out) instead of fitting")
+    parser.add_argument("--artifact", default=None,
+                        help="measure the fine-tuned heads of this specialist artifact (a Ray Train job's, e.g. "
+                             "benchmarks/distill_finetuned_specialists.py) instead of fitting them here")
     parser.add_argument("--save-dir", default="var/finetune", help="each task's fitted head goes to <save-dir>/<task>")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     import numpy as np
 
-    from routenlp_ray.specialists.finetuned import FineTunedLabelSpecialist
     from routenlp_ray.specialists.heads import SpecialistEncoder, load_head
     from routenlp_ray.tasks.data import load_examples
 
@@ -98,13 +101,10 @@ def main() -> int:
     if Path(args.out).is_file():  # one task at a time, into one file
         results["tasks"] = json.loads(Path(args.out).read_text()).get("tasks", {})
     for name in args.tasks:
-        texts, answers, task = frontier_train_pairs(args.config, args.data_dir, name)
-        if args.load:
-            head = FineTunedLabelSpecialist.load(Path(args.save_dir) / name, num_threads=args.threads)
-            row = results["tasks"][name]["finetuned"]
-            held_texts = [texts[i] for i in np.random.default_rng(args.seed).permutation(len(texts))[: row["n_holdout"]]]
-            row["latency"] = latency(head.answer, held_texts)
+        if args.artifact:
+            head, row, held_texts, task = from_artifact(args, name)
         else:
+            texts, answers, task = frontier_train_pairs(args.config, args.data_dir, name)
             head, row, held_texts = fit(args, texts, answers, name)
         encoder = SpecialistEncoder(num_threads=args.threads)
         frozen = load_head(Path(args.frozen) / name, encoder)
@@ -122,6 +122,35 @@ def main() -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def from_artifact(args: argparse.Namespace, name: str):
+    """A Ray-trained head, its training record from the manifest, and its held-out texts (rebuilt from its pairs)."""
+    import numpy as np
+
+    from routenlp_ray.config import load_config
+    from routenlp_ray.specialists import read_manifest
+    from routenlp_ray.specialists.artifact import read_head, read_pairs
+    from routenlp_ray.specialists.finetuned import FineTunedLabelSpecialist
+
+    folder = Path(args.artifact) / name
+    entry = read_manifest(args.artifact).tasks[name]
+    settings = read_head(folder)
+    head = FineTunedLabelSpecialist.load(folder, num_threads=args.threads)
+    texts, _ = read_pairs(folder)
+    holdout, seed = settings["training"]["holdout"], settings["training"]["seed"]
+    held = np.random.default_rng(seed).permutation(len(texts))[: int(len(texts) * holdout)]
+    held_texts = [texts[i] for i in np.sort(held)]
+    row = {
+        "artifact": str(folder), "trained_layers": head.trained_layers, **settings["training"],
+        "n_fit": len(texts) - len(held), "n_holdout": len(held), "n_classes": len(head.classes_),
+        "holdout_accuracy_per_epoch": head.holdout_scores_, "epochs_kept": head.epochs_,
+        "train_seconds": entry.metrics.get("train_seconds"), "fit_seconds": entry.metrics.get("fit_seconds"),
+        "artifact_bytes": folder_bytes(folder), "artifact_bytes_with_pairs": folder_bytes(folder, pairs=True),
+        "latency": latency(head.answer, held_texts),
+    }
+    task = load_config(args.config).task(name)
+    return head, row, held_texts, task
 
 
 def fit(args: argparse.Namespace, texts: list[str], answers: list[str], name: str):

@@ -255,6 +255,7 @@ class FineTunedLabelSpecialist:
                 load_best_model_at_end=bool(held_items), metric_for_best_model="accuracy", greater_is_better=True,
                 train_sampling_strategy="group_by_length", use_cpu=True, dataloader_num_workers=0,
                 remove_unused_columns=False, report_to=[], logging_strategy="no", seed=self.seed,
+                ddp_find_unused_parameters=False,
                 disable_tqdm=True, save_only_model=True,
             )
             trainer = Trainer(model=model, args=args, train_dataset=train_items, eval_dataset=held_items or None,
