@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from routenlp_ray._exceptions import ArtifactError, NotFittedError
+from routenlp_ray.specialists._answer import HeadAnswer
 from routenlp_ray.specialists.artifact import HEAD_FILE, read_head
 
 __all__ = ["FineTunedLabelSpecialist", "shared_trunk"]
@@ -317,9 +318,7 @@ class FineTunedLabelSpecialist:
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [str(self.classes_[i]) for i in self.predict_proba(texts).argmax(axis=1)]
 
-    def answer(self, texts: Sequence[str], top_k: int = 5) -> list[Any]:
-        from routenlp_ray.specialists.heads import HeadAnswer
-
+    def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
         answers = []
         for row in self.predict_proba(texts):
             logp = np.log(np.clip(row, 1e-12, 1.0))

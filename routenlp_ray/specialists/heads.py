@@ -27,7 +27,6 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +35,7 @@ import numpy as np
 from routenlp_ray._exceptions import ArtifactError, MissingExtraError, NotFittedError
 from routenlp_ray.models.encoder import MINILM_SOURCE, SentenceEncoder
 from routenlp_ray.models.encoding_cache import EncodingCache
+from routenlp_ray.specialists._answer import HeadAnswer
 from routenlp_ray.specialists.artifact import HEAD_FILE, data_fingerprint, read_head
 from routenlp_ray.specialists.finetuned import FineTunedLabelSpecialist
 from routenlp_ray.specialists.lexical import LexicalFeatures
@@ -54,15 +54,6 @@ __all__ = [
 ]
 
 O_TAG = "O"
-
-
-@dataclass(frozen=True)
-class HeadAnswer:
-    """One answer with its evidence, in the shape an LLM tier reports it."""
-
-    text: str
-    token_logprobs: list[float]
-    top_logprobs: list[list[float]]
 
 
 class SpecialistEncoder(SentenceEncoder):
