@@ -1,10 +1,11 @@
 """Two LLM tiers side by side in one run: the embedded default's transformers SmolLM2 and the same
 model on vLLM (CPU backend, through Ray Serve LLM).
 
-Each tier runs as the last (so live-streaming) tier of its own router application; both are deployed
-at once, one replica each (autoscaling pinned, so a replica starting mid-run cannot land on one side
-only), and measured in turn at every concurrency level, alternating which goes first each round so
-machine noise lands on both. A request is a streamed chat completion with ``include_usage``, sent by
+Each tier runs as the last (so live-streaming) tier of its own router application, one replica
+(autoscaling pinned, so a replica starting mid-run cannot land on one side only), in the same Ray
+instance and run, one after the other: deployed together on two cores (with another job running),
+the transformers side's first requests timed out behind the vLLM engine, so each side has the
+machine to itself while it is measured, and is deleted before the next is deployed. A request is a streamed chat completion with ``include_usage``, sent by
 ``concurrency`` clients that each wait for their answer before sending the next.
 """
 
@@ -66,27 +67,24 @@ def run_llm_tier_benchmark(
 ) -> dict[str, Any]:
     sides = sides or DEFAULT_SIDES
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    startup_s: dict[str, float] = {}
+    names = list(sides)
     with _local_serve("routenlp-bench-llm-tiers-") as (port, work_dir):
         from ray import serve
 
-        urls: dict[str, str] = {}
-        started = time.perf_counter()
-        for name, (config_path, tier) in sides.items():
-            config = load_config(config_path).with_absolute_paths(Path.cwd())
-            app = apps.router(one_replica(last_tier_config(config, tier, work_dir / name)))
-            serve.run(app, name=f"bench-{name}", route_prefix=f"/{name}")
-            urls[name] = f"http://127.0.0.1:{port}/{name}/v1/chat/completions"
-        startup_s = time.perf_counter() - started
-        for url in urls.values():  # warm-up: first-call caches and compilation, not counted
-            run_level(url, 1, 2, max_tokens)
-        names = list(sides)
-        for round_index in range(rounds):
-            for level_index, level in enumerate(concurrency):
-                order = names if (round_index + level_index) % 2 == 0 else names[::-1]
-                for name in order:
-                    row = run_level(urls[name], level, level * requests_per_client, max_tokens)
-                    results[name].append({**row, "round": round_index})
         for name in names:
+            config_path, tier = sides[name]
+            config = load_config(config_path).with_absolute_paths(Path.cwd())
+            started = time.perf_counter()
+            serve.run(apps.router(one_replica(last_tier_config(config, tier, work_dir / name))),
+                      name=f"bench-{name}", route_prefix=f"/{name}")
+            startup_s[name] = time.perf_counter() - started
+            url = f"http://127.0.0.1:{port}/{name}/v1/chat/completions"
+            run_level(url, 1, 2, max_tokens)  # warm-up: first-call caches and compilation, not counted
+            for round_index in range(rounds):
+                for level in concurrency:
+                    row = run_level(url, level, level * requests_per_client, max_tokens)
+                    results[name].append({**row, "round": round_index})
             serve.delete(f"bench-{name}")
     summary = {name: _summarize(rows, concurrency) for name, rows in results.items()}
     first, second = names[0], names[1] if len(names) > 1 else names[0]
@@ -107,11 +105,11 @@ def run_llm_tier_benchmark(
         "requests_per_client": requests_per_client,
         "rounds": rounds,
         "max_tokens": max_tokens,
-        "startup_s_both": startup_s,
+        "startup_s": startup_s,
         "summary": summary,
         "ratios": {"of": f"{second} / {first}", **ratios},
         "rows": results,
-        "note": ("one replica per side; mean ± sd over rounds of each round's figure; latency is the whole "
+        "note": ("one replica per side, sides measured one after the other; mean ± sd over rounds of each round's figure; latency is the whole "
                  "streamed answer, ttft the first text chunk, both as the openai-compatible client sees them"),
     })
 
@@ -143,7 +141,8 @@ def llm_tiers_markdown(report: dict[str, Any]) -> str:
         f"Made by `routenlp bench llm-tiers` on {report['machine']['cpus']} CPUs ({report['created_at'][:10]}); "
         f"SmolLM2-135M-Instruct with the LoRA student, {report['max_tokens']} new tokens at most, "
         f"{report['requests_per_client']} requests per client per level, {report['rounds']} rounds. "
-        "Each tier is the last tier of its own router, one replica, streamed through the router over HTTP. "
+        "Each tier is the last tier of its own router, one replica, streamed through the router over HTTP; "
+        "the sides run one after the other in one Ray instance. "
         "Mean ± sd over rounds.",
         "",
         "| tier | clients | answers/s | tokens/s | p50 ms | p99 ms | first token p50 ms | first token p99 ms |",
