@@ -38,18 +38,33 @@ def run_level(url: str, concurrency: int, requests: int, max_tokens: int) -> dic
     """``requests`` streamed answers from ``concurrency`` closed-loop clients."""
     bodies = [{"model": "routenlp/chat", "max_tokens": max_tokens, "temperature": 0.0,
                "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]} for i in range(requests)]
+    import httpx
+
+    def timed(body: dict[str, Any]) -> dict[str, Any] | str:
+        try:
+            return _timed_request(url, body, stream=True)
+        except httpx.HTTPError as exc:  # counted and shown, not fatal: a failed request is a result too
+            detail = exc.response.read().decode()[:300] if isinstance(exc, httpx.HTTPStatusError) else ""
+            return f"{type(exc).__name__}: {exc} {detail}".strip()
+
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda body: _timed_request(url, body, stream=True), bodies))
+        outcomes = list(pool.map(timed, bodies))
     wall = time.perf_counter() - started
+    results = [r for r in outcomes if isinstance(r, dict)]
+    errors = [r for r in outcomes if isinstance(r, str)]
+    if not results:
+        raise RuntimeError(f"every request failed at {concurrency} clients: {errors[0]}")
     tokens = sum(r["completion_tokens"] for r in results)
     return {
         "concurrency": concurrency,
         "requests": requests,
+        "failed": len(errors),
+        "errors": errors[:3],
         "wall_s": wall,
-        "answers_per_s": requests / wall,
+        "answers_per_s": len(results) / wall,
         "tokens_per_s": tokens / wall,
-        "mean_completion_tokens": tokens / requests,
+        "mean_completion_tokens": tokens / len(results),
         "latency": latency_summary([r["total_s"] * 1000 for r in results]),
         "ttft": latency_summary([r["ttft_s"] * 1000 for r in results]),
         "streaming_header": sorted({r["mode"] for r in results}),
