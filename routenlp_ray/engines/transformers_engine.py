@@ -74,9 +74,13 @@ class TransformersEngine:
         Text that could still turn out to start a stop sequence is held back until it cannot;
         generation stops once a stop sequence appears or the consumer goes away.
         """
-        from transformers import TextIteratorStreamer
+        from transformers import AsyncTextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        # The streamer hands text to this event loop; reading it must not hold a worker thread. With a
+        # blocking reader, each waiting stream held one of asyncio's few default threads (6 on 2 cores)
+        # while its generation waited for the model lock, and 8 concurrent streams deadlocked until
+        # the tier timed out.
+        streamer = AsyncTextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         outcome: list[GenerationResult] = []
 
@@ -88,9 +92,9 @@ class TransformersEngine:
 
         worker = asyncio.ensure_future(asyncio.to_thread(run))
         holdback = max((len(s) for s in request.stop if s), default=1) - 1
-        text, sent, done = "", 0, object()
+        text, sent = "", 0
         try:
-            while (piece := await asyncio.to_thread(next, streamer, done)) is not done:
+            async for piece in streamer:
                 text += str(piece)
                 text, stopped = truncate_at_stop(text, request.stop)
                 ready = len(text) if stopped else len(text) - holdback

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -117,3 +118,15 @@ async def test_streaming_never_sends_text_past_a_stop_sequence(engine: Transform
     pieces, result = [i for i in items if isinstance(i, str)], items[-1]
     assert "".join(pieces) == result.text and stop not in result.text
     assert result.finish_reason == "stop" and plain.startswith(result.text)
+
+
+async def test_more_concurrent_streams_than_worker_threads_all_finish(engine: TransformersEngine) -> None:
+    """Eight streams wait on one model lock; none may hold a thread the others need (it used to deadlock)."""
+
+    async def stream(i: int) -> str:
+        pieces = [item async for item in engine.generate_stream(chat(f"Say the number {i}.", max_tokens=4))
+                  if isinstance(item, str)]
+        return "".join(pieces)
+
+    answers = await asyncio.wait_for(asyncio.gather(*(stream(i) for i in range(8))), timeout=300)
+    assert len(answers) == 8 and all(answers)
