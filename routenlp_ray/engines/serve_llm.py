@@ -94,8 +94,8 @@ def llm_config_for(tier: TierConfig, overrides: dict[str, Any] | None = None) ->
             "ray_actor_options": {"num_cpus": 0},
         },
     }
-    if engine.environment():
-        kwargs["runtime_env"] = {"env_vars": engine.environment()}
+    if environment := engine.environment():
+        kwargs["runtime_env"] = {"env_vars": environment}
     if engine.accelerator_type:
         kwargs["accelerator_type"] = engine.accelerator_type
     kwargs.update(overrides or {})

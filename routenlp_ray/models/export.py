@@ -91,7 +91,7 @@ def export_hf_folder(
     place and renamed in, so a crash never leaves a half-written model behind its fingerprint.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = Path(out_dir)
     recipe = export_recipe(source, gguf_file, adapter, dtype)
@@ -105,8 +105,7 @@ def export_hf_folder(
         from peft import PeftModel
 
         loaded = PeftModel.from_pretrained(loaded, str(resolve_model_source(adapter))).merge_and_unload()
-    config = AutoConfig.from_pretrained(str(folder), **load)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model = model.to(getattr(torch, dtype))
     model.generation_config = loaded.generation_config

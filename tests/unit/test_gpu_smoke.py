@@ -25,7 +25,7 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-@pytest.mark.skipif(has_cuda(), reason="a GPU is here")
+@pytest.mark.skipif(has_cuda(), reason="checks the no-GPU path; with a GPU the command would start the real smoke run")
 def test_without_a_gpu_it_fails_fast_and_says_why(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     done = subprocess.run([sys.executable, "-m", "routenlp_ray.cli", "bench", "gpu-smoke", "--out", str(out)],
