@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.routenlp-installed
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: setup serve serve-vllm-cpu vllm-cpu-model bench-llm-tiers test test-unit test-vllm bench check clean
+.PHONY: setup serve serve-vllm-cpu vllm-cpu-model bench-llm-tiers test test-unit test-vllm bench check docs clean
 
 setup: $(STAMP)
 
@@ -67,6 +67,10 @@ check: setup
 	$(BIN)/routenlp check-config serve_config.local.yaml
 	$(BIN)/routenlp check-config serve_config.yaml
 	$(BIN)/routenlp check-config serve_config.vllm-cpu.yaml
+
+# The manual (docs/, mkdocs.yml) as a site in site/; --strict fails on a broken link between pages.
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) var

@@ -1,7 +1,8 @@
 """The clients people use (openai, langchain-openai, litellm) against the embedded default on real Ray Serve.
 
-Every test checks that the answering tier and the cost reach the client's user. The README's
-snippets are run as written (only the base URL is swapped), so they cannot drift from what works.
+Every test checks that the answering tier and the cost reach the client's user. The snippets of
+docs/clients.md, and the first request of docs/quickstart.md (also on the README), are run as written
+(only the base URL is swapped), so they cannot drift from what works.
 One module, one Serve instance: the embedded default, plus a one-tier app whose only (so last)
 tier is SmolLM2, to watch the last tier stream live.
 """
@@ -32,7 +33,7 @@ os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 pytestmark = pytest.mark.slow
 
 LAST_TIER_APP = "last-tier"
-README_URL = "http://127.0.0.1:8000/v1"
+DOCS_URL = "http://127.0.0.1:8000/v1"
 TIERS = {"specialist", "smollm2", "frontier"}
 
 
@@ -63,14 +64,20 @@ def apps(serve_instance: int, tmp_path_factory: pytest.TempPathFactory, data_dir
            "log": data["storage"]["log_uri"], "last_log": last["storage"]["log_uri"]}
 
 
-def readme_snippet(client: str, base_url: str) -> dict[str, Any]:
-    """Run the README's ``# client: <client>`` snippet against ``base_url``; returns its variables."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    match = re.search(rf"```python\n# client: {client}\n(.*?)```", readme, re.S)
-    assert match, f"README.md has no '# client: {client}' snippet"
+def run_snippet(code: str, base_url: str, name: str) -> dict[str, Any]:
+    """Run a documented snippet against ``base_url`` instead of the docs' URL; returns its variables."""
+    assert DOCS_URL in code, f"{name} does not use {DOCS_URL}"
     namespace: dict[str, Any] = {}
-    exec(compile(match.group(1).replace(README_URL, base_url), f"README:{client}", "exec"), namespace)
+    exec(compile(code.replace(DOCS_URL, base_url), name, "exec"), namespace)
     return namespace
+
+
+def docs_snippet(client: str, base_url: str) -> dict[str, Any]:
+    """Run docs/clients.md's ``# client: <client>`` snippet against ``base_url``; returns its variables."""
+    page = (REPO_ROOT / "docs" / "clients.md").read_text()
+    match = re.search(rf"```python\n# client: {client}\n(.*?)```", page, re.S)
+    assert match, f"docs/clients.md has no '# client: {client}' snippet"
+    return run_snippet(match.group(1), base_url, f"docs/clients.md:{client}")
 
 
 def frontier_answered_input(base_url: str, data_dir: Path) -> str:
@@ -86,8 +93,18 @@ def frontier_answered_input(base_url: str, data_dir: Path) -> str:
     raise AssertionError("the specialist accepted all of the first 100 cs_intent validation queries")
 
 
-def test_openai_readme_snippet_headers_body_stream_and_models_retrieve(apps: dict[str, Any]) -> None:
-    ns = readme_snippet("openai", apps["base_url"])
+def test_quickstart_first_request_prints_the_answer_and_its_routing(apps: dict[str, Any]) -> None:
+    page = (REPO_ROOT / "docs" / "quickstart.md").read_text()
+    match = re.search(r"## Use it\n.*?```python\n(.*?)```", page, re.S)
+    assert match, "docs/quickstart.md has no python example under '## Use it'"
+    ns = run_snippet(match.group(1), apps["base_url"], "docs/quickstart.md:use-it")
+    routing = ns["response"].model_extra["routing"]
+    assert ns["response"].choices[0].message.content
+    assert routing["answered_by"] in TIERS and routing["task"] == "cs_intent"
+
+
+def test_openai_docs_snippet_headers_body_stream_and_models_retrieve(apps: dict[str, Any]) -> None:
+    ns = docs_snippet("openai", apps["base_url"])
     body_routing = ns["response"].model_extra["routing"]
     assert ns["tier"] == body_routing["answered_by"] and ns["tier"] in TIERS
     assert ns["cost_usd"] == pytest.approx(body_routing["cost_usd"]) and ns["cost_usd"] > 0
@@ -118,8 +135,8 @@ def test_client_request_id_is_the_trace_id_in_routing_and_in_the_query_log(apps:
     assert any(r["trace_id"] == trace + "-fb" for r in read_records(apps["log"], "feedback"))
 
 
-def test_langchain_readme_snippet_invoke_and_stream_keep_tier_cost_and_response_id(apps: dict[str, Any]) -> None:
-    ns = readme_snippet("langchain", apps["base_url"])
+def test_langchain_docs_snippet_invoke_and_stream_keep_tier_cost_and_response_id(apps: dict[str, Any]) -> None:
+    ns = docs_snippet("langchain", apps["base_url"])
     assert ns["message"].content and ns["tier"] in TIERS and ns["cost_usd"] > 0
     assert ns["response_id"].startswith("chatcmpl-")
     stream_headers = ns["stream_headers"]
@@ -130,8 +147,8 @@ def test_langchain_readme_snippet_invoke_and_stream_keep_tier_cost_and_response_
     assert "".join(c.content for c in ns["chunks"]) == ns["message"].content
 
 
-def test_litellm_readme_snippet_completion_and_stream_chunk_builder(apps: dict[str, Any]) -> None:
-    ns = readme_snippet("litellm", apps["base_url"])
+def test_litellm_docs_snippet_completion_and_stream_chunk_builder(apps: dict[str, Any]) -> None:
+    ns = docs_snippet("litellm", apps["base_url"])
     assert ns["tier"] in TIERS and ns["cost_usd"] > 0
     assert ns["response"].id == ns["headers"]["llm_provider-x-routenlp-response-id"]
     rebuilt, routing = ns["rebuilt"], ns["routing"]
