@@ -32,8 +32,8 @@ serve.start(http_options={"host": "127.0.0.1", "port": port})
 work = Path(tempfile.mkdtemp())
 kwargs = dict(requests=300, concurrency_levels=(1, 32), rounds=3)
 if "apps" in inspect.signature(bs.bench_ingress_overhead).parameters:
-    from routenlp_ray.cli import _serving_apps
-    result = bs.bench_ingress_overhead(config, Path(os.environ.get("ROUTENLP_DATA", "../shared/data")), work, port, apps=_serving_apps(), **kwargs)
+    from routenlp_ray.cli import serving_apps
+    result = bs.bench_ingress_overhead(config, Path(os.environ.get("ROUTENLP_DATA", "../shared/data")), work, port, apps=serving_apps(), **kwargs)
 else:
     result = bs.bench_ingress_overhead(config, Path(os.environ.get("ROUTENLP_DATA", "../shared/data")), work, port, **kwargs)
 serve.shutdown(); ray.shutdown()

@@ -63,25 +63,30 @@ class LoopExperimentSettings(StrictModel):
         description="Specialist student only: distil the base specialist on this seeded share of each train split "
                     "first, and send traffic only from the rest. None: the configured specialist.",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1,
+                             description="Seeds of the first (headline) budget size.")
     curve_seeds: list[int] | None = Field(
         None, min_length=1, description="Seeds of the budget sizes after the first; default: ``seeds``.")
     budget: int = Field(48, ge=1, description="Most examples per student.")
     top_cost_shares: list[float] = Field(
         default_factory=lambda: [0.4], min_length=1,
         description="Budget sizes: the share f of failure cost the targeted clusters cover; the first is the headline.")
-    traffic_per_task: int = Field(300, ge=1)
+    traffic_per_task: int = Field(300, ge=1, description="Train queries per task sent as traffic.")
     traffic_seed: int = 1
-    n_clusters: int = Field(12, ge=2)
-    eval_per_task: int = Field(60, ge=4)
+    n_clusters: int = Field(12, ge=2, description="Failure clusters (fixed, so targeting is a choice).")
+    eval_per_task: int = Field(60, ge=4, description="Validation rows per task (half calibrate).")
     eval_seed: int = 0
     alpha: float = Field(0.1, gt=0, lt=1)
-    calibration: Literal["coverage", "quality"] = "coverage"
-    gate_tolerance: float = Field(0.0, ge=0)
-    gate_cost_tolerance: float | None = Field(None, ge=0)
+    calibration: Literal["coverage", "quality"] = Field(
+        "coverage", description="Each student's threshold rule (LoopSettings.calibration).")
+    gate_tolerance: float = Field(
+        0.0, ge=0, description="How far a task's retention may fall and the release still publish.")
+    gate_cost_tolerance: float | None = Field(
+        None, ge=0, description="Also gate on cost: the most the cost reduction may fall; None: quality only.")
     distill: DistillConfig
-    bootstrap: int = Field(1000, ge=10)
-    iterations: int = Field(1, ge=1, le=2)
+    bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of the targeted/untargeted ratio.")
+    iterations: int = Field(
+        1, ge=1, le=2, description="2: publish the first release, serve fresh traffic, iterate again from it.")
 
 
 def _loop_settings(settings: LoopExperimentSettings, share: float, seed: int, since: str | None = None) -> LoopSettings:

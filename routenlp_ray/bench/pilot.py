@@ -58,10 +58,14 @@ SPECIALIST = "specialist"
 class PilotSettings(StrictModel):
     """What a pilot spends; the loop's settings are chosen on train, never on the evaluation slice."""
 
-    weeks: int = Field(6, ge=1)
-    queries_per_week: int = Field(500, ge=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), min_length=1)
+    weeks: int = Field(6, ge=1, description="Weeks of traffic; each loop arm runs the loop after each week.")
+    queries_per_week: int = Field(500, ge=1, description="Queries per week.")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1, description="Seeds of every arm.")
+    arms: list[Arm] = Field(
+        default_factory=lambda: list(ARMS), min_length=1,
+        description="Arms to run. targeted ranks failures by the loop's default rule (novel_first); targeted_cost by "
+                    "cost alone, the paper's rule.",
+    )
     base_per_task: int = Field(600, ge=10, description="Most train rows per task the week-0 specialist learns from.")
     base_share_cap: float = Field(0.4, gt=0, lt=1, description="... and at most this share of a task's train rows.")
     calibration_per_task: int = Field(200, ge=20, description="Labelled train rows per task the loop calibrates on.")

@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "routenlp_ray"
 DEPLOYMENTS = "deployments"
-# The one library module allowed to import ``deployments``.
-TOP_LAYER = {"routenlp_ray.cli"}
+# The one library module allowed to import ``deployments``: the CLI's hand-down of the app builders.
+TOP_LAYER = {"routenlp_ray.cli.bench._apps"}
 # Package cycles not yet broken, each with why. The test fails when one goes away too, so the
 # list only ever shrinks.
 KNOWN_PACKAGE_CYCLES: set[tuple[str, str]] = set()

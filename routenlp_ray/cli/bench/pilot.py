@@ -1,0 +1,106 @@
+"""``bench pilot`` and ``bench pilot-live``: weeks of drifting traffic with the loop after each week."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from routenlp_ray.cli._common import DEFAULT_DATA_DIR, DEFAULT_LOCAL_CONFIG, Subparsers, replaying_data_dir
+from routenlp_ray.cli._options import ModelOptions
+
+# The PilotSettings fields each command takes as options; the rest keep their defaults.
+PILOT_FIELDS = ("weeks", "queries_per_week", "arms", "budget_examples", "base_per_task", "calibration_per_task",
+                "eval_per_task")
+LIVE_FIELDS = ("weeks", "queries_per_week", "budget_examples", "base_per_task", "calibration_per_task")
+
+
+def _pilot_options(fields: Sequence[str]) -> ModelOptions:
+    from routenlp_ray.bench.pilot import PilotSettings
+
+    return ModelOptions(PilotSettings, fields, flags={"queries_per_week": "--queries", "budget_examples": "--budget"})
+
+
+def _cmd_bench_pilot(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.pilot import PilotSettings, run_pilot
+    from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
+    from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
+    from routenlp_ray.config import load_config
+
+    config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
+    plan = load_plan(args.plan or DEFAULT_PLAN)
+    settings = PilotSettings(**_pilot_options(PILOT_FIELDS).values(args),
+                             seeds=list(range(args.seed, args.seed + args.seeds)))
+    out = Path(args.out)
+    workdir = Path(args.workdir or f"var/pilot/{plan.name}")
+    report = run_pilot(config, plan, args.data_dir, workdir, settings)
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    command = "routenlp bench pilot " + " ".join(sys.argv[3:])
+    out.with_suffix(".md").write_text(pilot_markdown(report, command.strip(), baseline))
+    plot_pilot(report, out.with_suffix(".png"))
+    for arm, arm_ratios in report["ratios"].items():
+        for key in ("final_week", "summed_over_weeks"):
+            r = arm_ratios[key]
+            ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            print(f"{key}: {arm} {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
+                  f"over no loop; ratio {ratio}, 95% CI {r['ratio_ci95']}")
+    print(f"wrote {out} and its .md and .png")
+    return 0
+
+
+def _cmd_bench_pilot_live(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.pilot import PilotSettings
+    from routenlp_ray.bench.pilot_live import LiveCluster, live_markdown, run_live_arm
+    from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
+    from routenlp_ray.config import load_config
+
+    config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
+    plan = load_plan(args.plan or DEFAULT_PLAN)
+    settings = PilotSettings(**_pilot_options(LIVE_FIELDS).values(args), seeds=[args.seed], arms=["targeted"])
+    cluster = LiveCluster(address=args.address, dashboard_url=args.dashboard, http_port=args.port)
+    report = run_live_arm(config, plan, args.data_dir, Path(args.workdir or f"var/pilot-live/{plan.name}"), settings,
+                          cluster, seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    command = "routenlp bench pilot-live " + " ".join(sys.argv[3:])
+    out.with_suffix(".md").write_text(live_markdown(report, plan.name, command.strip()))
+    print(f"{report['failed_requests']} failed requests; wrote {out} and its .md")
+    return 0 if report["failed_requests"] == 0 else 1
+
+
+def register(benches: Subparsers) -> None:
+    pilot = benches.add_parser(
+        "pilot", help="weeks of drifting traffic through the router with the loop after each week: no loop, "
+                      "untargeted and targeted distillation at equal budget, over seeds")
+    pilot.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    pilot.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    pilot.add_argument("--plan", default=None, help="drift plan YAML (default: the shipped default plan; "
+                                                   "routenlp_ray/bench/plans/ has it and a no-drift plan)")
+    pilot.add_argument("--seeds", type=int, default=5)
+    pilot.add_argument("--seed", type=int, default=0, help="first seed")
+    _pilot_options(PILOT_FIELDS).add_to(pilot)
+    pilot.add_argument("--workdir", default=None, help="resumable state (default: var/pilot/<plan name>)")
+    pilot.add_argument("--baseline", default=None, help="another plan's pilot JSON to report next to this one")
+    pilot.add_argument("--out", default="results/pilot.json")
+    pilot.set_defaults(func=_cmd_bench_pilot)
+
+    live = benches.add_parser(
+        "pilot-live", help="the pilot's targeted arm on the real service: serve run, traffic through the openai client, "
+                           "each week's loop a Ray job whose release is hot-swapped under traffic")
+    live.add_argument("--address", required=True, help="Ray cluster (GCS) address, host:port (`ray start --head` prints it)")
+    live.add_argument("--dashboard", default="http://127.0.0.1:8265", help="the cluster's job server, for ray job submit")
+    live.add_argument("--port", type=int, default=8000, help="HTTP port the service listens on")
+    live.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
+    live.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    live.add_argument("--plan", default=None, help="drift plan YAML (default: the shipped default plan)")
+    live.add_argument("--seed", type=int, default=0)
+    _pilot_options(LIVE_FIELDS).add_to(live)
+    live.add_argument("--workdir", default=None, help="resumable state (default: var/pilot-live/<plan name>)")
+    live.add_argument("--out", default="results/pilot_live.json")
+    live.set_defaults(func=_cmd_bench_pilot_live)
