@@ -22,15 +22,12 @@ from collections.abc import Sequence
 
 from routenlp_ray._exceptions import RouteNLPError
 from routenlp_ray.cli import bench, calibrate, loop, record, router, serve
-from routenlp_ray.cli._common import DEFAULT_DATA_DIR, DEFAULT_LOCAL_CONFIG, benchmark_tasks, replaying_data_dir
+from routenlp_ray.cli._common import CommandGroup, replaying_data_dir
 from routenlp_ray.cli.bench._apps import serving_apps
 from routenlp_ray.cli.serve import serve_executable
 
 __all__ = [
-    "DEFAULT_DATA_DIR",
-    "DEFAULT_LOCAL_CONFIG",
     "GROUPS",
-    "benchmark_tasks",
     "build_parser",
     "main",
     "replaying_data_dir",
@@ -39,7 +36,7 @@ __all__ = [
 ]
 
 # In the order ``routenlp --help`` lists their commands.
-GROUPS = (serve, record, calibrate, router, loop, bench)
+GROUPS: tuple[CommandGroup, ...] = (serve, record, calibrate, router, loop, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from routenlp_ray.cli._common import Subparsers
+from routenlp_ray.cli._common import CommandGroup, Subparsers
 from routenlp_ray.cli.bench import engines, loop, pilot, routing, serving
 
 __all__ = ["GROUPS", "register"]
 
 # In the order ``routenlp bench --help`` lists them.
-GROUPS = (routing, loop, engines, serving, pilot)
+GROUPS: tuple[CommandGroup, ...] = (routing, loop, engines, serving, pilot)
 
 
 def register(commands: Subparsers) -> None:
