@@ -37,11 +37,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
     if ray.is_initialized():
         ray.shutdown()
     gcs, dashboard = free_port(), free_port()
-    # A throwaway local cluster: without token authentication, so this process, `serve run` and
-    # `ray job submit` (which all inherit this environment) need no shared token.
-    saved_auth = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray's default token auth, stated for the CLIs this test starts (`ray start`, `serve run`, `ray job
+    # submit`), which otherwise pick a mode of their own. This process is not told: its `ray.init` enables
+    # token auth itself when the token exists. Opting this process out instead (RAY_AUTH_MODE=disabled) left
+    # Ray's cached config disabled after the test, and every later `ray.init` in the session started a
+    # GCS that refused this process (CI: 49 errors in the serve tests that followed).
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token"}
+    subprocess.run([os.path.join(BIN, "ray"), "get-auth-token", "--generate"], check=True, env=env,
+                   capture_output=True, timeout=60)  # what a first local ray.init does; a no-op when one exists
     subprocess.run([os.path.join(BIN, "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=4",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                     "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
@@ -52,10 +55,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
         ray.shutdown()
         subprocess.run([os.path.join(BIN, "ray"), "stop", "--force"], check=False, env=env, capture_output=True,
                        timeout=180)
-        if saved_auth is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved_auth
 
 
 @pytest.fixture(scope="module")
