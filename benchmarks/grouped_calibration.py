@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-GROUP_FIELDS = {"legal_clause": "contract", "legal_risk": "document"}
+GROUPED_TASKS = ["legal_clause", "legal_risk"]  # the built-in tasks with a group_field (contract, document)
 
 
 def main() -> int:
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("ROUTENLP_DATA", "../shared/data"))
     parser.add_argument("--records", required=True)
     parser.add_argument("--tier", default="specialist")
-    parser.add_argument("--tasks", nargs="+", default=list(GROUP_FIELDS))
+    parser.add_argument("--tasks", nargs="+", default=GROUPED_TASKS)
     parser.add_argument("--splits", type=int, default=200, help="random halvings of the groups")
     parser.add_argument("--delta", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -46,7 +46,7 @@ def main() -> int:
     from routenlp_ray.conformal.calibrator import quality_controlling_threshold
     from routenlp_ray.conformal.scores import get_uncertainty_score
     from routenlp_ray.recording.tables import load_tables
-    from routenlp_ray.tasks.data import task_file
+    from routenlp_ray.tasks.data import row_groups
 
     config = load_config(args.config)
     results = {"command": "python " + " ".join(sys.argv), "records": args.records, "tier": args.tier,
@@ -57,12 +57,9 @@ def main() -> int:
         alone = config.model_copy(update={"tiers": [config.tier(args.tier), config.frontier]})
         [table] = load_tables(alone, [Path(args.records)], Path(args.data_dir), [task], ["validation"],
                               get_uncertainty_score(score_name))
-        field = GROUP_FIELDS[task]
-        group_of = {}
-        with open(task_file(args.data_dir, task, "validation")) as handle:
-            for line in handle:
-                row = json.loads(line)
-                group_of[row["id"]] = row[field]
+        group_of = row_groups(spec, args.data_dir, ["validation"])
+        if not group_of:
+            raise SystemExit(f"task {task!r} has no group_field: nothing to split by group")
         groups = np.array([group_of[i] for i in table.ids])
         u, ok = table.uncertainty[:, 0], table.correct[:, 0] > 0
         epsilon = 1 - spec.quality_target
@@ -89,7 +86,7 @@ def main() -> int:
                 "mean_accepted_share": float(np.mean([r["accepted"] for r in rows])),
                 "splits_with_no_threshold": int(sum(r["threshold"] is None for r in rows)),
             }
-        results["tasks"][task] = {"group_field": field, "n_rows": len(u), "n_groups": len(names),
+        results["tasks"][task] = {"group_field": spec.group_field, "n_rows": len(u), "n_groups": len(names),
                                   "specialist_accuracy": float(ok.mean()), "epsilon": epsilon,
                                   "bound": f"accepted-and-wrong share <= {epsilon:.3g} on held-out groups in "
                                            f">= {1 - args.delta:.0%} of splits", **summary}

@@ -21,9 +21,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grouped_calibration import GROUP_FIELDS  # noqa: E402 - the sibling script's group columns
 
 
 def main() -> int:
@@ -61,7 +58,9 @@ def main() -> int:
 
     config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
     task = config.task(args.task)
-    field = GROUP_FIELDS[args.task]
+    field = task.group_field
+    if field is None:
+        raise SystemExit(f"task {args.task!r} has no group_field: nothing to hold out by group")
     rows = {split: [json.loads(line) for line in open(task_file(args.data_dir, args.task, split))]
             for split in ("train", "validation")}
     names = sorted({r[field] for r in rows["train"]})

@@ -65,6 +65,7 @@ BUILTIN_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
         "metric": "macro_f1",
         "success_bar": 1.0,
         "labels": LEGAL_CLAUSE_LABELS,
+        "group_field": "contract",
     },
     "legal_risk": {
         "description": "Unfairness of a terms-of-service sentence.",
@@ -75,5 +76,6 @@ BUILTIN_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
         "metric": "accuracy",
         "success_bar": 1.0,
         "labels": LEGAL_RISK_LABELS,
+        "group_field": "document",
     },
 })

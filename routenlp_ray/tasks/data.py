@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,3 +91,24 @@ def _iter_examples(path: Path) -> Iterator[Example]:
             reference=row["reference"],
             extra=extra,
         )
+
+
+def row_groups(spec: Any, data_dir: str | Path, splits: Sequence[str]) -> dict[str, str]:
+    """``{example id: group}`` over ``splits`` of a task whose rows carry ``spec.group_field`` ({} if none).
+
+    A split the task has no file for is skipped; a row without the field is a data error, named.
+    """
+    if spec.group_field is None:
+        return {}
+    groups: dict[str, str] = {}
+    for split in splits:
+        try:
+            path = spec.data_file(Path(data_dir), split)
+        except ConfigError:
+            continue
+        for example in load_examples(path):
+            if spec.group_field not in example.extra:
+                raise ValueError(f"task {spec.name!r}: group_field {spec.group_field!r} is not a field of row "
+                                 f"{example.id!r} in {path}")
+            groups[example.id] = str(example.extra[spec.group_field])
+    return groups

@@ -96,6 +96,12 @@ class TaskSpec(BaseModel):
     data_path: str | None = Field(
         None, description="Folder with <split>.jsonl: relative to the data directory, or absolute; default <name>/."
     )
+    group_field: str | None = Field(
+        None,
+        description="Field of the data rows that ties queries together (the contract a clause comes from): "
+                    "`routenlp calibrate --groups` certifies the quality rule over these groups, so its promise "
+                    "holds for queries from groups it never saw, not only for rows like the calibration rows.",
+    )
 
     @model_validator(mode="before")
     @classmethod
