@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from routenlp_ray._exceptions import RouteNLPError
-from routenlp_ray.bench.serving import ServingApps, _local_serve, _write_report
+from routenlp_ray.bench.report import write_report
+from routenlp_ray.bench.serving import ServingApps, local_serve
 from routenlp_ray.config.app import RouteNLPConfig, parse_config
 from routenlp_ray.models.export import default_cache_dir, export_hf_folder
 
@@ -77,7 +78,7 @@ def run_gpu_smoke(out: str, data_dir: str, apps: ServingApps, per_task: int = 5)
     small = export_hf_folder(models / "smollm2-135m-instruct")
     large = export_hf_folder(models / "smollm2-student-v1", adapter=STUDENT)
     rows: list[dict[str, Any]] = []
-    with _local_serve("routenlp-gpu-smoke-") as (port, work_dir):
+    with local_serve("routenlp-gpu-smoke-") as (port, work_dir):
         from ray import serve
 
         started = time.perf_counter()
@@ -101,5 +102,5 @@ def run_gpu_smoke(out: str, data_dir: str, apps: ServingApps, per_task: int = 5)
                "median_latency_s": statistics.median(r["latency_s"] for r in mine)}
         for task in TASKS if (mine := [r for r in rows if r["task"] == task])
     }
-    return _write_report(out, {"benchmark": "gpu-smoke", "gpu": device, "startup_s": startup_s,
+    return write_report(out, {"benchmark": "gpu-smoke", "gpu": device, "startup_s": startup_s,
                                "per_task": per_task_summary, "rows": rows})

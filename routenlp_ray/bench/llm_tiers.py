@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from routenlp_ray.bench.serving import ServingApps, _local_serve, _write_report, latency_summary
-from routenlp_ray.bench.streaming_bench import PROMPTS, _timed_request, last_tier_config
+from routenlp_ray.bench.report import write_report
+from routenlp_ray.bench.serving import ServingApps, latency_summary, local_serve
+from routenlp_ray.bench.streaming_bench import PROMPTS, last_tier_config, timed_request
 from routenlp_ray.config.app import RouteNLPConfig, load_config
 
 DEFAULT_SIDES = {
@@ -42,7 +43,7 @@ def run_level(url: str, concurrency: int, requests: int, max_tokens: int) -> dic
 
     def timed(body: dict[str, Any]) -> dict[str, Any] | str:
         try:
-            return _timed_request(url, body, stream=True)
+            return timed_request(url, body, stream=True)
         except httpx.HTTPError as exc:  # counted and shown, not fatal: a failed request is a result too
             return f"{type(exc).__name__}: {exc}"
 
@@ -83,7 +84,7 @@ def run_llm_tier_benchmark(
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     startup_s: dict[str, float] = {}
     names = list(sides)
-    with _local_serve("routenlp-bench-llm-tiers-") as (port, work_dir):
+    with local_serve("routenlp-bench-llm-tiers-") as (port, work_dir):
         from ray import serve
 
         for name in names:
@@ -112,7 +113,7 @@ def run_llm_tier_benchmark(
         }
         for level in concurrency
     }
-    return _write_report(out, {
+    return write_report(out, {
         "benchmark": "llm-tiers",
         "sides": {name: {"config": c, "tier": t} for name, (c, t) in sides.items()},
         "concurrency": list(concurrency),
@@ -125,7 +126,7 @@ def run_llm_tier_benchmark(
         "rows": results,
         "note": ("one replica per side, sides measured one after the other; mean ± sd over rounds of each round's figure; latency is the whole "
                  "streamed answer, ttft the first text chunk, both as the openai-compatible client sees them"),
-    })
+    }, markdown=llm_tiers_markdown)
 
 
 def _summarize(rows: list[dict[str, Any]], concurrency: tuple[int, ...]) -> dict[str, Any]:

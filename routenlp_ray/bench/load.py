@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from routenlp_ray.bench.report import write_report
 from routenlp_ray.bench.savings import (
     binned_saved_share,
     draw_events,
@@ -46,7 +47,7 @@ from routenlp_ray.bench.savings import (
     span_cells,
     span_summary,
 )
-from routenlp_ray.bench.serving import ServingApps, _local_serve, _write_report
+from routenlp_ray.bench.serving import ServingApps, local_serve
 from routenlp_ray.config.app import RouteNLPConfig, load_config
 
 
@@ -189,7 +190,7 @@ def _counting_transport() -> Any:
     return CountingTransport()
 
 
-async def _run_phases(
+async def run_phases(
     base_url: str, bodies: Mapping[str, Sequence[dict[str, Any]]], phases: tuple[Phase, ...], t0: float,
     kill: Callable[[str], int | None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
@@ -324,18 +325,18 @@ def run_phased_load_benchmark(
     os.environ.update(LOAD_REPORT_ENV)  # before Ray starts, so every replica and handle inherits it
     config = load_config(config_path).with_absolute_paths(Path.cwd())
     bodies = [request_body(r) for r in task_rows(data_dir, tasks)]
-    with _local_serve("routenlp-bench-load-") as (port, work_dir):
+    with local_serve("routenlp-bench-load-") as (port, work_dir):
         base = serve_ready(apps, bench_config(config, work_dir, autoscaling), port, bodies[:16])
         progress(f"phases: {', '.join(f'{p.name} {p.duration_s:.0f}s x{p.clients}' for p in phases)}")
         t0 = time.time()
         with _ReplicaSampler(t0) as sampler:
             requests, kills, attempts = asyncio.run(
-                _run_phases(f"{base}/v1", {p.name: bodies for p in phases}, phases, t0, kill_one_replica))
+                run_phases(f"{base}/v1", {p.name: bodies for p in phases}, phases, t0, kill_one_replica))
         samples = sampler.samples
         serve.delete(APP)
         events, labels = read_monitor_log(str(work_dir / "load-log"), t0)
     summaries = summarize_phases(phases, requests, samples, labels, events)
-    report = _write_report(out, {
+    body = {
         "benchmark": "load",
         "config": config_path,
         "tasks": list(tasks),
@@ -354,13 +355,13 @@ def run_phased_load_benchmark(
                          for r in requests],
             "saved_share": binned_saved_share(requests, SAVED_SHARE_BIN_S),
         },
-    })
-    write_markdown(report, Path(out).with_suffix(".md"))
-    plot_timeline(report, Path(out).with_suffix(".png"))
-    return report
+    }
+    figure = Path(out).with_suffix(".png").name
+    return write_report(out, body, markdown=lambda report: load_markdown(report, figure), figures={".png": plot_timeline})
 
 
-def write_markdown(report: dict[str, Any], path: Path) -> None:
+def load_markdown(report: dict[str, Any], figure: str) -> str:
+    """The report as Markdown; ``figure`` is the file name of its timeline PNG, linked at the end."""
     lines = [
         "# Load benchmark: phases, autoscaling and replica kills",
         "",
@@ -390,10 +391,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         + "; ".join(f"{s['phase']['name']} {s['answered_by']}" for s in report["phases"]) + ".",
         "",
         *savings_markdown(report),
-        f"![replicas, latency and saved share over time]({path.with_suffix('.png').name})",
+        f"![replicas, latency and saved share over time]({figure})",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def savings_markdown(report: dict[str, Any]) -> list[str]:

@@ -1,9 +1,9 @@
-"""A real loop iteration on the six tasks: traffic through the router, then mine, distil, evaluate.
+"""The traffic of ``routenlp bench loop``: the six tasks' queries through the router, into the query log.
 
 Traffic is a seeded sample of each task's train split sent through ``RouterService`` with
 the config's real engines in process (SmolLM2 and the replay frontier for the embedded
-default), so the query log is exactly what the served router writes. The iteration then
-runs as ``routenlp loop run`` does, held out on the validation split.
+default), so the query log is exactly what the served router writes; the loop experiment
+(``bench/loop_experiment.py``) then mines, distils and evaluates on it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.engines.factory import make_engine
-from routenlp_ray.loop.iteration import Iteration, IterationResult, LoopSettings
 from routenlp_ray.serving.schemas import ChatCompletionRequest
 from routenlp_ray.serving.service import RouterService
 from routenlp_ray.tasks.data import load_examples, task_file
@@ -65,23 +64,3 @@ def generate_traffic(config: RouteNLPConfig, data_dir: Path, tasks: list[str], p
         service = RouterService(config, tiers, query_log=log)
         sent = asyncio.run(_send(service, data_dir, tasks, per_task, seed, exclude=exclude))
     return {"queries": sent, "seconds": time.perf_counter() - started}
-
-
-def run_loop_benchmark(
-    config: RouteNLPConfig,
-    data_dir: str | Path,
-    workdir: str | Path,
-    settings: LoopSettings,
-    tasks: list[str],
-    traffic_per_task: int,
-    run_id: str,
-) -> tuple[dict[str, Any], IterationResult]:
-    data_dir = Path(data_dir)
-    marker = Path(workdir) / run_id / "traffic.done"
-    traffic: dict[str, Any] = {"queries": None, "seconds": None, "reused": True}
-    if not marker.exists():  # the log is the run's input: send it once, also across resumes
-        traffic = generate_traffic(config, data_dir, tasks, traffic_per_task)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(traffic))
-    iteration = Iteration(config, settings, config.storage.log_uri, data_dir, workdir, run_id)
-    return traffic, iteration.run(publish=False)

@@ -40,7 +40,7 @@ from pydantic import Field
 from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.bench.loop_bench import generate_traffic
 from routenlp_ray.bench.loop_clusters import cluster_savings, selected_split
-from routenlp_ray.bench.loop_specialist import _reduction, bootstrap_ratio
+from routenlp_ray.bench.loop_specialist import bootstrap_ratio, cost_reduction
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.loop.distill import DistillConfig
@@ -343,7 +343,7 @@ def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExp
         "quality_retention": {v: evaluation[v]["quality_retention"] for v in ("base", *STUDENTS)},
         # Threshold-free: the share of held-out queries the student itself answers right.
         "accuracy": {v: evaluation[v]["cheap_accuracy"] for v in ("base", *STUDENTS)},
-        "gain": {v: _reduction(paired[v], paired["frontier"]) - _reduction(paired["base"], paired["frontier"])
+        "gain": {v: cost_reduction(paired[v], paired["frontier"]) - cost_reduction(paired["base"], paired["frontier"])
                  for v in STUDENTS},
         "per_task": {task: {v: evaluation[v]["per_task"][task] for v in ("base", *STUDENTS)} for task in settings.tasks},
         "gate": report["gate"],

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from routenlp_ray.bench.loop_experiment import STUDENTS
+from routenlp_ray.bench.report import write_report
 
 VARIANTS = ("base", *STUDENTS)
 
@@ -32,13 +32,11 @@ def _verdict(gate: Mapping[str, Any] | None) -> str:
     return "passed" if gate["passed"] else "failed (" + "; ".join(gate["reasons"]) + ")"
 
 
-def write_loop_experiment_report(report: dict[str, Any], out: str | Path, command: str) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, **report}, indent=2, default=str))
-    markdown = out.with_suffix(".md")
-    markdown.write_text(loop_experiment_markdown(report, command))
-    return markdown
+def write_loop_experiment_report(report: dict[str, Any], out: str | Path, command: str | None = None) -> Path:
+    """Write ``out`` (JSON) and its ``.md``; returns the Markdown's path. ``command`` defaults to this process's."""
+    write_report(out, report, command=command,
+                 markdown=lambda written: loop_experiment_markdown(report, written["command"]))
+    return Path(out).with_suffix(".md")
 
 
 def _ratio_line(point: Mapping[str, Any]) -> str:

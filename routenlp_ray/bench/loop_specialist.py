@@ -48,6 +48,7 @@ __all__ = [
     "bootstrap_ratio",
     "build_students",
     "cascade_outcome",
+    "cost_reduction",
     "evaluate_student",
     "run_loop_specialist",
     "select_clusters",
@@ -335,7 +336,8 @@ def _failure(query: Query, reason: str, answered_by: str) -> Failure:
 
 
 # -- statistics ------------------------------------------------------------------------------
-def _reduction(cost: np.ndarray, frontier: np.ndarray) -> float:
+def cost_reduction(cost: np.ndarray, frontier: np.ndarray) -> float:
+    """1 - summed cost / summed frontier-only cost (0 without frontier cost)."""
     return float(1 - cost.sum() / frontier.sum()) if frontier.sum() > 0 else 0.0
 
 
@@ -353,9 +355,9 @@ def bootstrap_ratio(seed_rows: Sequence[Mapping[str, np.ndarray]], reps: int, rn
         for s in rng.integers(0, len(seed_rows), len(seed_rows)):
             row = seed_rows[s]
             pick = rng.integers(0, len(row["frontier"]), len(row["frontier"]))
-            base = _reduction(row["base"][pick], row["frontier"][pick])
+            base = cost_reduction(row["base"][pick], row["frontier"][pick])
             for name in gains:
-                gains[name].append(_reduction(row[name][pick], row["frontier"][pick]) - base)
+                gains[name].append(cost_reduction(row[name][pick], row["frontier"][pick]) - base)
         t, u = float(np.mean(gains["targeted"])), float(np.mean(gains["untargeted"]))
         diffs.append(t - u)
         untargeted.append(u)
@@ -529,13 +531,13 @@ def _seed_record(seed: int, tasks: list[str], students: list[str], evals: dict[s
             e = evals[student][task]
             per_task[task] = {
                 "threshold": e.thresholds[task], "specialist_share": float(e.accepted.mean()),
-                "cost_reduction": _reduction(e.cost, frontier_cost[task]),
+                "cost_reduction": cost_reduction(e.cost, frontier_cost[task]),
                 "quality_retention": float(e.quality.sum() / front_eval[task].sum()),
             }
         cost = np.concatenate([evals[student][t].cost for t in tasks])
         front = np.concatenate([frontier_cost[t] for t in tasks])
         per_student[student] = {
-            "cost_reduction": _reduction(cost, front),
+            "cost_reduction": cost_reduction(cost, front),
             "task_mean_cost_reduction": float(np.mean([per_task[t]["cost_reduction"] for t in tasks])),
             "quality_retention": float(np.concatenate([evals[student][t].quality for t in tasks]).sum()
                                        / np.concatenate([front_eval[t] for t in tasks]).sum()),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from routenlp_ray.bench.report import write_report
 
 __all__ = ["write_loop_specialist_report"]
 
@@ -20,25 +19,12 @@ def _pct(stat: Mapping[str, float]) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['sd']:.1f}%"
 
 
-def write_loop_specialist_report(report: dict[str, Any], out: str | Path, command: str) -> Path:
+def write_loop_specialist_report(report: dict[str, Any], out: str | Path, command: str | None = None) -> Path:
     """Write ``out`` (JSON), its ``.md`` and the budget curve ``.png``; returns the Markdown path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"command": command, **report}
-    out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    png = out.with_suffix(".png")
-    _plot_curve(report["budget_curve"], png)
-    md = out.with_suffix(".md")
-    md.write_text(_markdown(report, png.name))
-    return md
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    figure = Path(out).with_suffix(".png")
+    write_report(out, report, command=command, markdown=lambda written: _markdown(written, figure.name),
+                 figures={".png": lambda written, path: _plot_curve(written["budget_curve"], path)})
+    return Path(out).with_suffix(".md")
 
 
 def _plot_curve(curve: list[dict[str, Any]], path: Path) -> None:

@@ -35,6 +35,7 @@ from routenlp_ray.bench.curves import (
     pareto_front,
     routed_point,
 )
+from routenlp_ray.bench.report import write_report
 from routenlp_ray.models.embedding_cache import embed_cached
 from routenlp_ray.routing.baselines import KNNRouter, MatrixFactorizationRouter, WinRateRouter
 from routenlp_ray.routing.data import (
@@ -520,7 +521,8 @@ def markdown_report(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: dict[str, Any], out: Path) -> list[Path]:
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    """Each source's quality-cost curves of the first seed (the report's ``.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -552,9 +554,16 @@ def plot_report(report: dict[str, Any], out: Path) -> list[Path]:
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"quality-cost curves on {report['split']} (seed {report['seeds'][0]})")
     fig.tight_layout()
-    curves_png = out.with_suffix(".png")
-    fig.savefig(curves_png, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_reliability(report: dict[str, Any], path: Path) -> None:
+    """Each source's router reliability per model, first seed (the report's ``_reliability.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     sources = list(report["sources"].items())
     fig, axes = plt.subplots(1, len(sources), figsize=(5 * len(sources), 4.5), squeeze=False)
@@ -568,10 +577,8 @@ def plot_report(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("predicted success")
         ax.set_ylabel("observed quality")
     fig.tight_layout()
-    reliability_png = out.with_name(out.stem + "_reliability.png")
-    fig.savefig(reliability_png, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [curves_png, reliability_png]
 
 
 def _rounded(value: Any) -> Any:
@@ -584,16 +591,12 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def write_reports(report: dict[str, Any], out: str | Path, command: str) -> list[Path]:
-    import json
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def write_routing_report(report: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Write ``out`` (JSON), its ``.md``, ``.png`` (curves) and ``_reliability.png``; returns the JSON as written."""
     # Four significant digits and no indentation: the per-seed curves are most of the file.
-    out.write_text(json.dumps(_rounded(report), separators=(",", ":"), default=str))
-    md = out.with_suffix(".md")
-    md.write_text(markdown_report(report, command))
-    return [out, md, *plot_report(report, out)]
+    return write_report(out, _rounded(report), indent=None,
+                        markdown=lambda written: markdown_report(report, written["command"]),
+                        figures={".png": plot_curves, "_reliability.png": plot_reliability})
 
 
 def run_latency_benchmark(artifact: str | Path, folders: Sequence[str | Path], split: str = "validation",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import shutil
 import tempfile
 import threading
@@ -22,13 +21,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from routenlp_ray._net import free_port
+from routenlp_ray.bench.report import write_report
 from routenlp_ray.config.app import RouteNLPConfig, load_config
 from routenlp_ray.config.tiers import TierConfig
 
@@ -250,60 +249,8 @@ def bench_embedded_memory(
     }
 
 
-def bench_embedded_load(
-    config: RouteNLPConfig, data_dir: Path, port: int, work_dir: Path, requests: int, concurrency: int,
-    apps: ServingApps, tasks: tuple[str, ...] = ("cs_intent", "legal_risk"),
-) -> dict[str, Any]:
-    """Throughput and latency of the whole embedded default under ``concurrency`` clients.
-
-    Inputs are validation queries of ``tasks`` (which the replay frontier knows), so every
-    request has a real answer whichever tier ends up giving it.
-    """
-    from ray import serve
-
-    data = config.model_dump(mode="json")
-    data["storage"] = {"log_uri": str(work_dir / "load-log"), "spool_dir": str(work_dir / "load-spool")}
-    data["monitoring"]["artifacts_dir"] = str(work_dir / "load-thresholds")
-    embedded = RouteNLPConfig.model_validate(data)
-    serve.run(apps.router(embedded), name="bench-load", route_prefix="/load")
-    rows = [json.loads(line) for task in tasks for line in (data_dir / task / "validation.jsonl").open()]
-    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    bodies = [
-        {"model": f"routenlp/{row['task']}", "max_tokens": 16, "messages": [{"role": "user", "content": row["input"]}]}
-        for row in (rows * (1 + requests // len(rows)))[:requests]
-    ]
-    url = f"http://127.0.0.1:{port}/load/v1/chat/completions"
-    asyncio.run(_load(url, bodies[:32], 4, 120))  # warm-up, not counted
-    answered_by: list[str] = []
-    started = time.perf_counter()
-    latencies, errors = asyncio.run(_load(url, bodies, concurrency, 120, answered_by))
-    wall_s = time.perf_counter() - started
-    serve.delete("bench-load")
-    tiers, counts = np.unique(answered_by, return_counts=True)
-    return {
-        "requests": len(bodies),
-        "concurrency": concurrency,
-        "tasks": list(tasks),
-        "errors": errors,
-        "wall_s": wall_s,
-        "requests_per_s": len(latencies) / wall_s,
-        "latency": latency_summary(latencies) if latencies else None,
-        "answered_by": {str(t): int(c) for t, c in zip(tiers, counts)},
-        "targets": {"requests_per_s": 50, "p99_ms": 1000},
-    }
-
-
-def run_load_benchmark(
-    config_path: str, data_dir: str, out: str, apps: ServingApps, requests: int = 400, concurrency: int = 16,
-) -> dict[str, Any]:
-    config = load_config(config_path).with_absolute_paths(Path.cwd())
-    with _local_serve("routenlp-bench-load-") as (port, work_dir):
-        load = bench_embedded_load(config, Path(data_dir), port, work_dir, requests, concurrency, apps)
-    return _write_report(out, {"benchmark": "load", "config": config_path, **load})
-
-
 @contextmanager
-def _local_serve(prefix: str) -> Iterator[tuple[int, Path]]:
+def local_serve(prefix: str) -> Iterator[tuple[int, Path]]:
     """A local Ray and Serve on a free loopback port, and scratch space outside the repo; both go at exit."""
     import ray
     from ray import serve
@@ -318,19 +265,6 @@ def _local_serve(prefix: str) -> Iterator[tuple[int, Path]]:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _write_report(out: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Stamp a benchmark report with the time and machine, and write it as JSON."""
-    report = {
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "machine": {"cpus": _cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        **body,
-    }
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2))
-    return report
 
 
 def run_serving_benchmark(
@@ -353,7 +287,7 @@ def run_serving_benchmark(
     body: dict[str, Any] = {"benchmark": "serving", "config": config_path,
                             "targets": {"added_p50_ms": 10, "added_p99_ms": 30, "peak_memory_mb": 4096}}
     # Scratch space (a replay slice of the shared data, throwaway query logs): never in the repo.
-    with _local_serve("routenlp-bench-serving-") as (port, work_dir):
+    with local_serve("routenlp-bench-serving-") as (port, work_dir):
         if "overhead" in parts:
             progress(f"ingress overhead: {requests} requests x {rounds} rounds at concurrency {concurrency_levels}")
             body["ingress_overhead"] = bench_ingress_overhead(
@@ -362,8 +296,4 @@ def run_serving_benchmark(
         if "memory" in parts:
             progress("memory of the embedded default under load")
             body["memory"] = bench_embedded_memory(config, port, work_dir, memory_requests, apps)
-    return _write_report(out, body)
-
-
-def _cpu_count() -> int:
-    return os.cpu_count() or 0
+    return write_report(out, body)

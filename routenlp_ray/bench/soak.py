@@ -31,15 +31,16 @@ import numpy as np
 
 from routenlp_ray.bench.load import (
     Phase,
-    _run_phases,
     bench_config,
     phase_windows,
     request_body,
+    run_phases,
     savings_markdown,
     serve_ready,
     summarize_phases,
     task_rows,
 )
+from routenlp_ray.bench.report import write_report
 from routenlp_ray.bench.savings import (
     accepted_error,
     accepted_error_by,
@@ -54,7 +55,7 @@ from routenlp_ray.bench.savings import (
     span_cells,
     span_summary,
 )
-from routenlp_ray.bench.serving import ServingApps, _local_serve, _write_report
+from routenlp_ray.bench.serving import ServingApps, local_serve
 from routenlp_ray.config.app import load_config
 
 # The tasks of the mixed traffic: those whose validation answers the replay frontier has.
@@ -208,17 +209,17 @@ def run_soak_benchmark(
     traffic = {"steady": steady, "drift": drifted}
     bodies = {p.name: [request_body(r) for r in traffic[phase_kind(p.name)]] for p in phases}
     monitoring = {"enabled": True, **({} if audit_rate is None else {"audit_rate": audit_rate})}
-    with _local_serve("routenlp-bench-soak-") as (port, work_dir):
+    with local_serve("routenlp-bench-soak-") as (port, work_dir):
         soak_config = bench_config(config, work_dir, {}, monitoring)
         base = serve_ready(apps, soak_config, port, bodies[phases[0].name][:16], APP, PREFIX)
         progress(f"soak: {minutes:g} min, {clients} clients, phases "
                  f"{', '.join(f'{p.name} {p.duration_s:.0f}s' for p in phases)}; drift: {drift_info['description']}")
         t0 = time.time()
-        requests, _, attempts = asyncio.run(_run_phases(f"{base}/v1", bodies, phases, t0))
+        requests, _, attempts = asyncio.run(run_phases(f"{base}/v1", bodies, phases, t0))
         serve.delete(APP)
         events, labels = read_monitor_log(str(work_dir / "load-log"), t0)
     answered = [r for r in requests if r["ok"]]
-    report = _write_report(out, {
+    body = {
         "benchmark": "soak",
         "config": config_path,
         "tasks": list(tasks),
@@ -239,13 +240,13 @@ def run_soak_benchmark(
         "per_minute": per_minute(requests, labels, events, phase_windows(phases)),
         "monitor_events": events,
         "audit_labels": len(labels),
-    })
-    write_markdown(report, Path(out).with_suffix(".md"))
-    plot_soak(report, Path(out).with_suffix(".png"))
-    return report
+    }
+    figure = Path(out).with_suffix(".png").name
+    return write_report(out, body, markdown=lambda report: soak_markdown(report, figure), figures={".png": plot_soak})
 
 
-def write_markdown(report: dict[str, Any], path: Path) -> None:
+def soak_markdown(report: dict[str, Any], figure: str) -> str:
+    """The report as Markdown; ``figure`` is the file name of its per-minute PNG, linked at the end."""
     monitoring, totals, drift = report["monitoring"], report["totals"], report["drift"]
     lines = [
         "# Soak benchmark: savings and audited quality per minute, with live recalibration",
@@ -280,9 +281,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"{cells['answered_by']} | {cells['accepted_error']} | {by_cell} | {cells['versions']} | "
             f"{cells['events']} |"
         )
-    plot = path.with_suffix(".png").name
-    lines += ["", *savings_markdown(report), f"![saved share and accepted-error per minute]({plot})", ""]
-    path.write_text("\n".join(lines))
+    lines += ["", *savings_markdown(report), f"![saved share and accepted-error per minute]({figure})", ""]
+    return "\n".join(lines)
 
 
 def plot_soak(report: dict[str, Any], path: Path) -> None:

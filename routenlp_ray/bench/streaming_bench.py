@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from routenlp_ray.bench.serving import ServingApps, _local_serve, _write_report
+from routenlp_ray.bench.report import write_report
+from routenlp_ray.bench.serving import ServingApps, local_serve
 from routenlp_ray.config.app import RouteNLPConfig, load_config
 
 PROMPTS = (
@@ -43,7 +44,7 @@ def last_tier_config(config: RouteNLPConfig, tier: str, log_dir: Path) -> RouteN
     return RouteNLPConfig.model_validate(data)
 
 
-def _timed_request(url: str, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+def timed_request(url: str, body: dict[str, Any], stream: bool) -> dict[str, Any]:
     """Seconds to the first text and to the end of the answer, and the answering tier's streaming mode."""
     import httpx
 
@@ -82,7 +83,7 @@ def run_streaming_benchmark(
     config_path: str, out: str, apps: ServingApps, tier: str = "smollm2", rounds: int = 3, max_tokens: int = 48,
 ) -> dict[str, Any]:
     config = load_config(config_path).with_absolute_paths(Path.cwd())
-    with _local_serve("routenlp-bench-streaming-") as (port, work_dir):
+    with local_serve("routenlp-bench-streaming-") as (port, work_dir):
         from ray import serve
 
         serve.run(apps.router(last_tier_config(config, tier, work_dir)), name="bench-streaming",
@@ -90,14 +91,14 @@ def run_streaming_benchmark(
         url = f"http://127.0.0.1:{port}/streaming/v1/chat/completions"
         bodies = [{"model": "routenlp/chat", "max_tokens": max_tokens, "messages": [{"role": "user", "content": p}]}
                   for p in PROMPTS]
-        _timed_request(url, bodies[0], stream=True)  # warm-up: first-call caches, not counted
+        timed_request(url, bodies[0], stream=True)  # warm-up: first-call caches, not counted
         samples: dict[str, list[dict[str, Any]]] = {"live": [], "whole": []}
         for round_index in range(rounds):
             for i, body in enumerate(bodies):
                 # Alternate which mode goes first, so neither always follows the other.
                 order = ("live", "whole") if (i + round_index) % 2 == 0 else ("whole", "live")
                 for mode in order:
-                    result = _timed_request(url, body, stream=mode == "live")
+                    result = timed_request(url, body, stream=mode == "live")
                     samples[mode].append({**result, "round": round_index, "prompt": i})
         serve.delete("bench-streaming")
     summary: dict[str, Any] = {}
@@ -114,7 +115,7 @@ def run_streaming_benchmark(
             "mean_completion_tokens": statistics.fmean(r["completion_tokens"] for r in rows),
         }
     live, whole = summary["live"]["median_ttft_s"]["mean"], summary["whole"]["median_ttft_s"]["mean"]
-    return _write_report(out, {
+    return write_report(out, {
         "benchmark": "streaming",
         "config": config_path,
         "tier": tier,

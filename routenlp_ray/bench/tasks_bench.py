@@ -18,7 +18,6 @@ are read on the other half.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from routenlp_ray.bench.curves import (
     oracle_points,
     routed_point,
 )
+from routenlp_ray.bench.report import write_report
 from routenlp_ray.cascade import accepts
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.recording.coverage import calibrate_table, cascade_outcome
@@ -337,7 +337,7 @@ STRUCTURED_TASKS = ("fin_ner", "cs_intent", "legal_clause", "legal_risk")
 GENERATION_TASKS = ("cs_response", "fin_summarization")
 
 
-def write_markdown(report: dict[str, Any], path: Path) -> None:
+def tasks_markdown(report: dict[str, Any]) -> str:
     tiers = report["tiers_cheapest_first"]
     lines = ["# Six-task routing benchmark", "", f"Tiers, cheapest first: {', '.join(tiers)}. Split: {report['split']}.",
              "Routers, thresholds and classifiers are fitted on one half of the records (by a hash of the id) and every",
@@ -410,7 +410,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     latency = report["router_decision_latency"]
     lines += ["", f"Router decision latency: p50 {latency['single_p50_ms']:.2f} ms, p99 {latency['single_p99_ms']:.2f} ms "
               f"per query; {latency['batched_decisions_per_s']:.0f} decisions/s batched.", ""]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def issue_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -467,12 +467,9 @@ def plot_pareto(curves: dict[str, dict[str, list[dict[str, Any]]]], path: Path) 
     plt.close(fig)
 
 
-def write_reports(report: dict[str, Any], out_json: Path) -> dict[str, Path]:
-    out_json.parent.mkdir(parents=True, exist_ok=True)
+def write_tasks_report(report: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Write ``out`` (JSON, with the issue's targets when thresholds were calibrated), its ``.md`` and Pareto ``.png``."""
     if "calibrated" in next(iter(report["per_task"].values())):
-        report["targets"] = issue_targets(report)
-    out_json.write_text(json.dumps(report, indent=2))
-    markdown, png = out_json.with_suffix(".md"), out_json.with_suffix(".png")
-    write_markdown(report, markdown)
-    plot_pareto(report["curves"], png)
-    return {"json": out_json, "markdown": markdown, "png": png}
+        report = {**report, "targets": issue_targets(report)}
+    return write_report(out, report, markdown=tasks_markdown,
+                        figures={".png": lambda written, path: plot_pareto(written["curves"], path)})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from routenlp_ray.bench.load import Phase, _phase_summary, bench_config, plot_timeline, summarize_phases, write_markdown
+from routenlp_ray.bench.load import Phase, _phase_summary, bench_config, load_markdown, plot_timeline, summarize_phases
 from routenlp_ray.bench.savings import binned_saved_share
 from routenlp_ray.config import load_config
 from tests.conftest import REPO_ROOT
@@ -58,8 +58,7 @@ def test_the_report_files_are_written(tmp_path: Path) -> None:
         "monitor_events": EVENTS, "audit_labels": 0,
         "timeline": {"replicas": SAMPLES, "requests": REQUESTS, "saved_share": binned_saved_share(REQUESTS, 5.0)},
     }
-    write_markdown(report, tmp_path / "bench_load.md")
-    text = (tmp_path / "bench_load.md").read_text()
+    text = load_markdown(report, "bench_load.png")
     assert "| light | 1 | 10 | 10 | 0 | 1.0 |" in text and "router (pid 42, t=5s)" in text
     assert "tier-specialist 1-2" in text and "111, of which 2 failed" in text
     assert "| light | 90.0% |" in text and "| load | 0.0% |" in text and "`live-1` 98" in text

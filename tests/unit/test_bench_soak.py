@@ -14,8 +14,8 @@ from routenlp_ray.bench.soak import (
     per_minute,
     phase_kind,
     plot_soak,
+    soak_markdown,
     soak_phases,
-    write_markdown,
 )
 
 
@@ -123,8 +123,7 @@ def test_a_drop_with_audited_errors_behind_it_is_not_flagged_and_the_report_is_w
         "phases": phases, "per_minute": per_minute(REQUESTS, LABELS, EVENTS, phase_windows(PHASES)),
         "monitor_events": EVENTS, "audit_labels": len(LABELS),
     }
-    write_markdown(report, tmp_path / "soak.md")
-    text = (tmp_path / "soak.md").read_text()
+    text = soak_markdown(report, "soak.png")
     assert "| 2 | drift | 31 | 1 | 30.0% |" in text
     assert "**Drift phases:** the legal_clause share" in text
     assert "- t=125.0 s: **recalibration** (quality_breach), `v1` -> `live-2`; 1 change(s):" in text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from routenlp_ray.cli.bench._apps import serving_apps
 
 
 def _cmd_bench_specialist(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.report import write_report
     from routenlp_ray.bench.specialist_bench import run_specialist_benchmark
     from routenlp_ray.config import load_config
 
@@ -23,14 +23,12 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
         config = type(config).model_validate(data)
     report = run_specialist_benchmark(config, args.tier, args.data_dir, per_task=args.per_task,
                                       batch_size=args.batch_size, rounds=args.rounds)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, report)
     single, batched = report["single_client_ms"], report["batched_answers_per_s"]
     print(f"{report['queries']} queries over {report['tasks']}: one client p50 {single['p50']:.1f} ms, "
           f"p99 {single['p99']:.1f} ms; batched {batched['mean']:.0f} ± {batched['sd']:.0f} answers/s; "
           f"peak RSS {report['peak_rss_mb']:.0f} MB")
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -69,9 +67,7 @@ def _cmd_bench_llm_tiers(args: argparse.Namespace) -> int:
     report = run_llm_tier_benchmark(args.out, serving_apps(), sides, concurrency=tuple(args.concurrency),
                                     requests_per_client=args.requests_per_client, rounds=args.rounds,
                                     max_tokens=args.max_tokens)
-    markdown = llm_tiers_markdown(report)
-    Path(args.out).with_suffix(".md").write_text(markdown)
-    print(markdown)
+    print(llm_tiers_markdown(report))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
     return 0
 

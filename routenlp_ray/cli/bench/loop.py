@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +64,7 @@ def _cmd_bench_loop(args: argparse.Namespace) -> int:
     )
     report = run_loop_experiment(config, args.data_dir, args.workdir, args.run_id, settings,
                                  log=lambda line: print(line, flush=True))
-    command = "routenlp bench loop " + " ".join(sys.argv[3:])
-    markdown = write_loop_experiment_report(report, args.out, command.strip())
-    print(markdown.read_text())
+    print(write_loop_experiment_report(report, args.out).read_text())
     return 0
 
 
@@ -98,9 +95,7 @@ def _cmd_bench_loop_specialist(args: argparse.Namespace) -> int:
         {t: cascade.uncertainty_per_task.get(t, cascade.uncertainty) for t in args.tasks},
         log=lambda line: print(line, flush=True),
     )
-    command = "routenlp bench loop-specialist " + " ".join(sys.argv[3:])
-    md = write_loop_specialist_report(report, args.out, command.strip())
-    print(md.read_text())
+    print(write_loop_specialist_report(report, args.out).read_text())
     return 0
 
 

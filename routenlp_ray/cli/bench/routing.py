@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
 from routenlp_ray.cli._common import Subparsers, add_records_arguments, benchmark_tasks
 
 
 def _cmd_bench_routing(args: argparse.Namespace) -> int:
-    from routenlp_ray.bench.routing_bench import RECOMMENDED, run_routing_benchmark, verdict, write_reports
+    from routenlp_ray.bench.routing_bench import RECOMMENDED, run_routing_benchmark, verdict, write_routing_report
     from routenlp_ray.routing.fit import FitSettings
 
     settings = FitSettings(epochs=args.epochs)
@@ -19,8 +16,7 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
                                    settings=settings, cross_source=not args.no_cross_source,
                                    latency_queries=args.latency_queries, artifact_out=args.save_artifact,
                                    compare_minilm=args.compare_minilm)
-    command = "routenlp bench routing " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "routenlp bench routing"
-    written = write_reports(report, args.out, command)
+    write_routing_report(report, args.out)
     for name, row in report["sources"].items():
         v = verdict(row["summary"])
         s = row["summary"][RECOMMENDED]
@@ -30,35 +26,31 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
     lat = report["decision_latency"]
     print(f"decision: p50 {lat['single_p50_ms']:.2f} ms, p99 {lat['single_p99_ms']:.2f} ms, "
           f"{lat['batched_decisions_per_s']:.0f}/s batched")
-    print("wrote " + ", ".join(str(p) for p in written))
+    print(f"wrote {args.out} and its .md, .png and _reliability.png")
     return 0
 
 
 def _cmd_bench_router_latency(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.report import write_report
     from routenlp_ray.bench.routing_bench import latency_markdown, run_latency_benchmark
 
     report = run_latency_benchmark(args.artifact, args.data, split=args.split, queries=args.queries,
                                    repeats=args.repeats, compare_minilm=not args.no_minilm)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    markdown = latency_markdown(report, "routenlp bench router-latency " + " ".join(sys.argv[3:]))
-    out.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    written = write_report(args.out, report, markdown=lambda r: latency_markdown(r, r["command"]))
+    print(latency_markdown(written, written["command"]))
     return 0
 
 
 def _cmd_bench_tasks(args: argparse.Namespace) -> int:
-    from routenlp_ray.bench.tasks_bench import run_tasks_benchmark, write_reports
+    from routenlp_ray.bench.tasks_bench import run_tasks_benchmark, tasks_markdown, write_tasks_report
     from routenlp_ray.config import load_config
 
     config = load_config(args.config)
     tasks = benchmark_tasks(args, config)
     report = run_tasks_benchmark(config, args.records, args.data_dir, tasks, split=args.split, seed=args.seed,
                                  epochs=args.epochs)
-    paths = write_reports(report, Path(args.out))
-    print(Path(paths["markdown"]).read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(tasks_markdown(write_tasks_report(report, args.out)))
+    print(f"wrote {args.out} and its .md and .png")
     return 0
 
 
