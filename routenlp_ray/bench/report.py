@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -81,12 +81,12 @@ def write_report(
 ) -> dict[str, Any]:
     """Write ``body`` to ``out`` as JSON, stamped, with its Markdown and figures; returns the stamped report.
 
-    The report is ``{"command", "created_at", "machine", **body}`` (the body's values as given,
-    not as JSON reads them back): ``command`` defaults to
-    this process's ``command_line()``. ``markdown`` (text, or a function of the report) goes to
-    ``out.with_suffix(".md")``; ``figures`` maps a name suffix (``".png"``, ``"_reliability.png"``)
-    to a function drawing the report into that PNG. ``indent=None`` writes compact JSON.
-    Parent folders are created; nothing is left behind when any part fails.
+    The report is ``{"command", "created_at", "machine", **body}``, the body's values as given
+    (not as JSON reads them back); ``command`` defaults to this process's ``command_line()``.
+    ``markdown`` (text, or a function of the report) goes to ``out.with_suffix(".md")``;
+    ``figures`` maps a name suffix (``".png"``, ``"_reliability.png"``) to a function drawing the
+    report into that PNG. ``indent=None`` writes compact JSON. Parent folders are created;
+    nothing is left behind when any part fails.
     """
     out = Path(out)
     clashing = sorted(set(STAMPED_KEYS) & set(body))
@@ -124,18 +124,22 @@ def write_report(
 
 
 def _stage(final: Path, staged: list[tuple[Path, Path]]) -> Path:
-    """A new empty file beside ``final`` with the same suffix (matplotlib reads the format from it)."""
-    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=f".tmp{final.suffix}")
-    os.close(handle)
-    temporary = Path(name)
+    """A new empty file beside ``final`` with the same suffix (matplotlib reads the format from it).
+
+    Created with the usual permissions (not ``mkstemp``'s 0600), which the renamed file keeps.
+    """
+    temporary = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp{final.suffix}")
+    temporary.touch(exist_ok=False)
     staged.append((temporary, final))
     return temporary
 
 
 def _jsonable(value: Any) -> Any:
-    """numpy scalars and arrays as Python numbers and lists; anything else JSON has no type for as its ``str``."""
+    """numpy scalars and arrays as Python numbers and lists, sets sorted; anything else as its ``str`` (a Path)."""
     if hasattr(value, "tolist") and type(value).__module__ == "numpy":
         return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
     return str(value)
 
 

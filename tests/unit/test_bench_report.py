@@ -28,17 +28,21 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 def test_the_json_carries_the_body_after_the_command_time_and_machine(tmp_path: Path) -> None:
     out = tmp_path / "deep" / "er" / "bench_x.json"
-    report = write_report(out, {"benchmark": "x", "value": np.float64(0.5), "counts": np.arange(3), "path": tmp_path},
-                          command="routenlp bench x --out bench_x.json")
+    report = write_report(out, {"benchmark": "x", "value": np.float64(0.5), "counts": np.arange(3), "path": tmp_path,
+                                "n": np.int64(7), "tiers": {"b", "a"}}, command="routenlp bench x --out bench_x.json")
     written = json.loads(out.read_text())
     assert {k: written[k] for k in ("command", "created_at", "machine")} == {
         k: report[k] for k in ("command", "created_at", "machine")}
     assert list(written)[:4] == ["command", "created_at", "machine", "benchmark"]
     assert written["command"] == "routenlp bench x --out bench_x.json"
     assert written["value"] == 0.5 and written["counts"] == [0, 1, 2] and written["path"] == str(tmp_path)
+    assert written["n"] == 7 and written["tiers"] == ["a", "b"]
     assert written["created_at"].endswith("+00:00")
     assert out.read_text().endswith("\n") and "\n  " in out.read_text()
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench_x.json"]
+    plain = out.parent / "plain.txt"
+    plain.write_text("")
+    assert out.stat().st_mode == plain.stat().st_mode  # the usual permissions, not a temporary file's 0600
 
 
 def test_the_machine_says_cpus_platform_python_and_versions() -> None:
