@@ -423,7 +423,9 @@ class PilotRunner:
             return json.loads(path.read_text())
         served = self.serve(self.state_config(store), self.eval_rows, log_queries=False)
         result = {"metrics": metrics(served), "costs": [[s.cost, s.frontier_cost, s.score] for s in served]}
-        path.write_text(json.dumps(result, default=_jsonable))
+        tmp = path.with_suffix(".tmp")  # a crash mid-write must not leave a truncated cache for the resume
+        tmp.write_text(json.dumps(result, default=_jsonable))
+        tmp.replace(path)
         return result
 
 

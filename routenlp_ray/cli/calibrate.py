@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -162,26 +161,26 @@ def _cmd_fit_scorer(args: argparse.Namespace) -> int:
 
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
+    from routenlp_ray.bench.report import write_report
     from routenlp_ray.config import load_config
     from routenlp_ray.recording.coverage import coverage_markdown, coverage_report, rows_as_dicts
 
     config = load_config(args.config)
     score = _score_from_args(args)
     tables = _tables_from_args(args, config, score)
-    sections, report = [], {"score": args.score, "method": args.method, "repeats": args.repeats, "results": {}}
+    sections, report = [], {"score": args.score or _per_task_score_name(config), "method": args.method,
+                            "repeats": args.repeats, "results": {}}
     for alpha in args.alpha:
         rows = coverage_report(tables, args.sizes, alpha=alpha, repeats=args.repeats, seed=args.seed,
                                method=args.method)
         report["results"][str(alpha)] = rows_as_dicts(rows)
-        sections.append(coverage_markdown(rows, title=f"alpha = {alpha}, score = {args.score}, method = {args.method}"))
+        score_name = args.score or _per_task_score_name(config)
+        sections.append(coverage_markdown(rows, title=f"alpha = {alpha}, score = {score_name}, method = {args.method}"))
     report["tasks"] = {t.task: len(t.ids) for t in tables}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
     markdown = "\n".join(sections)
-    out.with_suffix(".md").write_text(markdown)
+    write_report(args.out, report, markdown=markdown)
     print(markdown)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
     return 0
 
 

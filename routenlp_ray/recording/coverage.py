@@ -89,7 +89,8 @@ def coverage_report(
     rng = np.random.default_rng(seed)
     out: list[CoverageRow] = []
     for n in sizes:
-        usable = [t for t in tables if len(t.ids) >= n + min_held_out]
+        # A task only the last tier serves (fin_summarization in the embedded default) has nothing to calibrate.
+        usable = [t for t in tables if len(t.ids) >= n + min_held_out and t.served[:-1].any()]
         if not usable:
             continue
         totals = {"correct": 0, "violations": 0, "cells": 0, "no_threshold": 0}
@@ -105,8 +106,10 @@ def coverage_report(
                 correct, violations = _violations(held, thresholds)
                 task_correct += correct
                 task_violations += violations
-                totals["cells"] += len(thresholds) - 1
-                totals["no_threshold"] += sum(d is None for d in thresholds[:-1])
+                # A cheap tier that does not serve the task has no threshold by design, not for lack of rows.
+                served = [k for k in range(len(thresholds) - 1) if table.served[k]]
+                totals["cells"] += len(served)
+                totals["no_threshold"] += sum(thresholds[k] is None for k in served)
                 answered, paid, got = cascade_outcome(held, thresholds)
                 cost += paid.sum()
                 base_cost += held.cost[:, -1].sum()

@@ -68,3 +68,22 @@ def test_wilson_interval_and_joining_tables() -> None:
     assert len(joined.ids) == 8 and joined.uncertainty.shape == (8, 2)
     with pytest.raises(ValueError, match="same example"):
         concat_tables([synthetic_table(5, 0, "t"), synthetic_table(5, 0, "t")])
+
+
+def test_a_cheap_tier_that_does_not_serve_the_task_is_not_a_cell_without_a_threshold() -> None:
+    two = synthetic_table(600, 4)
+    # A middle tier (an LLM serving only chat in the embedded default) that skips this task.
+    table = TaskTable(
+        task=two.task, ids=two.ids, inputs=two.inputs,
+        quality=np.column_stack([two.quality[:, 0], np.zeros(600), two.quality[:, 1]]),
+        correct=np.column_stack([two.correct[:, 0], np.zeros(600), two.correct[:, 1]]),
+        cost=np.column_stack([two.cost[:, 0], np.zeros(600), two.cost[:, 1]]),
+        uncertainty=np.column_stack([two.uncertainty[:, 0], np.full(600, np.nan), two.uncertainty[:, 1]]),
+        tiers=["cheap", "chat_llm", "frontier"], served=np.array([True, False, True]),
+    )
+    [row] = coverage_report([table], sizes=(300,), alpha=0.1, repeats=5)
+    assert row.no_threshold_share == 0.0  # the cheap tier always gets one; the unserved tier is not counted
+    frontier_only = synthetic_table(600, 5, "frontier_only")
+    frontier_only.served = np.array([False, True])
+    [row] = coverage_report([table, frontier_only], sizes=(300,), alpha=0.1, repeats=5)
+    assert row.tasks == [table.task]  # a task no cheap tier serves has nothing to calibrate

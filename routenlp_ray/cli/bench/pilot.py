@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ def _pilot_options(fields: Sequence[str]) -> ModelOptions:
 
 def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.pilot import PilotSettings, run_pilot
+    from routenlp_ray.bench.report import write_report
     from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
     from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
     from routenlp_ray.config import load_config
@@ -34,28 +34,25 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan or DEFAULT_PLAN)
     settings = PilotSettings(**_pilot_options(PILOT_FIELDS).values(args),
                              seeds=list(range(args.seed, args.seed + args.seeds)))
-    out = Path(args.out)
     workdir = Path(args.workdir or f"var/pilot/{plan.name}")
     report = run_pilot(config, plan, args.data_dir, workdir, settings)
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    command = "routenlp bench pilot " + " ".join(sys.argv[3:])
-    out.with_suffix(".md").write_text(pilot_markdown(report, command.strip(), baseline))
-    plot_pilot(report, out.with_suffix(".png"))
+    write_report(args.out, report, markdown=lambda written: pilot_markdown(written, written["command"], baseline),
+                 figures={".png": plot_pilot})
     for arm, arm_ratios in report["ratios"].items():
         for key in ("final_week", "summed_over_weeks"):
             r = arm_ratios[key]
             ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
             print(f"{key}: {arm} {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
                   f"over no loop; ratio {ratio}, 95% CI {r['ratio_ci95']}")
-    print(f"wrote {out} and its .md and .png")
+    print(f"wrote {args.out} and its .md and .png")
     return 0
 
 
 def _cmd_bench_pilot_live(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.pilot import PilotSettings
     from routenlp_ray.bench.pilot_live import LiveCluster, live_markdown, run_live_arm
+    from routenlp_ray.bench.report import write_report
     from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
     from routenlp_ray.config import load_config
 
@@ -65,12 +62,8 @@ def _cmd_bench_pilot_live(args: argparse.Namespace) -> int:
     cluster = LiveCluster(address=args.address, dashboard_url=args.dashboard, http_port=args.port)
     report = run_live_arm(config, plan, args.data_dir, Path(args.workdir or f"var/pilot-live/{plan.name}"), settings,
                           cluster, seed=args.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    command = "routenlp bench pilot-live " + " ".join(sys.argv[3:])
-    out.with_suffix(".md").write_text(live_markdown(report, plan.name, command.strip()))
-    print(f"{report['failed_requests']} failed requests; wrote {out} and its .md")
+    write_report(args.out, report, markdown=lambda written: live_markdown(written, plan.name, written["command"]))
+    print(f"{report['failed_requests']} failed requests; wrote {args.out} and its .md")
     return 0 if report["failed_requests"] == 0 else 1
 
 

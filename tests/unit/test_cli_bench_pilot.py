@@ -1,0 +1,44 @@
+"""`routenlp bench pilot` writes its report through the shared writer: JSON stamped, Markdown, plot.
+
+The pilot itself (hours of Ray Train work) is the collaborator replaced here: the committed
+`results/pilot.json` stands in for a finished run. The pilot's own logic is tested in tests/cpu.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from routenlp_ray.cli import main
+from tests.conftest import REPO_ROOT
+
+DATA_DIR = Path(os.environ.get("ROUTENLP_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def test_the_pilot_report_is_stamped_and_written_with_its_markdown_and_plot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
+    finished = json.loads((REPO_ROOT / "results" / "pilot.json").read_text())
+    for key in ("command", "created_at", "machine"):
+        finished.pop(key, None)
+    calls = []
+
+    def finished_pilot(config, plan, data_dir, workdir, settings):
+        calls.append((plan.name, settings.seeds, Path(workdir)))
+        return finished
+
+    monkeypatch.setattr("routenlp_ray.bench.pilot.run_pilot", finished_pilot)
+    out = tmp_path / "results" / "pilot.json"
+    assert main(["bench", "pilot", "--data-dir", str(DATA_DIR), "--seeds", "2", "--seed", "3",
+                 "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert calls == [("default", [3, 4], tmp_path / "work")]
+    written = json.loads(out.read_text())
+    assert written["command"] and written["machine"]["cpus"] >= 1  # the command line of this process
+    assert written["ratios"] == finished["ratios"]
+    markdown = out.with_suffix(".md").read_text()
+    assert markdown.startswith("# Pilot: default plan") and written["command"] in markdown
+    assert out.with_suffix(".png").stat().st_size > 10_000
