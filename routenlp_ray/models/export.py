@@ -91,7 +91,7 @@ def export_hf_folder(
     place and renamed in, so a crash never leaves a half-written model behind its fingerprint.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out = Path(out_dir)
     recipe = export_recipe(source, gguf_file, adapter, dtype)
@@ -105,7 +105,11 @@ def export_hf_folder(
         from peft import PeftModel
 
         loaded = PeftModel.from_pretrained(loaded, str(resolve_model_source(adapter))).merge_and_unload()
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    # The config is read again rather than taken from the loaded model: loading a GGUF file marks
+    # that model's config with a gguf quantization_config, which vLLM refuses ("Unknown quantization
+    # method: gguf") although the weights saved here are plain dequantized tensors.
+    config = AutoConfig.from_pretrained(str(folder), **load)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model = model.to(getattr(torch, dtype))
     model.generation_config = loaded.generation_config
