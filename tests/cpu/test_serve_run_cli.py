@@ -1,4 +1,4 @@
-"""The README path: `serve run serve_config.local.yaml`, then the official openai client."""
+"""The documented path (docs/operations.md): `serve run serve_config.local.yaml`, then the official openai client."""
 
 from __future__ import annotations
 
