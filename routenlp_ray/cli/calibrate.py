@@ -88,8 +88,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     ids: list[str] = []
     # Each cheap tier is calibrated on every row it has answers for: a tier recorded on a sample
     # (a slow LLM on 300 rows a task) must not shrink a fast tier's calibration set to that sample.
-    for cheap, task in itertools.product(config.tiers[:-1], benchmark_tasks(args, config)):
-        group_of = row_groups(config.task(task), args.data_dir, args.split) if args.groups else {}
+    tasks = benchmark_tasks(args, config)
+    groups_by_task = {t: row_groups(config.task(t), args.data_dir, args.split) if args.groups else {} for t in tasks}
+    for cheap, task in itertools.product(config.tiers[:-1], tasks):
+        group_of = groups_by_task[task]
         alone = config.model_copy(update={"tiers": [cheap, config.frontier]})
         try:
             tables = _tables_from_args(argparse.Namespace(**{**vars(args), "tasks": [task]}), alone, score)
@@ -168,13 +170,12 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     score = _score_from_args(args)
     tables = _tables_from_args(args, config, score)
-    sections, report = [], {"score": args.score or _per_task_score_name(config), "method": args.method,
-                            "repeats": args.repeats, "results": {}}
+    score_name = args.score or _per_task_score_name(config)
+    sections, report = [], {"score": score_name, "method": args.method, "repeats": args.repeats, "results": {}}
     for alpha in args.alpha:
         rows = coverage_report(tables, args.sizes, alpha=alpha, repeats=args.repeats, seed=args.seed,
                                method=args.method)
         report["results"][str(alpha)] = rows_as_dicts(rows)
-        score_name = args.score or _per_task_score_name(config)
         sections.append(coverage_markdown(rows, title=f"alpha = {alpha}, score = {score_name}, method = {args.method}"))
     report["tasks"] = {t.task: len(t.ids) for t in tables}
     markdown = "\n".join(sections)

@@ -7,15 +7,12 @@ The pilot itself (hours of Ray Train work) is the collaborator replaced here: th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from routenlp_ray.cli import main
-from tests.conftest import REPO_ROOT
-
-DATA_DIR = Path(os.environ.get("ROUTENLP_DATA", REPO_ROOT.parent / "shared" / "data"))
+from tests.conftest import DATA_DIR, REPO_ROOT
 
 
 def test_the_pilot_report_is_stamped_and_written_with_its_markdown_and_plot(
