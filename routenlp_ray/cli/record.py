@@ -43,6 +43,7 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
     from routenlp_ray.engines.factory import make_engine
     from routenlp_ray.loop.teacher import frontier_pairs
     from routenlp_ray.specialists.training import (
+        FineTuneSettings,
         SpecialistTrainingConfig,
         distill_specialists,
         head_kind_for_parser,
@@ -62,9 +63,15 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
             pairs[name] = _pairs_referencing_rows(args, name, pairs[name])
         print(f"{name}: {len(pairs[name].texts)} pairs from {config.frontier.name!r} ({missing} without an answer), "
               f"{kind} head", flush=True)
-    training = SpecialistTrainingConfig(cpus_per_worker=args.cpus, seed=args.seed)
+    epochs = task_counts(args.finetune, "--finetune")
+    unknown = sorted(set(epochs) - set(pairs))
+    if unknown:
+        raise ConfigError(f"--finetune names {unknown}, which are not among the tasks distilled ({sorted(pairs)})")
+    layers = {} if args.trained_layers is None else {"trained_layers": args.trained_layers}
+    finetune = {task: FineTuneSettings(epochs=n, **layers) for task, n in epochs.items()}
+    training = SpecialistTrainingConfig(cpus_per_worker=args.cpus, seed=args.seed, finetune=finetune)
     out = distill_specialists(pairs, args.out, version=args.version or Path(args.out).name, config=training,
-                              storage_path=args.storage)
+                              storage_path=args.storage, carry_from=args.carry_from)
     print(f"wrote specialist artifact {out}")
     return 0
 
@@ -166,6 +173,14 @@ def register(commands: Subparsers) -> None:
     distill.add_argument("--storage", default="var/ray_train", help="Ray Train storage path")
     distill.add_argument("--cache-rows-from-data", action="store_true",
                          help="answer caches reference the data file their pairs are (no copy in the artifact)")
+    distill.add_argument("--finetune", nargs="+", metavar="TASK=EPOCHS", default=None,
+                         help="label or entity tasks that fine-tune the encoder's top layers for at most EPOCHS "
+                              "(the best epoch on a held-out slice of the pairs is kept) instead of a frozen-feature head")
+    distill.add_argument("--trained-layers", type=int, default=None,
+                         help="top encoder layers each --finetune task trains, the rest being a shared frozen trunk "
+                              "(default: FineTuneSettings', 2)")
+    distill.add_argument("--carry-from", default=None,
+                         help="an artifact on the same encoder whose heads for the tasks not distilled join the new one")
     distill.set_defaults(func=_cmd_distill_specialists)
 
     student = commands.add_parser(

@@ -342,7 +342,7 @@ class Iteration:
         for task in _head_tasks(folder):
             head = read_head(folder / task)
             classes = [str(c) for c in head.get("classes", [])]
-            if head.get("kind") == "entities":
+            if head.get("kind") in ("entities", "finetuned_entities"):
                 known[task] = ("entities", {c.split("-", 1)[1] for c in classes if "-" in c})
             elif head.get("kind") in ("label", "finetuned_label"):
                 known[task] = ("label", set(classes))

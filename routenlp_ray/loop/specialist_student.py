@@ -29,6 +29,7 @@ from routenlp_ray.config._base import StrictModel
 from routenlp_ray.specialists.artifact import data_fingerprint, read_head, read_manifest, read_pairs, write_artifact
 from routenlp_ray.specialists.heads import source_pairs
 from routenlp_ray.specialists.training import (
+    FINETUNED_HEAD,
     FineTuneSettings,
     SpecialistTrainingConfig,
     TaskPairs,
@@ -157,7 +158,7 @@ def refit_specialist(
                if task in manifest.tasks and "C" in manifest.tasks[task].metrics}
     # A fine-tuned head is continued, not started over: its layers and classifier are the starting point.
     finetune = {task: _continued_settings(folder / task) for task in pairs
-                if task in manifest.tasks and read_head(folder / task).get("kind") == "finetuned_label"}
+                if task in manifest.tasks and read_head(folder / task).get("kind") in FINETUNED_HEAD.values()}
     training = SpecialistTrainingConfig(encoder_source=manifest.encoder.source, task_Cs=task_Cs, finetune=finetune,
                                         cpus_per_worker=settings.cpus_per_worker,
                                         encoding_cache=settings.encoding_cache)

@@ -1,11 +1,13 @@
-"""A label specialist that fine-tunes the encoder: the top layers of the packaged MiniLM, per task.
+"""Specialists that fine-tune the encoder: the top layers of the packaged MiniLM, per task.
 
-:class:`FineTunedLabelSpecialist` splits all-MiniLM-L6-v2 in two:
+:class:`FineTunedLabelSpecialist` (a sequence classifier) and :class:`FineTunedEntitySpecialist`
+(a BIO tagger over whitespace words) split all-MiniLM-L6-v2 in two:
 
 - a **shared trunk**, the embeddings and the bottom ``6 - trained_layers`` transformer layers,
   frozen and never copied (one per process and encoder, see :func:`shared_trunk`);
 - a **per-task top**: copies of the top ``trained_layers`` layers, fine-tuned, then mean pooling
-  and a linear classifier over the frontier's labels.
+  and a linear classifier over the frontier's labels (label heads), or a linear classifier over
+  each word's first sub-token state (entity heads).
 
 Why a shared trunk and not LoRA over all layers: the trunk's token states are computed once per
 training text and reused every epoch, so an epoch costs the top layers' forward and backward only
@@ -18,8 +20,10 @@ linear schedule with separate learning rates for the layers and the freshly init
 classifier. The number of epochs is chosen on a seeded held-out slice of the pairs (the best
 epoch's weights are kept); the model kept is the one trained on the rest.
 
-Evidence is the same as :class:`~routenlp_ray.specialists.heads.LabelSpecialist`'s: the chosen
-class's log-probability and the top-k class log-probabilities.
+Evidence is the same as the frozen heads': for a label, the chosen class's log-probability and
+the top-k class log-probabilities; for an entity list, each word's log-probability of its tag,
+so ``max_nll`` is the least sure word of the sentence. The tagger's epoch is chosen on the share of
+held-out sentences whose every tag is right, the unit the cascade accepts or escalates.
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from routenlp_ray._exceptions import ArtifactError, NotFittedError
 from routenlp_ray.specialists._answer import HeadAnswer
 from routenlp_ray.specialists.artifact import HEAD_FILE, read_head
 
-__all__ = ["FineTunedLabelSpecialist", "shared_trunk"]
+__all__ = ["FineTunedEntitySpecialist", "FineTunedLabelSpecialist", "shared_trunk"]
 
 WEIGHTS_FILE = "top.safetensors"
+IGNORED = -100  # a label torch's cross-entropy skips: padding, and words the tokenizer cut off
 
 
 class _Trunk:
@@ -76,6 +81,19 @@ class _Trunk:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                               return_tensors="pt")
 
+    def tokenize_words(self, sentences: Sequence[Sequence[str]], max_length: int) -> tuple[Any, list[list[int]]]:
+        """Tokenize pre-split words; per sentence, the position of each word's first sub-token (-1: cut off)."""
+        batch = self.tokenizer([list(words) for words in sentences], is_split_into_words=True, padding=True,
+                               truncation=True, max_length=max_length, return_tensors="pt")
+        firsts = []
+        for row, words in enumerate(sentences):
+            first = [-1] * len(words)
+            for position, word in enumerate(batch.word_ids(row)):
+                if word is not None and first[word] < 0:
+                    first[word] = position
+            firsts.append(first)
+        return batch, firsts
+
     def states(self, batch: Any) -> Any:
         """Token states after the trunk, shape (batch, tokens, hidden)."""
         with self.torch.inference_mode():
@@ -98,6 +116,20 @@ class _Trunk:
                 out[i] = (batch["input_ids"][row, :n].tolist(), states[row, :n].clone())
         return out
 
+    def word_states(self, sentences: Sequence[Sequence[str]], max_length: int,
+                    batch_size: int = 64) -> list[tuple[list[int], Any, list[int]]]:
+        """Per sentence: (token ids, trunk states (tokens, hidden), each word's first sub-token or -1)."""
+        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+        out: list[Any] = [None] * len(sentences)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch, firsts = self.tokenize_words([sentences[i] for i in chunk], max_length)
+            states = self.states(batch)
+            for row, i in enumerate(chunk):
+                n = int(batch["attention_mask"][row].sum())
+                out[i] = (batch["input_ids"][row, :n].tolist(), states[row, :n].clone(), firsts[row])
+        return out
+
 
 @lru_cache(maxsize=4)
 def shared_trunk(model_source: str, n_layers: int, max_length: int = 256) -> _Trunk:
@@ -112,6 +144,26 @@ def additive_mask(attention_mask: Any, dtype: Any) -> Any:
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
+def _top_layers(trunk: _Trunk) -> Any:
+    """Trainable copies of the layers above the trunk: a new task's top starts from them."""
+    import torch
+
+    layers = torch.nn.ModuleList(copy.deepcopy(list(trunk.upper_layers)))
+    for parameter in layers.parameters():
+        parameter.requires_grad_(True)
+    return layers
+
+
+def _zero_linear(width: int, n_classes: int) -> Any:
+    """A classifier that starts at zero: uniform answers until it has learned something."""
+    import torch
+
+    classifier = torch.nn.Linear(width, n_classes)
+    torch.nn.init.zeros_(classifier.weight)
+    torch.nn.init.zeros_(classifier.bias)
+    return classifier
+
+
 def _top_module(trunk: _Trunk, n_classes: int, dropout: float) -> Any:
     import torch
 
@@ -120,13 +172,9 @@ def _top_module(trunk: _Trunk, n_classes: int, dropout: float) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            self.layers = torch.nn.ModuleList(copy.deepcopy(list(trunk.upper_layers)))
-            for parameter in self.layers.parameters():
-                parameter.requires_grad_(True)
+            self.layers = _top_layers(trunk)
             self.dropout = torch.nn.Dropout(dropout)
-            self.classifier = torch.nn.Linear(trunk.config.hidden_size, n_classes)
-            torch.nn.init.zeros_(self.classifier.weight)
-            torch.nn.init.zeros_(self.classifier.bias)
+            self.classifier = _zero_linear(trunk.config.hidden_size, n_classes)
 
         def forward(self, hidden_states: Any, attention_mask: Any, labels: Any = None) -> dict[str, Any]:
             mask = additive_mask(attention_mask, hidden_states.dtype)
@@ -143,8 +191,35 @@ def _top_module(trunk: _Trunk, n_classes: int, dropout: float) -> Any:
     return TopClassifier()
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pad cached trunk states into a batch; ``input_ids`` only tell the length-grouped sampler the lengths."""
+def _top_tagger(trunk: _Trunk, n_tags: int, dropout: float) -> Any:
+    import torch
+
+    class TopTagger(torch.nn.Module):
+        """The task's top layers and a linear tag classifier on each word's first sub-token."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = _top_layers(trunk)
+            self.dropout = torch.nn.Dropout(dropout)
+            self.classifier = _zero_linear(trunk.config.hidden_size, n_tags)
+
+        def forward(self, hidden_states: Any, attention_mask: Any, word_index: Any, labels: Any = None) -> dict[str, Any]:
+            mask = additive_mask(attention_mask, hidden_states.dtype)
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, mask)
+            # (batch, words, hidden): each word's first sub-token (index 0, [CLS], for padding and cut-off words).
+            words = torch.gather(hidden_states, 1, word_index.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
+            logits = self.classifier(self.dropout(words))
+            out = {"logits": logits}
+            if labels is not None:
+                out["loss"] = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                                ignore_index=IGNORED)
+            return out
+
+    return TopTagger()
+
+
+def _padded_states(items: list[dict[str, Any]]) -> tuple[Any, Any]:
     import torch
 
     width = max(item["states"].shape[0] for item in items)
@@ -154,18 +229,42 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     for row, item in enumerate(items):
         n = item["states"].shape[0]
         states[row, :n], mask[row, :n] = item["states"], 1
+    return states, mask
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pad cached trunk states into a batch; ``input_ids`` only tell the length-grouped sampler the lengths."""
+    import torch
+
+    states, mask = _padded_states(items)
     return {"hidden_states": states, "attention_mask": mask,
             "labels": torch.tensor([item["labels"] for item in items], dtype=torch.long)}
 
 
-class FineTunedLabelSpecialist:
-    """A label classifier that fine-tunes the encoder's top layers on (query, frontier answer) pairs.
+def _collate_words(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pad cached trunk states, word positions and word tags (IGNORED where there is no word)."""
+    import torch
+
+    states, mask = _padded_states(items)
+    width = max(1, max(len(item["word_index"]) for item in items))
+    word_index = torch.zeros(len(items), width, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORED, dtype=torch.long)
+    for row, item in enumerate(items):
+        n = len(item["word_index"])
+        word_index[row, :n] = torch.tensor(item["word_index"], dtype=torch.long).clamp(min=0)
+        labels[row, :n] = torch.tensor(item["labels"], dtype=torch.long)
+    return {"hidden_states": states, "attention_mask": mask, "word_index": word_index, "labels": labels}
+
+
+class _FineTunedHead:
+    """What both fine-tuned heads share: the trunk, the Trainer run that picks its epoch, the artifact.
 
     Parameters appear only here; ``fit`` returns ``self`` and learned attributes end in ``_``.
     ``epochs`` is the most it trains; the epoch kept is the best on the held-out slice.
     """
 
-    kind = "finetuned_label"
+    kind: str
+    _metric: str  # what the held-out slice is scored on, to pick the epoch
 
     def __init__(
         self,
@@ -201,6 +300,17 @@ class FineTunedLabelSpecialist:
         self.num_threads = num_threads
         self.init_from = init_from
 
+    # -- what each head defines -------------------------------------------------------------
+    def _module(self, trunk: _Trunk, n_classes: int) -> Any:
+        raise NotImplementedError
+
+    def _collator(self) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _score(prediction: Any) -> dict[str, float]:
+        raise NotImplementedError
+
     # -- training ---------------------------------------------------------------------------
     def _trunk(self) -> _Trunk:
         import torch
@@ -212,65 +322,58 @@ class FineTunedLabelSpecialist:
         if not 1 <= self.trained_layers <= total:
             raise ValueError(f"trained_layers must be between 1 and {total} (the encoder's layers), "
                              f"got {self.trained_layers}")
-        return shared_trunk(self.encoder_source, total - self.trained_layers, self.max_length)
+        return shared_trunk(self.encoder_source, total - self.trained_layers, self._trunk_max_length())
 
-    def fit(self, texts: Sequence[str], answers: Sequence[str]) -> "FineTunedLabelSpecialist":
+    def _trunk_max_length(self) -> int:
+        return self.max_length
+
+    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(held-out, fit) indices: a seeded ``holdout`` share, none below 20 examples."""
+        order = np.random.default_rng(self.seed).permutation(n)
+        n_held = int(n * self.holdout) if n >= 20 else 0
+        return order[:n_held], order[n_held:]
+
+    def _train(self, trunk: _Trunk, items: list[dict[str, Any]]) -> None:
+        """Fine-tune a new top on ``items`` with transformers ``Trainer``; keep the best held-out epoch."""
         import torch
         from transformers import Trainer, TrainingArguments, get_linear_schedule_with_warmup
 
-        if len(texts) != len(answers) or not texts:
-            raise ValueError(f"fit needs as many answers as texts, at least one (got {len(texts)} and {len(answers)})")
-        texts, labels = list(texts), [a.strip() for a in answers]
         torch.manual_seed(self.seed)
-        trunk = self._trunk()
-        self.classes_ = np.asarray(sorted(set(labels)))
-        label_id = {c: i for i, c in enumerate(self.classes_.tolist())}
-        order = np.random.default_rng(self.seed).permutation(len(texts))
-        n_held = int(len(texts) * self.holdout) if len(texts) >= 20 else 0
-        held, fit = order[:n_held], order[n_held:]
-        started = time.perf_counter()
-        cached = trunk.token_states(texts)
-        self.encode_seconds_ = time.perf_counter() - started
-        items = [{"input_ids": cached[i][0], "states": cached[i][1], "labels": label_id[labels[i]]} for i in range(len(texts))]
+        held, fit = self._split(len(items))
         train_items, held_items = [items[i] for i in fit], [items[i] for i in held]
-        model = _top_module(trunk, len(self.classes_), self.dropout)
+        model = self._module(trunk, len(self.classes_))
         if self.init_from is not None:
             self._continue_from(model, Path(self.init_from))
-        head_params = list(model.classifier.parameters())
-        layer_params = list(model.layers.parameters())
         optimizer = torch.optim.AdamW([
-            {"params": layer_params, "lr": self.learning_rate},
-            {"params": head_params, "lr": self.head_learning_rate},
+            {"params": list(model.layers.parameters()), "lr": self.learning_rate},
+            {"params": list(model.classifier.parameters()), "lr": self.head_learning_rate},
         ], weight_decay=0.01)
         steps = -(-len(train_items) // self.batch_size) * self.epochs
         scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * steps), steps)
-
-        def accuracy(prediction: Any) -> dict[str, float]:
-            return {"accuracy": float(np.mean(np.argmax(prediction.predictions, -1) == prediction.label_ids))}
-
-        with tempfile.TemporaryDirectory(prefix="finetuned-label-") as run_dir:
+        with tempfile.TemporaryDirectory(prefix=f"{self.kind}-") as run_dir:
             evaluate = "epoch" if held_items else "no"
             args = TrainingArguments(
                 output_dir=run_dir, per_device_train_batch_size=self.batch_size, per_device_eval_batch_size=64,
                 num_train_epochs=self.epochs, eval_strategy=evaluate, save_strategy=evaluate, save_total_limit=1,
-                load_best_model_at_end=bool(held_items), metric_for_best_model="accuracy", greater_is_better=True,
+                load_best_model_at_end=bool(held_items), metric_for_best_model=self._metric, greater_is_better=True,
                 train_sampling_strategy="group_by_length", use_cpu=True, dataloader_num_workers=0,
                 remove_unused_columns=False, report_to=[], logging_strategy="no", seed=self.seed,
                 ddp_find_unused_parameters=False,
                 disable_tqdm=True, save_only_model=True,
             )
             trainer = Trainer(model=model, args=args, train_dataset=train_items, eval_dataset=held_items or None,
-                              data_collator=_collate, compute_metrics=accuracy, optimizers=(optimizer, scheduler))
+                              data_collator=self._collator(), compute_metrics=self._score,
+                              optimizers=(optimizer, scheduler))
             started = time.perf_counter()
             trainer.train()
             self.train_seconds_ = time.perf_counter() - started
-            history = [h for h in trainer.state.log_history if "eval_accuracy" in h]
-            self.holdout_scores_ = {int(round(h["epoch"])): float(h["eval_accuracy"]) for h in history}
+            key = f"eval_{self._metric}"
+            history = [h for h in trainer.state.log_history if key in h]
+            self.holdout_scores_ = {int(round(h["epoch"])): float(h[key]) for h in history}
             self.epochs_ = (max(self.holdout_scores_, key=lambda e: (self.holdout_scores_[e], -e))
                             if self.holdout_scores_ else self.epochs)
         self.n_fit_, self.holdout_index_ = len(train_items), np.sort(held)
         self.model_ = model.eval()
-        return self
 
     def _continue_from(self, model: Any, folder: Path) -> None:
         """Start from a fitted head: its layers, and its classifier rows for the classes both know."""
@@ -289,43 +392,9 @@ class FineTunedLabelSpecialist:
                     model.classifier.bias[row] = base.model_.classifier.bias[known[name]]
         self.continued_classes_ = sorted(set(known) & set(self.classes_.tolist()))
 
-    # -- answering --------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit or load first")
-
-    def _logits(self, texts: list[str]) -> np.ndarray:
-        trunk = self._trunk()
-        batch = trunk.tokenize(texts)
-        states = trunk.states(batch)
-        with trunk.torch.inference_mode():
-            return self.model_(states, batch["attention_mask"])["logits"].float().numpy()
-
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Class probabilities, shape (len(texts), len(classes_)); texts are batched by length."""
-        self._check_fitted()
-        texts = list(texts)
-        probs = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            logits = self._logits([texts[i] for i in chunk])
-            logits -= logits.max(axis=1, keepdims=True)
-            p = np.exp(logits)
-            probs[chunk] = p / p.sum(axis=1, keepdims=True)
-        return probs
-
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        return [str(self.classes_[i]) for i in self.predict_proba(texts).argmax(axis=1)]
-
-    def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
-        answers = []
-        for row in self.predict_proba(texts):
-            logp = np.log(np.clip(row, 1e-12, 1.0))
-            best = int(row.argmax())
-            top = np.sort(logp)[::-1][:top_k]
-            answers.append(HeadAnswer(str(self.classes_[best]), [float(logp[best])], [[float(x) for x in top]]))
-        return answers
 
     # -- artifact ---------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -354,8 +423,7 @@ class FineTunedLabelSpecialist:
         return target
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], encoder: Any = None,
-             num_threads: int | None = None) -> "FineTunedLabelSpecialist":
+    def load(cls, folder: str | os.PathLike[str], encoder: Any = None, num_threads: int | None = None) -> Any:
         from safetensors.torch import load_file
 
         source = Path(folder)
@@ -371,7 +439,7 @@ class FineTunedLabelSpecialist:
         self.classes_ = np.asarray(head["classes"])
         self.epochs_ = int(head.get("epochs", 0))
         self.holdout_scores_ = {int(k): float(v) for k, v in head.get("holdout_scores", {}).items()}
-        model = _top_module(self._trunk(), len(self.classes_), self.dropout)
+        model = self._module(self._trunk(), len(self.classes_))
         try:
             weights = load_file(str(source / WEIGHTS_FILE))
             model.load_state_dict({k: v.float() for k, v in weights.items()})
@@ -379,6 +447,162 @@ class FineTunedLabelSpecialist:
             raise ArtifactError(f"fine-tuned head {str(source / WEIGHTS_FILE)!r} cannot be loaded: {exc}") from None
         self.model_ = model.eval()
         return self
+
+
+class FineTunedLabelSpecialist(_FineTunedHead):
+    """A label classifier that fine-tunes the encoder's top layers on (query, frontier answer) pairs."""
+
+    kind = "finetuned_label"
+    _metric = "accuracy"
+
+    def _module(self, trunk: _Trunk, n_classes: int) -> Any:
+        return _top_module(trunk, n_classes, self.dropout)
+
+    def _collator(self) -> Any:
+        return _collate
+
+    @staticmethod
+    def _score(prediction: Any) -> dict[str, float]:
+        return {"accuracy": float(np.mean(np.argmax(prediction.predictions, -1) == prediction.label_ids))}
+
+    def fit(self, texts: Sequence[str], answers: Sequence[str]) -> "FineTunedLabelSpecialist":
+        if len(texts) != len(answers) or not texts:
+            raise ValueError(f"fit needs as many answers as texts, at least one (got {len(texts)} and {len(answers)})")
+        texts, labels = list(texts), [a.strip() for a in answers]
+        trunk = self._trunk()
+        self.classes_ = np.asarray(sorted(set(labels)))
+        label_id = {c: i for i, c in enumerate(self.classes_.tolist())}
+        started = time.perf_counter()
+        cached = trunk.token_states(texts)
+        self.encode_seconds_ = time.perf_counter() - started
+        self._train(trunk, [{"input_ids": cached[i][0], "states": cached[i][1], "labels": label_id[labels[i]]}
+                            for i in range(len(texts))])
+        return self
+
+    # -- answering --------------------------------------------------------------------------
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        trunk = self._trunk()
+        batch = trunk.tokenize(texts)
+        states = trunk.states(batch)
+        with trunk.torch.inference_mode():
+            return self.model_(states, batch["attention_mask"])["logits"].float().numpy()
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Class probabilities, shape (len(texts), len(classes_)); texts are batched by length."""
+        self._check_fitted()
+        texts = list(texts)
+        probs = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            probs[chunk] = _softmax(self._logits([texts[i] for i in chunk]))
+        return probs
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [str(self.classes_[i]) for i in self.predict_proba(texts).argmax(axis=1)]
+
+    def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
+        answers = []
+        for row in self.predict_proba(texts):
+            logp = np.log(np.clip(row, 1e-12, 1.0))
+            best = int(row.argmax())
+            top = np.sort(logp)[::-1][:top_k]
+            answers.append(HeadAnswer(str(self.classes_[best]), [float(logp[best])], [[float(x) for x in top]]))
+        return answers
+
+
+class FineTunedEntitySpecialist(_FineTunedHead):
+    """A BIO tagger over whitespace words that fine-tunes the encoder's top layers; answers a JSON entity list.
+
+    Tags come from the frontier's entity lists aligned back onto the words
+    (:func:`~routenlp_ray.specialists.heads.align_entities`), as for the frozen tagger. A word's tag is
+    read from its first sub-token; a word past ``max_length`` tokens gets a uniform row, so the
+    answer that needs it is never sure.
+    """
+
+    kind = "finetuned_entities"
+    _metric = "sentence_accuracy"
+
+    def __init__(self, encoder: Any = None, *, max_length: int = 512, **params: Any) -> None:
+        # Entity sentences run long (loan agreements) and a cut-off word cannot be tagged: the encoder's full 512.
+        super().__init__(encoder, max_length=max_length, **params)
+
+    def _trunk_max_length(self) -> int:
+        # Tagging passes its own max_length to the tokenizer; keying the trunk on the label heads' default
+        # lets a tagger and label heads of the same depth share one trunk in a process.
+        return 256
+
+    def _module(self, trunk: _Trunk, n_classes: int) -> Any:
+        return _top_tagger(trunk, n_classes, self.dropout)
+
+    def _collator(self) -> Any:
+        return _collate_words
+
+    @staticmethod
+    def _score(prediction: Any) -> dict[str, float]:
+        # A sentence counts only if every word's tag is right: the unit the cascade accepts.
+        labels = prediction.label_ids
+        right = (np.argmax(prediction.predictions, -1) == labels) | (labels == IGNORED)
+        return {"sentence_accuracy": float(np.mean(right.all(axis=1)))}
+
+    def fit(self, texts: Sequence[str], answers: Sequence[str]) -> "FineTunedEntitySpecialist":
+        from routenlp_ray.specialists.heads import O_TAG, align_entities, parse_entity_answer
+
+        if len(texts) != len(answers) or not texts:
+            raise ValueError(f"fit needs as many answers as texts, at least one (got {len(texts)} and {len(answers)})")
+        sentences = [text.split() for text in texts]
+        tags = [align_entities(words, parse_entity_answer(answer)) for words, answer in zip(sentences, answers)]
+        trunk = self._trunk()
+        self.classes_ = np.asarray(sorted({O_TAG, *(t for row in tags for t in row)}))
+        tag_id = {c: i for i, c in enumerate(self.classes_.tolist())}
+        started = time.perf_counter()
+        cached = trunk.word_states(sentences, self.max_length)
+        self.encode_seconds_ = time.perf_counter() - started
+        items = []
+        for (ids, states, firsts), row in zip(cached, tags):
+            labels = [tag_id[tag] if first >= 0 else IGNORED for tag, first in zip(row, firsts)]
+            items.append({"input_ids": ids, "states": states, "word_index": firsts, "labels": labels})
+        self._train(trunk, items)
+        return self
+
+    # -- answering --------------------------------------------------------------------------
+    def word_probas(self, sentences: Sequence[Sequence[str]], batch_size: int = 32) -> list[np.ndarray]:
+        """Per sentence, tag probabilities per word, shape (words, len(classes_)); cut-off words get uniform rows."""
+        self._check_fitted()
+        trunk = self._trunk()
+        out: list[np.ndarray] = [np.zeros((0, len(self.classes_)), dtype=np.float32)] * len(sentences)
+        order = sorted((i for i in range(len(sentences)) if sentences[i]), key=lambda i: len(sentences[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch, firsts = trunk.tokenize_words([sentences[i] for i in chunk], self.max_length)
+            width = max(len(f) for f in firsts)
+            word_index = trunk.torch.zeros(len(chunk), width, dtype=trunk.torch.long)
+            for row, first in enumerate(firsts):
+                word_index[row, : len(first)] = trunk.torch.tensor(first, dtype=trunk.torch.long).clamp(min=0)
+            states = trunk.states(batch)
+            with trunk.torch.inference_mode():
+                logits = self.model_(states, batch["attention_mask"], word_index)["logits"].float().numpy()
+            for row, i in enumerate(chunk):
+                probs = _softmax(logits[row, : len(firsts[row])])
+                probs[np.asarray(firsts[row]) < 0] = 1.0 / len(self.classes_)
+                out[i] = probs
+        return out
+
+    def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
+        from routenlp_ray.specialists.heads import entity_answer
+
+        sentences = [text.split() for text in texts]
+        return [entity_answer(words, probs, self.classes_, top_k)
+                for words, probs in zip(sentences, self.word_probas(sentences))]
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [a.text for a in self.answer(texts)]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def _half() -> Any:

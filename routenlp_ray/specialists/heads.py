@@ -37,7 +37,7 @@ from routenlp_ray.models.encoder import MINILM_SOURCE, SentenceEncoder
 from routenlp_ray.models.encoding_cache import EncodingCache
 from routenlp_ray.specialists._answer import HeadAnswer
 from routenlp_ray.specialists.artifact import HEAD_FILE, data_fingerprint, read_head
-from routenlp_ray.specialists.finetuned import FineTunedLabelSpecialist
+from routenlp_ray.specialists.finetuned import FineTunedEntitySpecialist, FineTunedLabelSpecialist
 from routenlp_ray.specialists.lexical import LexicalFeatures
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "LabelSpecialist",
     "SpecialistEncoder",
     "align_entities",
+    "entity_answer",
     "load_head",
     "make_head",
     "parse_entity_answer",
@@ -390,25 +391,25 @@ class EntitySpecialist(_LinearHead):
         return probs
 
     def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
-        answers = []
-        for text in texts:
-            words = text.split()
-            if not words:
-                # Nothing to tag, nothing to be unsure about: one certain "token".
-                answers.append(HeadAnswer("[]", [0.0], [[0.0]]))
-                continue
-            probs = self.word_proba(words)
-            best = probs.argmax(axis=1)
-            tags = [str(self.classes_[i]) for i in best]
-            logp = np.log(np.clip(probs, 1e-12, 1.0))
-            chosen = [float(logp[i, j]) for i, j in enumerate(best)]
-            top = [[float(x) for x in np.sort(row)[::-1][:top_k]] for row in logp]
-            entities = [{"text": " ".join(words[s:e]), "type": kind} for s, e, kind in _spans(tags)]
-            answers.append(HeadAnswer(json.dumps(entities, ensure_ascii=False), chosen, top))
-        return answers
+        return [entity_answer(words, self.word_proba(words) if words else None, self.classes_, top_k)
+                for words in (text.split() for text in texts)]
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [a.text for a in self.answer(texts)]
+
+
+def entity_answer(words: Sequence[str], probs: np.ndarray | None, classes: Sequence[str], top_k: int = 5) -> HeadAnswer:
+    """The JSON entity list of each word's likeliest tag, with each word's log-probability as evidence."""
+    if not words or probs is None:
+        # Nothing to tag, nothing to be unsure about: one certain "token".
+        return HeadAnswer("[]", [0.0], [[0.0]])
+    best = probs.argmax(axis=1)
+    tags = [str(classes[i]) for i in best]
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    chosen = [float(logp[i, j]) for i, j in enumerate(best)]
+    top = [[float(x) for x in np.sort(row)[::-1][:top_k]] for row in logp]
+    entities = [{"text": " ".join(words[s:e]), "type": kind} for s, e, kind in _spans(tags)]
+    return HeadAnswer(json.dumps(entities, ensure_ascii=False), chosen, top)
 
 
 def _spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
@@ -567,7 +568,7 @@ def source_pairs(ref: dict[str, str], data_dir: str | os.PathLike[str]) -> tuple
 
 
 HEADS: dict[str, Any] = {"label": LabelSpecialist, "entities": EntitySpecialist, "cache": AnswerCache,
-                         "finetuned_label": FineTunedLabelSpecialist}
+                         "finetuned_label": FineTunedLabelSpecialist, "finetuned_entities": FineTunedEntitySpecialist}
 
 
 def make_head(kind: str, encoder: SpecialistEncoder, **params: Any) -> Any:

@@ -2,8 +2,9 @@
 
 :func:`distill_specialists` runs one :class:`ray.train.torch.TorchTrainer` worker that loads the
 shared encoder once and fits one head per task from (query, frontier answer) pairs: a linear head
-on frozen features or, for the label tasks ``SpecialistTrainingConfig.finetune`` names, the
-encoder's top layers fine-tuned with transformers ``Trainer`` (a ``finetuned_label`` head). The heads
+on frozen features or, for the label and entity tasks ``SpecialistTrainingConfig.finetune`` names,
+the encoder's top layers fine-tuned with transformers ``Trainer`` (a ``finetuned_label`` classifier
+or a ``finetuned_entities`` tagger). The heads
 come back as the run's checkpoint (kept in Ray Train storage, so a finished run is on record),
 and the driver assembles them into an artifact folder with a checksummed manifest
 (:mod:`routenlp_ray.specialists.artifact`) that the specialist engine and the release store load.
@@ -41,6 +42,8 @@ __all__ = [
 
 # The task parser decides the head: labels are classified, entity lists tagged, free text cached.
 _HEAD_FOR_PARSER: dict[str, HeadKind] = {"label": "label", "entities": "entities", "text": "cache"}
+# The head a task named in SpecialistTrainingConfig.finetune gets instead; an answer cache has no fine-tuned form.
+FINETUNED_HEAD: dict[str, str] = {"label": "finetuned_label", "entities": "finetuned_entities"}
 
 
 def head_kind_for_parser(parser: str) -> HeadKind:
@@ -63,14 +66,15 @@ class TaskPairs(StrictModel):
 
 
 class FineTuneSettings(StrictModel):
-    """How a label task's fine-tuned head is trained (:class:`~routenlp_ray.specialists.finetuned.FineTunedLabelSpecialist`)."""
+    """How a task's fine-tuned head is trained (:mod:`routenlp_ray.specialists.finetuned`: label or entity heads)."""
 
     trained_layers: int = Field(2, ge=1, description="Top encoder layers fine-tuned per task; the rest are a shared frozen trunk.")
     epochs: int = Field(8, ge=1, description="Most epochs trained; the best epoch on the held-out slice is kept.")
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the fine-tuned encoder layers.")
     head_learning_rate: float = Field(2e-3, gt=0, description="Learning rate of the new classifier.")
     batch_size: int = Field(32, ge=1, description="Training batch size (length-grouped).")
-    max_length: int = Field(256, ge=8, description="Tokens kept per query.")
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens kept per query; default 256 for a label head, 512 (all MiniLM takes) for a tagger.")
     init_from: str | None = Field(
         None,
         description="A fine-tuned head folder to continue from (a loop refit): its layers, and its classifier rows "
@@ -98,8 +102,8 @@ class SpecialistTrainingConfig(StrictModel):
     )
     finetune: dict[str, FineTuneSettings] = Field(
         default_factory=dict,
-        description="Label tasks that fine-tune the encoder's top layers (finetuned_label heads) instead of fitting "
-                    "a linear head on frozen features; task -> settings.",
+        description="Label and entity tasks that fine-tune the encoder's top layers (finetuned_label or "
+                    "finetuned_entities heads) instead of fitting a linear head on frozen features; task -> settings.",
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs the worker reserves; also its torch thread count.")
     seed: int = Field(0, description="Seed of the held-out split.")
@@ -127,12 +131,12 @@ def fit_heads(
         params: dict[str, Any] = {} if data.kind == "cache" else {"Cs": Cs, "holdout": config.holdout, "seed": config.seed}
         head_kind: str = data.kind
         if task in config.finetune:
-            if data.kind != "label":
-                raise ValueError(f"task {task!r} has a {data.kind!r} head; only label tasks can be fine-tuned "
-                                 f"(SpecialistTrainingConfig.finetune names it)")
-            head_kind = "finetuned_label"
-            params = {**config.finetune[task].model_dump(), "holdout": config.holdout, "seed": config.seed,
-                      "num_threads": max(1, int(config.cpus_per_worker))}
+            if data.kind not in FINETUNED_HEAD:
+                raise ValueError(f"task {task!r} has a {data.kind!r} head; only label and entity tasks can be "
+                                 f"fine-tuned (SpecialistTrainingConfig.finetune names it)")
+            head_kind = FINETUNED_HEAD[data.kind]
+            params = {**config.finetune[task].model_dump(exclude_none=True), "holdout": config.holdout,
+                      "seed": config.seed, "num_threads": max(1, int(config.cpus_per_worker))}
         elif data.kind == "label":
             params["lexical_features"] = config.lexical_features
         head = make_head(head_kind, encoder, **params).fit(data.texts, data.answers)
@@ -142,7 +146,7 @@ def fit_heads(
             # The pairs travel with the head, so the loop can refit it on them plus what it mines.
             write_pairs(head.save(output_dir / task), data.texts, data.answers)
         metrics: dict[str, float] = {"fit_seconds": time.perf_counter() - started}
-        if head_kind == "finetuned_label":
+        if head_kind in FINETUNED_HEAD.values():
             metrics.update({"epochs": head.epochs_, "train_seconds": head.train_seconds_,
                             **{f"holdout_at_epoch={e}": v for e, v in head.holdout_scores_.items()}})
         elif data.kind != "cache":

@@ -141,8 +141,8 @@ def test_the_training_config_picks_the_fine_tuned_head_per_task(tmp_path: Path) 
     assert summary["intent"]["kind"] == "label"  # the task's kind; the head's class is in head.json
     assert summary["intent"]["metrics"]["epochs"] in (1, 2) and "holdout_at_epoch=2" in summary["intent"]["metrics"]
     assert (tmp_path / "intent" / "pairs.jsonl").is_file()
-    entities = {"ner": TaskPairs(kind="entities", texts=["a b"], answers=["[]"])}
-    with pytest.raises(ValueError, match="only label tasks can be fine-tuned"):
-        fit_heads(entities, SpecialistTrainingConfig(finetune={"ner": settings}), tmp_path / "ner")
+    cache = {"replies": TaskPairs(kind="cache", texts=["a b"], answers=["hello"])}
+    with pytest.raises(ValueError, match="only label and entity tasks can be fine-tuned"):
+        fit_heads(cache, SpecialistTrainingConfig(finetune={"replies": settings}), tmp_path / "replies")
     with pytest.raises(ValueError):
         FineTuneSettings(trained_layers=0)

@@ -1,0 +1,116 @@
+"""The fine-tuned entity tagger on the real packaged MiniLM (no Ray): fit, answer, evidence, save, load, continue."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routenlp_ray import ArtifactError
+from routenlp_ray.conformal import AnswerEvidence, max_nll
+from routenlp_ray.specialists import FineTuneSettings, SpecialistEncoder, SpecialistTrainingConfig, TaskPairs, fit_heads
+from routenlp_ray.specialists.finetuned import WEIGHTS_FILE, FineTunedEntitySpecialist, FineTunedLabelSpecialist
+from routenlp_ray.specialists.heads import load_head
+
+BANKS = ["Silicon Valley Bank", "Wells Fargo", "Bank of America", "Chase Bank", "Citibank", "Comerica Bank"]
+PEOPLE = ["John Smith", "Mary Jones", "Robert Brown", "Linda Davis", "James Wilson", "Susan Clark"]
+CITIES = ["Santa Clara", "Boston", "New York", "Chicago", "Dallas", "Denver"]
+
+
+def _sentence(i: int) -> tuple[str, list[dict[str, str]]]:
+    bank, person, city = BANKS[i % 6], PEOPLE[(i * 5 + 1) % 6], CITIES[(i * 7 + 2) % 6]
+    if i % 3 == 0:
+        return f"This Agreement is made by {bank} located in {city} .", [
+            {"text": bank, "type": "ORG"}, {"text": city, "type": "LOC"}]
+    if i % 3 == 1:
+        return f"Signed by {person} , President of {bank} .", [
+            {"text": person, "type": "PER"}, {"text": bank, "type": "ORG"}]
+    return "The Borrower shall repay the Loan in full on the Maturity Date .", []
+
+
+TEXTS, ENTITIES = zip(*[_sentence(i) for i in range(36)])
+ANSWERS = [json.dumps(e) for e in ENTITIES]
+FAST = {"trained_layers": 1, "epochs": 8, "learning_rate": 3e-4, "head_learning_rate": 3e-2, "batch_size": 8,
+        "holdout": 0.15, "num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def head() -> FineTunedEntitySpecialist:
+    return FineTunedEntitySpecialist(**FAST).fit(list(TEXTS), ANSWERS)
+
+
+def test_it_learns_bio_tags_from_the_frontiers_entity_lists(head) -> None:
+    assert head.classes_.tolist() == ["B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER", "O"]
+    assert sorted(head.holdout_scores_) == list(range(1, FAST["epochs"] + 1))
+    assert head.epochs_ == max(head.holdout_scores_, key=lambda e: (head.holdout_scores_[e], -e))
+    right = [json.loads(p) == e for p, e in zip(head.predict(list(TEXTS)), ENTITIES)]
+    assert np.mean(right) >= 0.9
+    # A name in a place it was never seen in: the tagger reads context, not a word list.
+    [unseen] = head.predict(["This Agreement is made by Wells Fargo located in Boston ."])
+    assert json.loads(unseen) == [{"text": "Wells Fargo", "type": "ORG"}, {"text": "Boston", "type": "LOC"}]
+
+
+def test_its_evidence_is_each_words_tag_log_probability(head) -> None:
+    text = "Signed by Mary Jones , President of Citibank ."
+    [answer] = head.answer([text], top_k=3)
+    [probs] = head.word_probas([text.split()])
+    assert probs.shape == (len(text.split()), len(head.classes_))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert answer.token_logprobs == pytest.approx(np.log(probs.max(axis=1)).tolist(), abs=1e-5)
+    assert all(len(top) == 3 and top == sorted(top, reverse=True) for top in answer.top_logprobs)
+    # max_nll, the fin_ner score, is the least sure word.
+    assert max_nll(AnswerEvidence(answer.text, answer.token_logprobs)) == pytest.approx(-math.log(probs.max(axis=1).min()), abs=1e-5)
+    # An empty query has nothing to be unsure about.
+    [empty] = head.answer([""])
+    assert empty.text == "[]" and empty.token_logprobs == [0.0]
+
+
+def test_a_batch_answers_as_single_queries_do(head) -> None:
+    texts = [TEXTS[0], TEXTS[1], "The Loan shall bear interest at the Prime Rate as published by Chase Bank in New York ."]
+    batched = head.word_probas([t.split() for t in texts])
+    for text, probs in zip(texts, batched):
+        np.testing.assert_allclose(probs, head.word_probas([text.split()])[0], atol=1e-4)
+
+
+def test_words_past_max_length_are_never_sure(head) -> None:
+    short = FineTunedEntitySpecialist(**FAST, max_length=8)
+    short.classes_, short.model_ = head.classes_, head.model_
+    words = TEXTS[0].split()
+    [probs] = short.word_probas([words])
+    # [CLS] + 6 word pieces fit; the rest are cut off and get uniform rows (their answer escalates).
+    assert np.allclose(probs[-3:], 1.0 / len(head.classes_))
+    assert probs[0].max() > 0.5
+
+
+def test_it_round_trips_through_save_and_load(head, tmp_path: Path) -> None:
+    folder = head.save(tmp_path / "ner")
+    settings = json.loads((folder / "head.json").read_text())
+    assert settings["kind"] == "finetuned_entities" and settings["max_length"] == 512
+    loaded = load_head(folder, SpecialistEncoder(num_threads=1))
+    assert isinstance(loaded, FineTunedEntitySpecialist)
+    assert loaded.predict(list(TEXTS)) == head.predict(list(TEXTS))
+    with pytest.raises(ArtifactError, match="not a 'finetuned_label' one"):
+        FineTunedLabelSpecialist.load(folder)
+
+
+def test_a_refit_continues_from_the_fitted_tagger_and_can_learn_a_new_type(head, tmp_path: Path) -> None:
+    base = head.save(tmp_path / "base")
+    misc = ["The notes are governed by the Uniform Commercial Code .", "Terms follow the Uniform Commercial Code ."]
+    answers = [json.dumps([{"text": "Uniform Commercial Code", "type": "MISC"}])] * 2
+    frozen = {**FAST, "epochs": 1, "head_learning_rate": 1e-9, "learning_rate": 1e-9}
+    continued = FineTunedEntitySpecialist(**frozen, init_from=base).fit(list(TEXTS) + misc, ANSWERS + answers)
+    assert "B-MISC" in continued.classes_ and "B-MISC" not in continued.continued_classes_
+    assert continued.predict(list(TEXTS)) == head.predict(list(TEXTS))
+
+
+def test_the_training_config_fine_tunes_an_entity_task(tmp_path: Path) -> None:
+    settings = FineTuneSettings(trained_layers=1, epochs=1, batch_size=8)
+    pairs = {"ner": TaskPairs(kind="entities", texts=list(TEXTS), answers=ANSWERS)}
+    summary = fit_heads(pairs, SpecialistTrainingConfig(finetune={"ner": settings}), tmp_path)
+    head = json.loads((tmp_path / "ner" / "head.json").read_text())
+    assert head["kind"] == "finetuned_entities" and head["max_length"] == 512  # the tagger's default, not a label head's
+    assert summary["ner"]["kind"] == "entities" and "holdout_at_epoch=1" in summary["ner"]["metrics"]
+    assert (tmp_path / "ner" / WEIGHTS_FILE).is_file() and (tmp_path / "ner" / "pairs.jsonl").is_file()
