@@ -13,7 +13,11 @@ from routenlp_ray.cli.bench._apps import serving_apps
 
 def _cmd_bench_specialist(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.report import write_report
-    from routenlp_ray.bench.specialist_bench import run_specialist_benchmark
+    from routenlp_ray.bench.specialist_bench import (
+        compare_markdown,
+        compare_specialist_artifacts,
+        run_specialist_benchmark,
+    )
     from routenlp_ray.config import load_config
 
     config = load_config(args.config).with_absolute_paths(os.getcwd())
@@ -21,6 +25,14 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
         data = config.model_dump(mode="json")
         next(t for t in data["tiers"] if t["name"] == args.tier)["engine"]["num_threads"] = args.threads
         config = type(config).model_validate(data)
+    if args.artifacts:
+        report = compare_specialist_artifacts(config, args.tier, args.artifacts, args.data_dir, per_task=args.per_task,
+                                              batch_size=args.batch_size, rounds=args.rounds)
+        markdown = compare_markdown(report)
+        write_report(args.out, report, markdown=markdown)
+        print(markdown)
+        print(f"wrote {args.out}")
+        return 0
     report = run_specialist_benchmark(config, args.tier, args.data_dir, per_task=args.per_task,
                                       batch_size=args.batch_size, rounds=args.rounds)
     write_report(args.out, report)
@@ -73,7 +85,8 @@ def _cmd_bench_llm_tiers(args: argparse.Namespace) -> int:
 
 
 def register(benches: Subparsers) -> None:
-    specialist = benches.add_parser("specialist", help="latency, throughput and memory of a specialist tier's engine")
+    specialist = benches.add_parser("specialist",
+                                    help="latency, throughput, memory and accuracy of a specialist tier's engine")
     specialist.add_argument("--config", default=DEFAULT_LOCAL_CONFIG)
     specialist.add_argument("--tier", default="specialist")
     specialist.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
@@ -81,6 +94,8 @@ def register(benches: Subparsers) -> None:
     specialist.add_argument("--batch-size", type=int, default=64)
     specialist.add_argument("--rounds", type=int, default=3)
     specialist.add_argument("--threads", type=int, default=None, help="override the tier's torch threads")
+    specialist.add_argument("--artifacts", nargs="+", default=None, metavar="PATH",
+                            help="specialist artifacts to measure side by side in one process (the tier's path replaced)")
     specialist.add_argument("--out", default="results/bench_specialist.json")
     specialist.set_defaults(func=_cmd_bench_specialist)
 
