@@ -67,9 +67,12 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
     unknown = sorted(set(epochs) - set(pairs))
     if unknown:
         raise ConfigError(f"--finetune names {unknown}, which are not among the tasks distilled ({sorted(pairs)})")
-    layers = {} if args.trained_layers is None else {"trained_layers": args.trained_layers}
-    finetune = {task: FineTuneSettings(epochs=n, **layers) for task, n in epochs.items()}
-    training = SpecialistTrainingConfig(cpus_per_worker=args.cpus, seed=args.seed, finetune=finetune)
+    chosen = {"trained_layers": args.trained_layers, "learning_rate": args.learning_rate,
+              "head_learning_rate": args.head_learning_rate}
+    finetune = {task: FineTuneSettings(epochs=n, **{k: v for k, v in chosen.items() if v is not None})
+                for task, n in epochs.items()}
+    training = SpecialistTrainingConfig(cpus_per_worker=args.cpus, seed=args.seed, finetune=finetune,
+                                        keep_pairs=not args.no_pairs)
     out = distill_specialists(pairs, args.out, version=args.version or Path(args.out).name, config=training,
                               storage_path=args.storage, carry_from=args.carry_from)
     print(f"wrote specialist artifact {out}")
@@ -179,6 +182,13 @@ def register(commands: Subparsers) -> None:
     distill.add_argument("--trained-layers", type=int, default=None,
                          help="top encoder layers each --finetune task trains, the rest being a shared frozen trunk "
                               "(default: FineTuneSettings', 2)")
+    distill.add_argument("--learning-rate", type=float, default=None,
+                         help="learning rate of the --finetune tasks' encoder layers (default: FineTuneSettings', 1e-4)")
+    distill.add_argument("--head-learning-rate", type=float, default=None,
+                         help="learning rate of the --finetune tasks' new classifiers (default: FineTuneSettings', 2e-3)")
+    distill.add_argument("--no-pairs", action="store_true",
+                         help="leave the training pairs out of the artifact (a loop refit asks the frontier again): "
+                              "for an artifact committed where data must not be copied")
     distill.add_argument("--carry-from", default=None,
                          help="an artifact on the same encoder whose heads for the tasks not distilled join the new one")
     distill.set_defaults(func=_cmd_distill_specialists)

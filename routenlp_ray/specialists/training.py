@@ -105,6 +105,11 @@ class SpecialistTrainingConfig(StrictModel):
         description="Label and entity tasks that fine-tune the encoder's top layers (finetuned_label or "
                     "finetuned_entities heads) instead of fitting a linear head on frozen features; task -> settings.",
     )
+    keep_pairs: bool = Field(
+        True,
+        description="Store each head's training pairs (pairs.jsonl) in the artifact, so a loop refit starts from them; "
+                    "without them it asks the frontier again. Off for an artifact committed where data must not be copied.",
+    )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs the worker reserves; also its torch thread count.")
     seed: int = Field(0, description="Seed of the held-out split.")
     encoding_cache: str | None = Field(
@@ -142,9 +147,11 @@ def fit_heads(
         head = make_head(head_kind, encoder, **params).fit(data.texts, data.answers)
         if data.source is not None and data.kind == "cache":
             head.save(output_dir / task, source=data.source)
-        else:
+        elif config.keep_pairs:
             # The pairs travel with the head, so the loop can refit it on them plus what it mines.
             write_pairs(head.save(output_dir / task), data.texts, data.answers)
+        else:
+            head.save(output_dir / task)
         metrics: dict[str, float] = {"fit_seconds": time.perf_counter() - started}
         if head_kind in FINETUNED_HEAD.values():
             metrics.update({"epochs": head.epochs_, "train_seconds": head.train_seconds_,

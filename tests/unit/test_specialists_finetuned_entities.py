@@ -114,3 +114,10 @@ def test_the_training_config_fine_tunes_an_entity_task(tmp_path: Path) -> None:
     assert head["kind"] == "finetuned_entities" and head["max_length"] == 512  # the tagger's default, not a label head's
     assert summary["ner"]["kind"] == "entities" and "holdout_at_epoch=1" in summary["ner"]["metrics"]
     assert (tmp_path / "ner" / WEIGHTS_FILE).is_file() and (tmp_path / "ner" / "pairs.jsonl").is_file()
+
+
+def test_an_artifact_can_leave_its_training_pairs_out(tmp_path: Path) -> None:
+    settings = FineTuneSettings(trained_layers=1, epochs=1, batch_size=8)
+    pairs = {"ner": TaskPairs(kind="entities", texts=list(TEXTS), answers=ANSWERS)}
+    fit_heads(pairs, SpecialistTrainingConfig(finetune={"ner": settings}, keep_pairs=False), tmp_path)
+    assert (tmp_path / "ner" / WEIGHTS_FILE).is_file() and not (tmp_path / "ner" / "pairs.jsonl").exists()
