@@ -70,7 +70,7 @@ def test_its_evidence_is_each_words_tag_log_probability(head) -> None:
 
 def test_a_batch_answers_as_single_queries_do(head) -> None:
     texts = [TEXTS[0], TEXTS[1], "The Loan shall bear interest at the Prime Rate as published by Chase Bank in New York ."]
-    batched = head.word_probas([t.split() for t in texts])
+    batched = head.word_probas([t.split() for t in texts], batch_size=3)
     for text, probs in zip(texts, batched):
         np.testing.assert_allclose(probs, head.word_probas([text.split()])[0], atol=1e-4)
 
