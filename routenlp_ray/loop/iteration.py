@@ -335,7 +335,7 @@ class Iteration:
         if not self.is_specialist or self.current_artifact is None:
             return None
         from routenlp_ray.specialists.artifact import read_head
-        from routenlp_ray.specialists.heads import parse_entity_answer
+        from routenlp_ray.specialists.bio import parse_entity_answer
 
         folder = Path(self.current_artifact)
         known: dict[str, tuple[str, set[str]]] = {}

@@ -515,7 +515,7 @@ class FineTunedEntitySpecialist(_FineTunedHead):
     """A BIO tagger over whitespace words that fine-tunes the encoder's top layers; answers a JSON entity list.
 
     Tags come from the frontier's entity lists aligned back onto the words
-    (:func:`~routenlp_ray.specialists.heads.align_entities`), as for the frozen tagger. A word's tag is
+    (:func:`~routenlp_ray.specialists.bio.align_entities`), as for the frozen tagger. A word's tag is
     read from its first sub-token; a word past ``max_length`` tokens gets a uniform row, so the
     answer that needs it is never sure.
     """
@@ -546,7 +546,7 @@ class FineTunedEntitySpecialist(_FineTunedHead):
         return {"sentence_accuracy": float(np.mean(right.all(axis=1)))}
 
     def fit(self, texts: Sequence[str], answers: Sequence[str]) -> "FineTunedEntitySpecialist":
-        from routenlp_ray.specialists.heads import O_TAG, align_entities, parse_entity_answer
+        from routenlp_ray.specialists.bio import O_TAG, align_entities, parse_entity_answer
 
         if len(texts) != len(answers) or not texts:
             raise ValueError(f"fit needs as many answers as texts, at least one (got {len(texts)} and {len(answers)})")
@@ -594,7 +594,7 @@ class FineTunedEntitySpecialist(_FineTunedHead):
         return out
 
     def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
-        from routenlp_ray.specialists.heads import entity_answer
+        from routenlp_ray.specialists.bio import entity_answer
 
         sentences = [text.split() for text in texts]
         return [entity_answer(words, probs, self.classes_, top_k)

@@ -20,7 +20,7 @@ from routenlp_ray.specialists import (
     verify_artifact,
 )
 from routenlp_ray.specialists.artifact import MANIFEST, HeadEntry, data_fingerprint, write_artifact
-from routenlp_ray.specialists.heads import _spans
+from routenlp_ray.specialists.bio import spans as _spans
 
 CARD = ["my card has not arrived yet", "when will my new card arrive", "still waiting for the card I ordered",
         "the card you sent me never came", "how long does card delivery take", "is my card on its way"]
