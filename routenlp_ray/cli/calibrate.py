@@ -112,7 +112,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     calibrator = ConformalCalibrator(
         alpha=args.alpha, method=args.method, epsilon=args.epsilon if args.epsilon is not None else 0.1,
         delta=args.delta, score=score if score is not None else _per_task_score_name(config),
-        epsilon_per_task=budgets if args.method == "quality" else None,
+        epsilon_per_task=budgets if args.method == "quality" else None, group_rule=args.group_rule,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -139,7 +139,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             rows = [g for g, t, k in zip(groups, task_names, tiers) if t == task and k == tier]
             if args.groups and rows and all(g is not None for g in rows):
                 shown += (f"  (over {len(set(rows))} {field}s: too few to certify unseen {field}s)" if delta is None
-                          else f"  (certified over {len(set(rows))} {field}s, for unseen {field}s)")
+                          else f"  (certified over {len(set(rows))} {field}s, for unseen {field}s)"
+                          if args.group_rule == "exact"
+                          else f"  (over {len(set(rows))} {field}s by their design effect: approximate for unseen "
+                               f"{field}s)")
             print(f"{tier:<12} {task:<18} {counts['n_correct']:>4}/{counts['n']:<4} correct  {shown}")
     print(f"wrote {args.out} (version {version}); push it with user_config: {{thresholds_path: {args.out}}}")
     return 0
@@ -200,7 +203,13 @@ def register(commands: Subparsers) -> None:
     calibrate.add_argument("--groups", action="store_true",
                            help="quality: certify each task that has a group_field (legal_clause: contract, "
                                 "legal_risk: document) over its groups, so the bound holds for unseen contracts; "
-                                "needs many groups (57 at a 4%% budget and delta 0.1 even with no loss)")
+                                "needs many groups (57 at a 4%% budget and delta 0.1 even with no loss) with "
+                                "--group-rule exact")
+    calibrate.add_argument("--group-rule", choices=["exact", "design_effect"], default="exact",
+                           help="with --groups: exact certifies the loss share of a new group over the groups "
+                                "(valid, needs many groups); design_effect runs the row-level test on n / deff rows, "
+                                "deff the cluster-robust over the independent variance (approximate, works with "
+                                "tens of groups)")
     calibrate.add_argument("--version", default=None)
     calibrate.add_argument("--out", default="var/artifacts/thresholds/current.json")
     calibrate.add_argument("--rows-out", default=None,

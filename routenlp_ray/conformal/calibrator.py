@@ -51,6 +51,10 @@ from routenlp_ray.conformal.thresholds import ThresholdTable
 if TYPE_CHECKING:
     from routenlp_ray.conformal.answer_scorer import LearnedAnswerScorer
 
+# How the quality rule treats queries that come in groups (contracts); see quality_controlling_threshold.
+GroupRule = Literal["exact", "design_effect"]
+GROUP_RULES: tuple[str, ...] = ("exact", "design_effect")
+
 
 def conformal_threshold(correct_uncertainties: Sequence[float], alpha: float) -> float | None:
     """The paper's rule; None when ``ceil((1 - alpha) * (n0 + 1)) > n0`` (too few correct answers)."""
@@ -111,15 +115,24 @@ def quality_controlling_threshold(
     max_accepted_error: float = 0.5,
     loss: Sequence[float] | None = None,
     groups: Sequence[str] | None = None,
+    group_rule: GroupRule = "exact",
 ) -> float | None:
     """The loosest threshold whose quality loss, as a share of all queries, is certified <= epsilon.
 
-    With ``groups`` (one id per query, e.g. the contract a clause comes from) the certified
-    quantity is the loss share of a *new group*: each group's loss share is the mean over its
-    queries, and the Hoeffding-Bentkus bound runs on the mean of those over the ``n_groups``
-    groups. It holds when groups are exchangeable, however strongly the queries of one group
-    depend on each other, which the row-level test assumes away. The price is power: with
-    ``epsilon`` 0.04 at ``delta`` 0.1 even a tier with no loss at all needs 57 groups.
+    With ``groups`` (one id per query, e.g. the contract a clause comes from) the queries of one
+    group are no longer taken as independent, which the row-level test assumes. ``group_rule``:
+
+    - ``"exact"``: the certified quantity is the loss share of a *new group*: each group's loss
+      share is the mean over its queries, and the Hoeffding-Bentkus bound runs on the mean of
+      those over the ``n_groups`` groups. It holds when groups are exchangeable, however strongly
+      the queries of one group depend on each other. The price is power: with ``epsilon`` 0.04 at
+      ``delta`` 0.1 even a tier with no loss at all needs 57 groups.
+    - ``"design_effect"``: the row-level test on an effective sample size, ``n / deff``, where the
+      design effect ``deff`` (at least 1) is the cluster-robust variance of the accepted loss share
+      over its variance as if the rows were independent (:func:`design_effect`). It certifies the
+      per-query loss share on new groups approximately, as survey statistics does for clustered
+      samples: it is not a finite-sample guarantee, but it works with tens of groups, where the
+      exact rule certifies nothing.
 
     The loss of accepting an answer is 1 if it is wrong, 0 if right; or, with ``loss``, the
     quality given up by accepting each answer, in [0, 1] (a graded metric). An answer with no
@@ -134,6 +147,8 @@ def quality_controlling_threshold(
     graded = None if loss is None else np.clip(np.asarray(loss, dtype=float), 0.0, 1.0)
     n = u.size
     finite = ~np.isnan(u)
+    if group_rule not in GROUP_RULES:
+        raise ValueError(f"group_rule must be one of {list(GROUP_RULES)}, got {group_rule!r}")
     if groups is not None:
         if len(groups) != n:
             raise ValueError(f"groups has {len(groups)} ids for {n} queries")
@@ -144,7 +159,15 @@ def quality_controlling_threshold(
     for candidate in np.unique(u[finite]):  # strict to loose; the loss only grows
         accepted = finite & (u <= candidate)
         errors = int((accepted & ~ok).sum())
-        if groups is not None:
+        if groups is not None and group_rule == "design_effect":
+            accepted_loss = row_loss * accepted
+            n_eff = n / design_effect(accepted_loss, group_index)
+            if graded is None:
+                # The exact binomial on the shrunken sample; it is the row-level test when deff is 1.
+                p_value = float(binom.cdf(math.floor(accepted_loss.mean() * n_eff + 1e-9), math.floor(n_eff), epsilon))
+            else:
+                p_value = hoeffding_bentkus_p_value(float(accepted_loss.mean()), math.floor(n_eff), epsilon)
+        elif groups is not None:
             shares = np.bincount(group_index, weights=row_loss * accepted, minlength=group_sizes.size) / group_sizes
             p_value = hoeffding_bentkus_p_value(float(shares.mean()), group_sizes.size, epsilon)
         elif graded is None:
@@ -157,6 +180,25 @@ def quality_controlling_threshold(
         if errors <= max_accepted_error * int(accepted.sum()):
             chosen = float(candidate)
     return chosen
+
+
+def design_effect(row_loss: np.ndarray, group_index: np.ndarray) -> float:
+    """How much clustering widens the variance of a mean loss: cluster-robust over independent, at least 1.
+
+    ``row_loss`` holds each query's loss (0 where not accepted), ``group_index`` each query's group
+    as an integer. The cluster-robust (CR1) variance of the mean sums each group's deviation from
+    the mean before squaring, so errors that come together in a few contracts count as the few
+    draws they are. With no loss, or one group, there is nothing to widen: 1.
+    """
+    loss = np.asarray(row_loss, dtype=float)
+    n = loss.size
+    n_groups = int(np.unique(group_index).size)
+    independent = float(loss.var()) / n
+    if n_groups < 2 or independent <= 0:
+        return 1.0
+    deviation = np.bincount(group_index, weights=loss - loss.mean())
+    clustered = n_groups / (n_groups - 1) * float((deviation**2).sum()) / n**2
+    return max(1.0, clustered / independent)
 
 
 def min_accepted_for_risk(epsilon: float, delta: float) -> int:
@@ -195,7 +237,10 @@ class ConformalCalibrator:
         delta: float = 0.1,
         score: "str | LearnedAnswerScorer" = "mean_nll",
         epsilon_per_task: Mapping[str, float] | None = None,
+        group_rule: GroupRule = "exact",
     ) -> None:
+        if group_rule not in GROUP_RULES:
+            raise ValueError(f"group_rule must be one of {list(GROUP_RULES)}, got {group_rule!r}")
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if method not in METHODS:
@@ -205,6 +250,7 @@ class ConformalCalibrator:
                 raise ValueError(f"epsilon_per_task[{task!r}] must be in (0, 1), got {value}")
         self.alpha = alpha
         self.method = method
+        self.group_rule = group_rule
         self.epsilon = epsilon
         self.delta = delta
         self.score = score
@@ -242,7 +288,7 @@ class ConformalCalibrator:
         share a task's quality budget, for a refit of some tiers alone (default: the tiers in the rows).
         ``loss`` (quality rule only; NaN: 1 when wrong) is the quality accepting each answer gives up.
         ``groups`` (quality rule only): each row's group id (a contract), or None; a (tier, task) whose rows
-        all have one is certified for new groups (see :func:`quality_controlling_threshold`)."""
+        all have one is certified for new groups by ``group_rule`` (see :func:`quality_controlling_threshold`)."""
         u = np.asarray(uncertainty, dtype=float)
         ok = np.asarray(correct, dtype=bool)
         tier_arr, task_arr = np.asarray(tiers), np.asarray(tasks)
@@ -292,7 +338,7 @@ class ConformalCalibrator:
             if loss is not None and np.all((loss == 0) | (loss == 1)):
                 loss = None
             return quality_controlling_threshold(u, ok, self.task_epsilon(task) * share, self.delta * share,
-                                                 loss=loss, groups=groups)
+                                                 loss=loss, groups=groups, group_rule=self.group_rule)
         return risk_controlling_threshold(u.tolist(), ok.tolist(), self.task_epsilon(task), self.delta)
 
     def _why_none(self, tier: str, task: str, n: int, n_correct: int) -> str:
