@@ -68,7 +68,7 @@ def _cmd_distill_specialists(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--finetune names {unknown}, which are not among the tasks distilled ({sorted(pairs)})")
     chosen = {"trained_layers": args.trained_layers, "learning_rate": args.learning_rate,
-              "head_learning_rate": args.head_learning_rate}
+              "head_learning_rate": args.head_learning_rate, "quantize": args.quantize or None}
     finetune = {task: FineTuneSettings(epochs=n, **{k: v for k, v in chosen.items() if v is not None})
                 for task, n in epochs.items()}
     training = SpecialistTrainingConfig(cpus_per_worker=args.cpus, seed=args.seed, finetune=finetune,
@@ -186,6 +186,9 @@ def register(commands: Subparsers) -> None:
                          help="learning rate of the --finetune tasks' encoder layers (default: FineTuneSettings', 1e-4)")
     distill.add_argument("--head-learning-rate", type=float, default=None,
                          help="learning rate of the --finetune tasks' new classifiers (default: FineTuneSettings', 2e-3)")
+    distill.add_argument("--quantize", action="store_true",
+                         help="the --finetune tasks run their frozen trunk in int8 in training and serving, and their "
+                              "top in int8 when serving (about 2.5x faster on CPU)")
     distill.add_argument("--no-pairs", action="store_true",
                          help="leave the training pairs out of the artifact (a loop refit asks the frontier again): "
                               "for an artifact committed where data must not be copied")

@@ -194,5 +194,5 @@ def _continued_settings(head_folder: Path) -> FineTuneSettings:
         learning_rate=float(training.get("learning_rate", FineTuneSettings().learning_rate)),
         head_learning_rate=float(training.get("head_learning_rate", FineTuneSettings().head_learning_rate)),
         batch_size=int(training.get("batch_size", FineTuneSettings().batch_size)),
-        init_from=str(head_folder.resolve()),
+        quantize=bool(head.get("quantize", False)), init_from=str(head_folder.resolve()),
     )

@@ -51,9 +51,13 @@ IGNORED = -100  # a label torch's cross-entropy skips: padding, and words the to
 
 
 class _Trunk:
-    """Embeddings and the bottom ``n_layers`` layers of the encoder, frozen, float32, in eval mode."""
+    """Embeddings and the bottom ``n_layers`` layers of the encoder, frozen, in eval mode.
 
-    def __init__(self, model_source: str, n_layers: int, max_length: int) -> None:
+    float32, or with ``quantize`` int8 dynamic quantization of its linear layers (as the frozen heads'
+    encoder runs): a head on a quantized trunk is trained on the same int8 states it is served on.
+    """
+
+    def __init__(self, model_source: str, n_layers: int, max_length: int, quantize: bool = False) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -62,7 +66,7 @@ class _Trunk:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = str(resolve_model_source(model_source))
         self.torch = torch
-        self.model_source, self.n_layers, self.max_length = model_source, n_layers, max_length
+        self.model_source, self.n_layers, self.max_length, self.quantize = model_source, n_layers, max_length, quantize
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path).eval()
         self.config = model.config
@@ -76,6 +80,8 @@ class _Trunk:
         self.upper_layers = model.encoder.layer[n_layers:]
         for parameter in model.parameters():
             parameter.requires_grad_(False)
+        if quantize:
+            self.layers = quantize_int8(self.layers)
 
     def tokenize(self, texts: Sequence[str]) -> Any:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
@@ -131,10 +137,28 @@ class _Trunk:
         return out
 
 
+def shared_trunk(model_source: str, n_layers: int, max_length: int = 256, quantize: bool = False) -> _Trunk:
+    """The one trunk every fine-tuned head on this encoder, depth and precision shares in this process."""
+    # One cache key however the arguments are spelled (lru_cache keys defaults left out apart).
+    return _cached_trunk(model_source, n_layers, max_length, bool(quantize))
+
+
 @lru_cache(maxsize=4)
-def shared_trunk(model_source: str, n_layers: int, max_length: int = 256) -> _Trunk:
-    """The one trunk every fine-tuned head on this encoder and depth shares in this process."""
-    return _Trunk(model_source, n_layers, max_length)
+def _cached_trunk(model_source: str, n_layers: int, max_length: int, quantize: bool) -> _Trunk:
+    return _Trunk(model_source, n_layers, max_length, quantize)
+
+
+def quantize_int8(module: Any) -> Any:
+    """A copy of ``module`` with int8 dynamic quantization of its linear layers (weights int8, activations
+    quantized per batch): on CPU about 2.5x faster than float32 for MiniLM's layers."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # torch.ao's eager quantization is deprecated in favour of torchao, which this CPU build does not ship.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def additive_mask(attention_mask: Any, dtype: Any) -> Any:
@@ -282,6 +306,7 @@ class _FineTunedHead:
         seed: int = 0,
         num_threads: int | None = None,
         init_from: str | os.PathLike[str] | None = None,
+        quantize: bool = False,
     ) -> None:
         from routenlp_ray.models.encoder import MINILM_SOURCE
 
@@ -299,6 +324,8 @@ class _FineTunedHead:
         self.seed = seed
         self.num_threads = num_threads
         self.init_from = init_from
+        # int8 trunk in training and serving, int8 top in serving (the top trains in float32).
+        self.quantize = quantize
 
     # -- what each head defines -------------------------------------------------------------
     def _module(self, trunk: _Trunk, n_classes: int) -> Any:
@@ -322,7 +349,7 @@ class _FineTunedHead:
         if not 1 <= self.trained_layers <= total:
             raise ValueError(f"trained_layers must be between 1 and {total} (the encoder's layers), "
                              f"got {self.trained_layers}")
-        return shared_trunk(self.encoder_source, total - self.trained_layers, self._trunk_max_length())
+        return shared_trunk(self.encoder_source, total - self.trained_layers, self._trunk_max_length(), self.quantize)
 
     def _trunk_max_length(self) -> int:
         return self.max_length
@@ -396,6 +423,15 @@ class _FineTunedHead:
         if not hasattr(self, "model_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit or load first")
 
+    def _served_model(self) -> Any:
+        """The top that answers: ``model_`` itself, or its int8 copy with ``quantize`` (made once)."""
+        self._check_fitted()
+        if not self.quantize:
+            return self.model_
+        if getattr(self, "_int8_of", None) is not self.model_:
+            self._int8_model, self._int8_of = quantize_int8(self.model_), self.model_
+        return self._int8_model
+
     # -- artifact ---------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write the top layers and classifier in float16 (``top.safetensors``) and the settings (``head.json``)."""
@@ -413,6 +449,7 @@ class _FineTunedHead:
             "trained_layers": self.trained_layers,
             "max_length": self.max_length,
             "dropout": self.dropout,
+            "quantize": self.quantize,
             "epochs": self.epochs_,
             "holdout_scores": {str(k): v for k, v in self.holdout_scores_.items()},
             "training": {"learning_rate": self.learning_rate, "head_learning_rate": self.head_learning_rate,
@@ -432,7 +469,7 @@ class _FineTunedHead:
             raise ArtifactError(f"{str(source / HEAD_FILE)!r} holds a {head.get('kind')!r} head, not a {cls.kind!r} one")
         self = cls(encoder, encoder_source=head["encoder_source"], trained_layers=int(head["trained_layers"]),
                    max_length=int(head["max_length"]), dropout=float(head.get("dropout", 0.1)),
-                   num_threads=num_threads)
+                   num_threads=num_threads, quantize=bool(head.get("quantize", False)))
         if encoder is not None and getattr(encoder, "model_source", head["encoder_source"]) != head["encoder_source"]:
             raise ArtifactError(f"{str(source / HEAD_FILE)!r} was trained on encoder {head['encoder_source']!r}, "
                                 f"not the tier's {encoder.model_source!r}")
@@ -485,7 +522,7 @@ class FineTunedLabelSpecialist(_FineTunedHead):
         batch = trunk.tokenize(texts)
         states = trunk.states(batch)
         with trunk.torch.inference_mode():
-            return self.model_(states, batch["attention_mask"])["logits"].float().numpy()
+            return self._served_model()(states, batch["attention_mask"])["logits"].float().numpy()
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Class probabilities, shape (len(texts), len(classes_)); texts are batched by length."""
@@ -586,7 +623,7 @@ class FineTunedEntitySpecialist(_FineTunedHead):
                 word_index[row, : len(first)] = trunk.torch.tensor(first, dtype=trunk.torch.long).clamp(min=0)
             states = trunk.states(batch)
             with trunk.torch.inference_mode():
-                logits = self.model_(states, batch["attention_mask"], word_index)["logits"].float().numpy()
+                logits = self._served_model()(states, batch["attention_mask"], word_index)["logits"].float().numpy()
             for row, i in enumerate(chunk):
                 probs = _softmax(logits[row, : len(firsts[row])])
                 probs[np.asarray(firsts[row]) < 0] = 1.0 / len(self.classes_)

@@ -75,6 +75,10 @@ class FineTuneSettings(StrictModel):
     batch_size: int = Field(32, ge=1, description="Training batch size (length-grouped).")
     max_length: int | None = Field(
         None, ge=8, description="Tokens kept per query; default 256 for a label head, 512 (all MiniLM takes) for a tagger.")
+    quantize: bool = Field(
+        False,
+        description="Run the frozen trunk in int8 (dynamic quantization) in training and serving, and the trained "
+                    "top in int8 when serving: about 2.5x faster on CPU; the top learns on the int8 trunk's states.")
     init_from: str | None = Field(
         None,
         description="A fine-tuned head folder to continue from (a loop refit): its layers, and its classifier rows "
