@@ -10,11 +10,18 @@ R=.venv/bin/routenlp
 $R distill-specialists --tier specialist --split train --cpus 1 --cache-rows-from-data \
     --out artifacts/specialists/embedded-v3
 
-# 1b. embedded-v4 (shipped): v3 with fin_ner's tagger fine-tuned (MiniLM's top 2 layers; settings chosen on
+# 1b. embedded-v4 (shipped before v5; kept for the side-by-side): v3 with a fine-tuned fin_ner tagger
+#     (MiniLM's top 2 layers; settings chosen on
 #     a 15% slice of train, see results/README.md), the other heads carried over; pairs left out (no data copy). ~5 min.
 $R distill-specialists --tasks fin_ner --split train --seed 0 --cpus 2 --finetune fin_ner=10 \
     --learning-rate 3e-4 --head-learning-rate 5e-3 --no-pairs \
     --carry-from artifacts/specialists/embedded-v3 --out artifacts/specialists/embedded-v4
+
+# 1c. embedded-v5 (shipped): the same tagger with --quantize (int8 trunk in training and serving, int8 top when
+#     serving; chosen on the same train slice, see results/README.md), the other heads carried over. ~5 min.
+$R distill-specialists --tasks fin_ner --split train --seed 0 --cpus 2 --finetune fin_ner=10 \
+    --learning-rate 3e-4 --head-learning-rate 5e-3 --quantize --no-pairs \
+    --carry-from artifacts/specialists/embedded-v4 --out artifacts/specialists/embedded-v5
 
 # 2. The SmolLM2 LoRA student on the frontier's answers to a seeded sample of each train split,
 #    8 held-out train queries per task for early stopping. Stopped by hand for time at step 200
@@ -28,9 +35,9 @@ $R distill-student --tier smollm2 --tasks cs_intent legal_clause legal_risk fin_
 
 # 3. Every tier's answers to the validation splits: the specialist and the frontier on all rows,
 #    the student on a seeded 300 per task (fin_ner has 136).
-$R record --split validation --tiers specialist frontier --out var/records/embedded-v4 \
+$R record --split validation --tiers specialist frontier --out var/records/embedded-v5 \
     --tasks cs_intent legal_clause legal_risk fin_ner cs_response fin_summarization
-$R record --split validation --limit 300 --tiers smollm2 --out var/records/embedded-v4 \
+$R record --split validation --limit 300 --tiers smollm2 --out var/records/embedded-v5 \
     --tasks cs_intent legal_clause legal_risk fin_ner cs_response
 
 # 3b. The base model on the same rows (a copy of the config without the adapter), and the comparison.
@@ -43,17 +50,19 @@ $R record --config var/base_config.yaml --split validation --limit 300 --tiers s
     --out results/student_vs_base.json
 
 # 4. Thresholds on all validation records (the shipped ones; in-sample for any check on validation).
-$R calibrate --method quality --delta 0.1 --records var/records/embedded-v4 --version embedded-default-v6 \
+$R calibrate --method quality --delta 0.1 --records var/records/embedded-v5 --version embedded-default-v7 \
     --out artifacts/thresholds/embedded-default.json --rows-out artifacts/thresholds/embedded-default.rows.jsonl
-$R calibrate --records var/records/embedded-v4 --method risk --epsilon 0.05 --delta 0.1 --version embedded-default-risk-v5 \
+$R calibrate --records var/records/embedded-v5 --method risk --epsilon 0.05 --delta 0.1 --version embedded-default-risk-v6 \
     --out artifacts/thresholds/embedded-default-risk.json
-$R calibrate --records var/records/embedded-v4 --alpha 0.1 --version embedded-default-coverage-v5 \
+$R calibrate --records var/records/embedded-v5 --alpha 0.1 --version embedded-default-coverage-v6 \
     --out artifacts/thresholds/embedded-default-coverage.json
 
 # 5. Every policy fitted on one half of the records and read on the other.
-$R bench tasks --records var/records/embedded-v4 --out results/bench_tasks.json
+$R bench tasks --records var/records/embedded-v5 --out results/bench_tasks.json
 $R bench specialist --per-task 100 --rounds 3 --artifacts artifacts/specialists/embedded-v3 \
     artifacts/specialists/embedded-v4 --out results/bench_specialist_v3_vs_v4.json
+$R bench specialist --per-task 100 --rounds 3 --artifacts artifacts/specialists/embedded-v4 \
+    artifacts/specialists/embedded-v5 --out results/bench_specialist_v4_vs_v5.json
 
 # 6. The served default under load, its memory, and the specialist engine alone (v2 against v3: see
 #    results/bench_specialist_v2_vs_v3.json for how that side-by-side was run).
