@@ -10,7 +10,8 @@ R=.venv/bin/routenlp
 $R distill-specialists --tier specialist --split train --cpus 1 --cache-rows-from-data \
     --out artifacts/specialists/embedded-v3
 
-# 1b. embedded-v4 (shipped before v5; kept for the side-by-side): v3 with a fine-tuned fin_ner tagger
+# 1b. embedded-v4 (shipped before v5, not in the tree; remade here for the side-by-side):
+#     v3 with a fine-tuned fin_ner tagger
 #     (MiniLM's top 2 layers; settings chosen on
 #     a 15% slice of train, see results/README.md), the other heads carried over; pairs left out (no data copy). ~5 min.
 $R distill-specialists --tasks fin_ner --split train --seed 0 --cpus 2 --finetune fin_ner=10 \

@@ -76,14 +76,13 @@ def main() -> int:
         outcome = {"rows": [], "groups": [], "design_effect": [], "rows_split_by_row": []}
         for _ in range(args.splits):
             cal_groups = set(rng.permutation(names)[: len(names) // 2].tolist())
-            cal = np.array([g in cal_groups for g in groups])
+            by_group = np.array([g in cal_groups for g in groups])
             # The control: the row-level rule on halves drawn by row, which ignore the contracts, of the
             # same size. Any excess of "rows" over it is what the shift between contracts costs.
             by_row = np.zeros(len(u), dtype=bool)
-            by_row[rng.permutation(len(u))[: int(cal.sum())]] = True
+            by_row[rng.permutation(len(u))[: int(by_group.sum())]] = True
             for rule in outcome:
-                if rule == "rows_split_by_row":
-                    cal = by_row
+                cal = by_row if rule == "rows_split_by_row" else by_group
                 grouped = None if rule.startswith("rows") else groups[cal].tolist()
                 threshold = quality_controlling_threshold(u[cal], ok[cal], epsilon, args.delta, groups=grouped,
                                                           group_rule="exact" if rule == "groups" else "design_effect")

@@ -138,11 +138,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             field = config.task(task).group_field
             rows = [g for g, t, k in zip(groups, task_names, tiers) if t == task and k == tier]
             if args.groups and rows and all(g is not None for g in rows):
-                shown += (f"  (over {len(set(rows))} {field}s: too few to certify unseen {field}s)" if delta is None
-                          else f"  (certified over {len(set(rows))} {field}s, for unseen {field}s)"
-                          if args.group_rule == "exact"
-                          else f"  (over {len(set(rows))} {field}s by their design effect: approximate for unseen "
-                               f"{field}s)")
+                n_groups = len(set(rows))
+                if delta is None:
+                    shown += f"  (over {n_groups} {field}s: too few to certify unseen {field}s)"
+                elif args.group_rule == "exact":
+                    shown += f"  (certified over {n_groups} {field}s, for unseen {field}s)"
+                else:
+                    shown += f"  (over {n_groups} {field}s by their design effect: approximate for unseen {field}s)"
             print(f"{tier:<12} {task:<18} {counts['n_correct']:>4}/{counts['n']:<4} correct  {shown}")
     print(f"wrote {args.out} (version {version}); push it with user_config: {{thresholds_path: {args.out}}}")
     return 0

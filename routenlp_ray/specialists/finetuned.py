@@ -43,6 +43,7 @@ import numpy as np
 from routenlp_ray._exceptions import ArtifactError, NotFittedError
 from routenlp_ray.specialists._answer import HeadAnswer
 from routenlp_ray.specialists.artifact import HEAD_FILE, read_head
+from routenlp_ray.specialists.bio import O_TAG, align_entities, entity_answer, parse_entity_answer
 
 __all__ = ["FineTunedEntitySpecialist", "FineTunedLabelSpecialist", "shared_trunk"]
 
@@ -583,8 +584,6 @@ class FineTunedEntitySpecialist(_FineTunedHead):
         return {"sentence_accuracy": float(np.mean(right.all(axis=1)))}
 
     def fit(self, texts: Sequence[str], answers: Sequence[str]) -> "FineTunedEntitySpecialist":
-        from routenlp_ray.specialists.bio import O_TAG, align_entities, parse_entity_answer
-
         if len(texts) != len(answers) or not texts:
             raise ValueError(f"fit needs as many answers as texts, at least one (got {len(texts)} and {len(answers)})")
         sentences = [text.split() for text in texts]
@@ -631,8 +630,6 @@ class FineTunedEntitySpecialist(_FineTunedHead):
         return out
 
     def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
-        from routenlp_ray.specialists.bio import entity_answer
-
         sentences = [text.split() for text in texts]
         return [entity_answer(words, probs, self.classes_, top_k)
                 for words, probs in zip(sentences, self.word_probas(sentences))]
