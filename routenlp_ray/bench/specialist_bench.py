@@ -80,6 +80,7 @@ class _EngineRun:
             "tier": tier,
             "artifact": getattr(self.engine, "version", None),
             "artifact_path": getattr(config.tier(tier).engine, "path", None),
+            "encoder_traced": getattr(getattr(self.engine, "encoder", None), "traced", None),
             "tasks": sorted(self.per_task_ms),
             "queries": queries,
             "torch_threads": config.tier(tier).engine.num_threads,  # type: ignore[union-attr]
@@ -111,13 +112,15 @@ def run_specialist_benchmark(
 
 def compare_specialist_artifacts(
     config: RouteNLPConfig, tier: str, artifacts: list[str], data_dir: str | Path, per_task: int = 100,
-    batch_size: int = 64, rounds: int = 3, seed: int = 0,
+    batch_size: int = 64, rounds: int = 3, seed: int = 0, eager_too: bool = False,
 ) -> dict[str, Any]:
     """The benchmark on each artifact (the tier's ``path`` replaced), on the same queries, rounds interleaved.
 
-    Peak RSS is the process's, so it grows with every artifact loaded: read it for the last one only.
+    With ``eager_too``, each artifact runs twice: its encoder eager (``trace: false``), then traced.
+    Peak RSS is the process's, so it grows with every engine loaded: read it for the last one only.
     """
-    configs = [_with_artifact(config, tier, path) for path in artifacts]
+    configs = [_with_engine(config, tier, path=str(Path(path).resolve()), trace=trace)
+               for path in artifacts for trace in ((False, True) if eager_too else (True,))]
     requests, references = _requests(configs[0], tier, Path(data_dir), per_task, seed)
     runs = [_EngineRun(c, tier) for c in configs]
     for run, c in zip(runs, configs):
@@ -129,17 +132,17 @@ def compare_specialist_artifacts(
             "artifacts": [run.report(c, tier, len(requests), batch_size) for run, c in zip(runs, configs)]}
 
 
-def _with_artifact(config: RouteNLPConfig, tier: str, path: str) -> RouteNLPConfig:
+def _with_engine(config: RouteNLPConfig, tier: str, **engine: Any) -> RouteNLPConfig:
     data = config.model_dump(mode="json")
-    next(t for t in data["tiers"] if t["name"] == tier)["engine"]["path"] = str(Path(path).resolve())
+    next(t for t in data["tiers"] if t["name"] == tier)["engine"].update(engine)
     return type(config).model_validate(data)
 
 
 def compare_markdown(report: dict[str, Any]) -> str:
     """Accuracy, latency and throughput of each artifact, one column per artifact."""
     runs = report["artifacts"]
-    names = [f"{r['artifact']}" for r in runs]
-    lines = [f"# Specialist artifacts side by side ({report['queries']} validation queries, "
+    names = [f"{r['artifact']}" + {True: ", traced", False: ", eager"}.get(r.get("encoder_traced"), "") for r in runs]
+    lines = [f"# Specialist engines side by side ({report['queries']} validation queries, "
              f"{report['per_task']} per task, one process)", "",
              "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]
     for task in runs[0]["tasks"]:

@@ -233,6 +233,11 @@ class SpecialistEngineConfig(StrictModel):
         description="SQLite file of encoder outputs keyed by text, read before encoding and filled after. For "
                     "replays that see the same texts again (the pilot benchmark); leave unset when serving live traffic.",
     )
+    trace: bool = Field(
+        True,
+        description="Run the shared encoder as a TorchScript trace: the same ops without the eager module's Python "
+                    "overhead, checked at load to give its exact embeddings (it falls back to eager where not).",
+    )
 
 
 EngineConfig = Annotated[

