@@ -66,6 +66,7 @@ class SentenceEncoder:
                 # torch points to torchao for new code; the eager dynamic path is what runs on CPU here.
                 warnings.simplefilter("ignore")
                 self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.trace = trace
         self._traced = self._trace() if trace else None
 
     @property

@@ -59,7 +59,8 @@ class _Trunk:
     encoder runs): a head on a quantized trunk is trained on the same int8 states it is served on.
     """
 
-    def __init__(self, model_source: str, n_layers: int, max_length: int, quantize: bool = False) -> None:
+    def __init__(self, model_source: str, n_layers: int, max_length: int, quantize: bool = False,
+                 trace: bool = True) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -84,7 +85,7 @@ class _Trunk:
             parameter.requires_grad_(False)
         if quantize:
             self.layers = quantize_int8(self.layers)
-        self._traced = self._trace()
+        self._traced = self._trace() if trace else None
 
     def tokenize(self, texts: Sequence[str]) -> Any:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
@@ -167,15 +168,16 @@ class _Trunk:
         return out
 
 
-def shared_trunk(model_source: str, n_layers: int, max_length: int = 256, quantize: bool = False) -> _Trunk:
+def shared_trunk(model_source: str, n_layers: int, max_length: int = 256, quantize: bool = False,
+                 trace: bool = True) -> _Trunk:
     """The one trunk every fine-tuned head on this encoder, depth and precision shares in this process."""
     # One cache key however the arguments are spelled (lru_cache keys defaults left out apart).
-    return _cached_trunk(model_source, n_layers, max_length, bool(quantize))
+    return _cached_trunk(model_source, n_layers, max_length, bool(quantize), bool(trace))
 
 
 @lru_cache(maxsize=4)
-def _cached_trunk(model_source: str, n_layers: int, max_length: int, quantize: bool) -> _Trunk:
-    return _Trunk(model_source, n_layers, max_length, quantize)
+def _cached_trunk(model_source: str, n_layers: int, max_length: int, quantize: bool, trace: bool) -> _Trunk:
+    return _Trunk(model_source, n_layers, max_length, quantize, trace)
 
 
 def quantize_int8(module: Any) -> Any:
@@ -379,7 +381,9 @@ class _FineTunedHead:
         if not 1 <= self.trained_layers <= total:
             raise ValueError(f"trained_layers must be between 1 and {total} (the encoder's layers), "
                              f"got {self.trained_layers}")
-        return shared_trunk(self.encoder_source, total - self.trained_layers, self._trunk_max_length(), self.quantize)
+        # Traced as the tier's encoder is asked to be (engine.trace); traced or not, the states are the same.
+        return shared_trunk(self.encoder_source, total - self.trained_layers, self._trunk_max_length(), self.quantize,
+                            getattr(self.encoder, "trace", True))
 
     def _trunk_max_length(self) -> int:
         return self.max_length
