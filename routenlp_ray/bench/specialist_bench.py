@@ -81,6 +81,7 @@ class _EngineRun:
             "artifact": getattr(self.engine, "version", None),
             "artifact_path": getattr(config.tier(tier).engine, "path", None),
             "encoder_traced": getattr(getattr(self.engine, "encoder", None), "traced", None),
+            "encoder_workers": getattr(getattr(self.engine, "encoder", None), "workers", None),
             "tasks": sorted(self.per_task_ms),
             "queries": queries,
             "torch_threads": config.tier(tier).engine.num_threads,  # type: ignore[union-attr]
@@ -112,15 +113,16 @@ def run_specialist_benchmark(
 
 def compare_specialist_artifacts(
     config: RouteNLPConfig, tier: str, artifacts: list[str], data_dir: str | Path, per_task: int = 100,
-    batch_size: int = 64, rounds: int = 3, seed: int = 0, eager_too: bool = False,
+    batch_size: int = 64, rounds: int = 3, seed: int = 0, variants: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The benchmark on each artifact (the tier's ``path`` replaced), on the same queries, rounds interleaved.
 
-    With ``eager_too``, each artifact runs twice: its encoder eager (``trace: false``), then traced.
+    ``variants`` are engine settings to run each artifact with (for example ``{"trace": False}`` against
+    ``{}``, the tier as configured); each artifact runs once per variant.
     Peak RSS is the process's, so it grows with every engine loaded: read it for the last one only.
     """
-    configs = [_with_engine(config, tier, path=str(Path(path).resolve()), trace=trace)
-               for path in artifacts for trace in ((False, True) if eager_too else (True,))]
+    runs_of = [(path, variant) for path in artifacts for variant in (variants or [{}])]
+    configs = [_with_engine(config, tier, path=str(Path(path).resolve()), **variant) for path, variant in runs_of]
     requests, references = _requests(configs[0], tier, Path(data_dir), per_task, seed)
     runs = [_EngineRun(c, tier) for c in configs]
     for run, c in zip(runs, configs):
@@ -129,7 +131,8 @@ def compare_specialist_artifacts(
         for run in runs:
             run.batched_round(requests, batch_size)
     return {"benchmark": "specialist-compare", "tier": tier, "queries": len(requests), "per_task": per_task,
-            "artifacts": [run.report(c, tier, len(requests), batch_size) for run, c in zip(runs, configs)]}
+            "artifacts": [run.report(c, tier, len(requests), batch_size) | {"variant": variant}
+                          for run, c, (_, variant) in zip(runs, configs, runs_of)]}
 
 
 def _with_engine(config: RouteNLPConfig, tier: str, **engine: Any) -> RouteNLPConfig:
@@ -141,7 +144,7 @@ def _with_engine(config: RouteNLPConfig, tier: str, **engine: Any) -> RouteNLPCo
 def compare_markdown(report: dict[str, Any]) -> str:
     """Accuracy, latency and throughput of each artifact, one column per artifact."""
     runs = report["artifacts"]
-    names = [f"{r['artifact']}" + {True: ", traced", False: ", eager"}.get(r.get("encoder_traced"), "") for r in runs]
+    names = [", ".join([str(r["artifact"]), *(f"{k}={v}" for k, v in r.get("variant", {}).items())]) for r in runs]
     lines = [f"# Specialist engines side by side ({report['queries']} validation queries, "
              f"{report['per_task']} per task, one process)", "",
              "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(runs)]

@@ -221,6 +221,12 @@ class SpecialistEngineConfig(StrictModel):
     type: Literal["specialist"] = "specialist"
     path: str = Field(description="Specialist artifact folder (manifest.json plus one folder per task head).")
     num_threads: int | None = Field(1, ge=1, description="torch intra-op threads of the shared encoder.")
+    encode_workers: int = Field(
+        1, ge=1,
+        description="Texts of a batch the shared encoder runs at once, on this many threads (the int8 encoder encodes "
+                    "one text at a time, exactly; one text's ops gain little from intra-op threads). With more than "
+                    "one, leave num_threads at 1 and give the replica as many CPUs.",
+    )
     top_logprobs: int = Field(5, ge=1, le=20, description="Class log-probabilities kept per answer, for top-k entropy.")
     exact_search_max: int = Field(
         50_000, ge=1, description="Largest answer cache searched exactly; a larger one gets an HNSW index (usearch)."

@@ -32,7 +32,8 @@ class SpecialistEngine:
         manifest = verify_artifact(root, tasks)
         self.version = manifest.version
         self.encoder = SpecialistEncoder(manifest.encoder.source, num_threads=config.num_threads,
-                                         cache_path=config.encoding_cache, trace=config.trace)
+                                         cache_path=config.encoding_cache, trace=config.trace,
+                                         workers=config.encode_workers)
         self.heads = {
             task: load_head(root / task, self.encoder, exact_search_max=config.exact_search_max,
                             data_dir=config.data_dir)

@@ -643,24 +643,53 @@ class FineTunedEntitySpecialist(_FineTunedHead):
         37 in batches of 8, 63 in batches of 32).
         """
         self._check_fitted()
-        trunk = self._trunk()
+        trunk, torch = self._trunk(), self._trunk().torch
+        tagger = self._served_tagger(trunk)  # made here, once, not by the worker threads below
         out: list[np.ndarray] = [np.zeros((0, len(self.classes_)), dtype=np.float32)] * len(sentences)
         order = sorted((i for i in range(len(sentences)) if sentences[i]), key=lambda i: len(sentences[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch, firsts = trunk.tokenize_words([sentences[i] for i in chunk], self.max_length)
-            width = max(len(f) for f in firsts)
-            word_index = trunk.torch.zeros(len(chunk), width, dtype=trunk.torch.long)
-            for row, first in enumerate(firsts):
-                word_index[row, : len(first)] = trunk.torch.tensor(first, dtype=trunk.torch.long).clamp(min=0)
-            states = trunk.states(batch)
-            with trunk.torch.inference_mode():
-                logits = self._served_model()(states, batch["attention_mask"], word_index)["logits"].float().numpy()
+        # Tokenized in this thread (a fast tokenizer must not be shared between threads), run on the encoder's workers.
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        prepared = [trunk.tokenize_words([sentences[i] for i in chunk], self.max_length) for chunk in chunks]
+
+        def logits_of(item: tuple[Any, list[list[int]]]) -> np.ndarray:
+            with torch.inference_mode():
+                return tagger(*_tagger_inputs(trunk, *item)).float().numpy()
+
+        run = getattr(self.encoder, "map", None) or (lambda function, items: [function(item) for item in items])
+        for chunk, (_, firsts), logits in zip(chunks, prepared, run(logits_of, prepared)):
             for row, i in enumerate(chunk):
                 probs = _softmax(logits[row, : len(firsts[row])])
                 probs[np.asarray(firsts[row]) < 0] = 1.0 / len(self.classes_)
                 out[i] = probs
         return out
+
+    def _served_tagger(self, trunk: _Trunk) -> Any:
+        """The served top as (trunk states, attention mask, word index) -> logits; traced where the trace is exact.
+
+        Traced as the tier's encoder is asked to be (``engine.trace``), checked on sentences of two lengths and a
+        padded pair (:func:`routenlp_ray.models.tracing.exact_trace`).
+        """
+        model = self._served_model()
+        if getattr(self, "_tagger_of", None) is model:
+            return self._tagger
+        torch = trunk.torch
+
+        class TagLogits(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, states: Any, attention_mask: Any, word_index: Any) -> Any:
+                return self.model(states, attention_mask, word_index)["logits"]
+
+        tagger: Any = TagLogits().eval()
+        if getattr(self.encoder, "trace", True):
+            sentences = [text.split() for text in CHECK_TEXTS]
+            checks = [_tagger_inputs(trunk, *trunk.tokenize_words(batch, self.max_length))
+                      for batch in ([sentences[0]], [sentences[1]], sentences)]
+            tagger = exact_trace(tagger, checks[0], checks, f"{self.kind} top") or tagger
+        self._tagger, self._tagger_of = tagger, model
+        return tagger
 
     def answer(self, texts: Sequence[str], top_k: int = 5) -> list[HeadAnswer]:
         sentences = [text.split() for text in texts]
@@ -669,6 +698,15 @@ class FineTunedEntitySpecialist(_FineTunedHead):
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [a.text for a in self.answer(texts)]
+
+
+def _tagger_inputs(trunk: _Trunk, batch: Any, firsts: list[list[int]]) -> tuple[Any, Any, Any]:
+    """A tagger top's inputs: trunk states, the attention mask, each word's first sub-token (0 where cut off)."""
+    torch = trunk.torch
+    word_index = torch.zeros(len(firsts), max(len(f) for f in firsts), dtype=torch.long)
+    for row, first in enumerate(firsts):
+        word_index[row, : len(first)] = torch.tensor(first, dtype=torch.long).clamp(min=0)
+    return trunk.states(batch), batch["attention_mask"], word_index
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -167,3 +167,14 @@ def test_encoder_stays_eager_when_its_trace_is_not_exact(monkeypatch: pytest.Mon
     monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no tracing")))
     encoder = SentenceEncoder()
     assert not encoder.traced and encoder.encode(["where is my card?"]).shape == (1, 384)
+
+
+def test_encoder_workers_run_batches_side_by_side_with_the_same_embeddings() -> None:
+    from routenlp_ray.models.encoder import SentenceEncoder
+
+    texts = [f"where is card number {i}? it has not arrived after {i} days" * (1 + i % 3) for i in range(12)]
+    alone, together = SentenceEncoder(), SentenceEncoder(workers=2)
+    assert together.workers == 2
+    np.testing.assert_array_equal(together.encode(texts), alone.encode(texts))
+    np.testing.assert_array_equal(together.encode(texts, batch_size=4), alone.encode(texts, batch_size=4))
+    assert together.encode([]).shape == (0, 384)

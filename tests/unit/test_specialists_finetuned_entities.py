@@ -150,3 +150,23 @@ def test_a_loop_refit_keeps_the_heads_precision(head, tmp_path: Path) -> None:
     settings = json.loads((folder / "head.json").read_text())
     (folder / "head.json").write_text(json.dumps({**settings, "quantize": True}))
     assert _continued_settings(folder).quantize is True
+
+
+def test_the_shipped_tagger_answers_alike_eager_on_one_thread_and_traced_on_two() -> None:
+    import torch
+
+    from tests.conftest import REPO_ROOT
+
+    folder = REPO_ROOT / "artifacts" / "specialists" / "embedded-v5" / "fin_ner"
+    alone = load_head(folder, SpecialistEncoder(workers=1, trace=False))
+    together = load_head(folder, SpecialistEncoder(workers=2))
+    assert together.encoder.workers == 2  # the head runs its trunk and top on the encoder's workers
+    assert isinstance(together._served_tagger(together._trunk()), torch.jit.ScriptModule)
+    assert not isinstance(alone._served_tagger(alone._trunk()), torch.jit.ScriptModule)
+    sentences = [s.split() for s in [
+        "Borrower will pay Bank the unpaid principal amount .", "Silicon Valley Bank , a California corporation",
+        "This Agreement is made by Acme Corp and John Smith of New York .", "Lender", ""]]
+    for a, b in zip(alone.word_probas(sentences), together.word_probas(sentences)):
+        np.testing.assert_array_equal(a, b)
+    assert [x.text for x in alone.answer([" ".join(s) for s in sentences])] == \
+        [x.text for x in together.answer([" ".join(s) for s in sentences])]

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from routenlp_ray.cli._common import DEFAULT_DATA_DIR, DEFAULT_LOCAL_CONFIG, Subparsers
 from routenlp_ray.cli.bench._apps import serving_apps
@@ -25,10 +26,11 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
         data = config.model_dump(mode="json")
         next(t for t in data["tiers"] if t["name"] == args.tier)["engine"]["num_threads"] = args.threads
         config = type(config).model_validate(data)
-    if args.artifacts or args.eager_too:
+    if args.artifacts or args.variants:
         artifacts = args.artifacts or [config.tier(args.tier).engine.path]  # type: ignore[union-attr]
+        variants = [_engine_variant(text) for text in args.variants] if args.variants else None
         report = compare_specialist_artifacts(config, args.tier, artifacts, args.data_dir, per_task=args.per_task,
-                                              batch_size=args.batch_size, rounds=args.rounds, eager_too=args.eager_too)
+                                              batch_size=args.batch_size, rounds=args.rounds, variants=variants)
         markdown = compare_markdown(report)
         write_report(args.out, report, markdown=markdown)
         print(markdown)
@@ -43,6 +45,19 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
           f"peak RSS {report['peak_rss_mb']:.0f} MB")
     print(f"wrote {args.out}")
     return 0
+
+
+def _engine_variant(text: str) -> dict[str, Any]:
+    """``trace=false,encode_workers=2`` as engine settings; values are read as YAML scalars."""
+    import yaml
+
+    variant: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--variants: {item!r} is not KEY=VALUE")
+        variant[key.strip()] = yaml.safe_load(value)
+    return variant
 
 
 def _cmd_bench_streaming(args: argparse.Namespace) -> int:
@@ -97,8 +112,9 @@ def register(benches: Subparsers) -> None:
     specialist.add_argument("--threads", type=int, default=None, help="override the tier's torch threads")
     specialist.add_argument("--artifacts", nargs="+", default=None, metavar="PATH",
                             help="specialist artifacts to measure side by side in one process (the tier's path replaced)")
-    specialist.add_argument("--eager-too", action="store_true",
-                            help="run each artifact twice side by side, its encoder eager (trace: false) and traced")
+    specialist.add_argument("--variants", nargs="+", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                            help="engine settings to run each artifact with, side by side in one process; '' is the "
+                                 "tier as configured (e.g. --variants trace=false '' encode_workers=2)")
     specialist.add_argument("--out", default="results/bench_specialist.json")
     specialist.set_defaults(func=_cmd_bench_specialist)
 
