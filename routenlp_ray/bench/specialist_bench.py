@@ -122,7 +122,7 @@ def compare_specialist_artifacts(
     Peak RSS is the process's, so it grows with every engine loaded: read it for the last one only.
     """
     runs_of = [(path, variant) for path in artifacts for variant in (variants or [{}])]
-    configs = [_with_engine(config, tier, path=str(Path(path).resolve()), **variant) for path, variant in runs_of]
+    configs = [with_engine(config, tier, path=str(Path(path).resolve()), **variant) for path, variant in runs_of]
     requests, references = _requests(configs[0], tier, Path(data_dir), per_task, seed)
     runs = [_EngineRun(c, tier) for c in configs]
     for run, c in zip(runs, configs):
@@ -135,7 +135,8 @@ def compare_specialist_artifacts(
                           for run, c, (_, variant) in zip(runs, configs, runs_of)]}
 
 
-def _with_engine(config: RouteNLPConfig, tier: str, **engine: Any) -> RouteNLPConfig:
+def with_engine(config: RouteNLPConfig, tier: str, **engine: Any) -> RouteNLPConfig:
+    """``config`` with ``tier``'s engine settings updated (validated again, so a bad key or value is refused)."""
     data = config.model_dump(mode="json")
     next(t for t in data["tiers"] if t["name"] == tier)["engine"].update(engine)
     return type(config).model_validate(data)

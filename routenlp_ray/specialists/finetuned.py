@@ -106,12 +106,15 @@ class _Trunk:
 
     def states(self, batch: Any) -> Any:
         """Token states after the trunk, shape (batch, tokens, hidden)."""
+        with self.torch.inference_mode():
+            return (self._traced or self._eager)(*self._inputs(batch))
+
+    def _inputs(self, batch: Any) -> tuple[Any, Any, Any]:
+        """(input ids, token types, attention mask): the trunk's inputs, positional, as the trace takes them."""
         token_types = batch.get("token_type_ids")
         if token_types is None:  # what BERT embeddings assume when none are given
             token_types = self.torch.zeros_like(batch["input_ids"])
-        inputs = (batch["input_ids"], token_types, batch["attention_mask"])
-        with self.torch.inference_mode():
-            return (self._traced or self._eager)(*inputs)
+        return batch["input_ids"], token_types, batch["attention_mask"]
 
     def _eager(self, input_ids: Any, token_type_ids: Any, attention_mask: Any) -> Any:
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
@@ -133,12 +136,9 @@ class _Trunk:
             def forward(self, input_ids: Any, token_type_ids: Any, attention_mask: Any) -> Any:
                 return trunk._eager(input_ids, token_type_ids, attention_mask)
 
-        def inputs(batch: Any) -> tuple[Any, ...]:
-            return batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
-
-        checks = [self.tokenize([text]) for text in CHECK_TEXTS] + [self.tokenize(CHECK_TEXTS)]
-        return exact_trace(TrunkStates().eval(), inputs(checks[0]), [inputs(b) for b in checks],
-                           f"trunk of {self.model_source}")
+        batches = [self.tokenize([text]) for text in CHECK_TEXTS] + [self.tokenize(CHECK_TEXTS)]
+        checks = [self._inputs(batch) for batch in batches]
+        return exact_trace(TrunkStates().eval(), checks[0], checks, f"trunk of {self.model_source}")
 
     def token_states(self, texts: Sequence[str], batch_size: int = 64) -> list[tuple[list[int], Any]]:
         """Per text: (its token ids, its trunk states of shape (tokens, hidden)), batched by length."""
@@ -643,7 +643,8 @@ class FineTunedEntitySpecialist(_FineTunedHead):
         37 in batches of 8, 63 in batches of 32).
         """
         self._check_fitted()
-        trunk, torch = self._trunk(), self._trunk().torch
+        trunk = self._trunk()
+        torch = trunk.torch
         tagger = self._served_tagger(trunk)  # made here, once, not by the worker threads below
         out: list[np.ndarray] = [np.zeros((0, len(self.classes_)), dtype=np.float32)] * len(sentences)
         order = sorted((i for i in range(len(sentences)) if sentences[i]), key=lambda i: len(sentences[i]))

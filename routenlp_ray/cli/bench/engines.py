@@ -18,14 +18,13 @@ def _cmd_bench_specialist(args: argparse.Namespace) -> int:
         compare_markdown,
         compare_specialist_artifacts,
         run_specialist_benchmark,
+        with_engine,
     )
     from routenlp_ray.config import load_config
 
     config = load_config(args.config).with_absolute_paths(os.getcwd())
     if args.threads:
-        data = config.model_dump(mode="json")
-        next(t for t in data["tiers"] if t["name"] == args.tier)["engine"]["num_threads"] = args.threads
-        config = type(config).model_validate(data)
+        config = with_engine(config, args.tier, num_threads=args.threads)
     if args.artifacts or args.variants:
         artifacts = args.artifacts or [config.tier(args.tier).engine.path]  # type: ignore[union-attr]
         variants = [_engine_variant(text) for text in args.variants] if args.variants else None
