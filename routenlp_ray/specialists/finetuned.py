@@ -666,7 +666,7 @@ class FineTunedEntitySpecialist(_FineTunedHead):
         torch = trunk.torch
         tagger = self._served_tagger(trunk)  # made here, once, not by the worker threads below
         out: list[np.ndarray] = [np.zeros((0, len(self.classes_)), dtype=np.float32)] * len(sentences)
-        order = sorted((i for i in range(len(sentences)) if sentences[i]), key=lambda i: len(sentences[i]))
+        order = sorted((i for i in range(len(sentences)) if sentences[i]), key=lambda i: len(sentences[i]), reverse=True)
         # Tokenized in this thread (a fast tokenizer must not be shared between threads), run on the encoder's workers.
         chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         prepared = [trunk.tokenize_words([sentences[i] for i in chunk], self.max_length) for chunk in chunks]

@@ -243,6 +243,9 @@ class LabelSpecialist(_LinearHead):
 
     kind = "label"
     _feature_width = 1
+    #: Answers from the shared encoder's sentence vectors (``answer_from_vectors``): an engine may
+    #: encode a whole mixed batch's texts in one call and hand each head its rows.
+    reads_sentence_vectors = True
 
     def __init__(
         self,
@@ -368,6 +371,7 @@ class AnswerCache:
     """
 
     kind = "cache"
+    reads_sentence_vectors = True
 
     def __init__(self, encoder: SpecialistEncoder, *, exact_search_max: int = 50_000) -> None:
         self.encoder = encoder
@@ -412,7 +416,9 @@ class AnswerCache:
         keys = np.argsort(-scores, axis=1)[:, :k]
         return np.take_along_axis(scores, keys, axis=1), keys
 
-    def answer_from_vectors(self, vectors: np.ndarray, top_k: int = 5) -> list[HeadAnswer]:
+    def answer_from_vectors(self, vectors: np.ndarray, top_k: int = 5,
+                            texts: Sequence[str] | None = None) -> list[HeadAnswer]:
+        """Answers from already-encoded sentence vectors (``texts`` is accepted, as label heads take it, and unused)."""
         similarities, keys = self.search_vectors(vectors, k=top_k)
         answers = []
         for sims, ids in zip(similarities, keys):

@@ -196,6 +196,40 @@ async def test_the_shipped_artifact_answers_like_any_engine_and_refuses_other_ta
         await engine.generate(ask("legal_risk", "We may change these terms at any time."))
 
 
+async def test_a_mixed_batch_on_two_workers_answers_as_each_query_alone() -> None:
+    # The engine encodes a batch's sentence-vector texts in one call, longest first, while a side thread
+    # drives the fin_ner tagger on the same workers. None of that may change an answer or its evidence.
+    from routenlp_ray.config.tiers import SpecialistEngineConfig
+    from routenlp_ray.engines import GenerationRequest
+    from routenlp_ray.engines.specialist import SpecialistEngine
+    from routenlp_ray.tasks.data import load_examples, task_file
+    from tests.conftest import DATA_DIR, REPO_ROOT
+
+    if not (DATA_DIR / "cs_response" / "train.jsonl").is_file():
+        pytest.skip(f"the shipped cs_response cache reads its rows from {DATA_DIR} (set ROUTENLP_DATA)")
+    tasks = ["cs_intent", "cs_response", "fin_ner", "legal_clause"]
+    requests = [
+        GenerationRequest(request_id=e.id, prompt=e.input, task=task, raw_input=e.input)
+        for task in tasks for e in load_examples(task_file(DATA_DIR, task, "validation"), limit=4, seed=1)
+    ]
+    requests = requests[::2] + requests[1::2]  # tasks interleaved, as traffic arrives
+
+    def engine(workers: int) -> SpecialistEngine:
+        config = SpecialistEngineConfig(path=str(REPO_ROOT / "artifacts/specialists/embedded-v5"),
+                                        data_dir=str(DATA_DIR), encode_workers=workers)
+        return SpecialistEngine(config, name="specialist", tasks=tasks)
+
+    together = await engine(2).generate_batch(requests)
+    alone_engine = engine(1)
+    alone = [await alone_engine.generate(request) for request in requests]
+    assert [r.text for r in together] == [r.text for r in alone]
+    # Up to float rounding: a linear head's matrix product over 4 rows and over 1 may round differently.
+    for a, b in zip(together, alone):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, rel=1e-5, abs=1e-6)
+        assert np.concatenate(a.top_logprobs) == pytest.approx(np.concatenate(b.top_logprobs), rel=1e-5, abs=1e-6)
+    assert {r.metadata["head"] for r in together} == {"label", "cache", "finetuned_entities"}
+
+
 def test_a_cache_built_by_reference_reads_its_rows_and_refuses_other_data(encoder, tmp_path: Path) -> None:
     rows = [{"input": "how do I reset my password", "reference": "Go to settings."},
             {"input": "cancel my order", "reference": "Sorry to see you go."}]
