@@ -30,13 +30,15 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
     from routenlp_ray.config import load_config
 
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+    if args.render_from:
+        return _render_pilot(Path(args.render_from), baseline)
     config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
     plan = load_plan(args.plan or DEFAULT_PLAN)
     settings = PilotSettings(**_pilot_options(PILOT_FIELDS).values(args),
                              seeds=list(range(args.seed, args.seed + args.seeds)))
     workdir = Path(args.workdir or f"var/pilot/{plan.name}")
     report = run_pilot(config, plan, args.data_dir, workdir, settings)
-    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     write_report(args.out, report, markdown=lambda written: pilot_markdown(written, written["command"], baseline),
                  figures={".png": plot_pilot})
     for arm, arm_ratios in report["ratios"].items():
@@ -46,6 +48,24 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
             print(f"{key}: {arm} {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
                   f"over no loop; ratio {ratio}, 95% CI {r['ratio_ci95']}")
     print(f"wrote {args.out} and its .md and .png")
+    return 0
+
+
+def _render_pilot(path: Path, baseline: dict | None) -> int:
+    """The Markdown and plot of a finished pilot, written again from its JSON (which is left as it is)."""
+    from routenlp_ray import ConfigError
+    from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
+
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--render-from {path}: cannot read a pilot report: {exc}") from None
+    if report.get("benchmark") != "pilot" or "records" not in report:
+        raise ConfigError(f"--render-from {path}: not a `bench pilot` report (no benchmark: pilot and records)")
+    command = report.get("command") or "(the run's command line was not recorded in its JSON)"
+    path.with_suffix(".md").write_text(pilot_markdown(report, command, baseline))
+    plot_pilot(report, path.with_suffix(".png"))
+    print(f"wrote {path.with_suffix('.md')} and {path.with_suffix('.png')} from {path}")
     return 0
 
 
@@ -81,6 +101,8 @@ def register(benches: Subparsers) -> None:
     pilot.add_argument("--workdir", default=None, help="resumable state (default: var/pilot/<plan name>)")
     pilot.add_argument("--baseline", default=None, help="another plan's pilot JSON to report next to this one")
     pilot.add_argument("--out", default="results/pilot.json")
+    pilot.add_argument("--render-from", default=None, metavar="JSON",
+                       help="run nothing: write the Markdown and plot again from a finished pilot's JSON")
     pilot.set_defaults(func=_cmd_bench_pilot)
 
     live = benches.add_parser(
