@@ -39,3 +39,18 @@ def test_the_pilot_report_is_stamped_and_written_with_its_markdown_and_plot(
     markdown = out.with_suffix(".md").read_text()
     assert markdown.startswith("# Pilot: default plan") and written["command"] in markdown
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_a_finished_pilots_markdown_and_plot_are_written_again_from_its_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    finished = tmp_path / "pilot.json"
+    finished.write_text((REPO_ROOT / "results" / "pilot.json").read_text())
+    before = finished.read_text()
+    assert main(["bench", "pilot", "--render-from", str(finished)]) == 0
+    markdown = finished.with_suffix(".md").read_text()
+    assert json.loads(before)["command"] in markdown and "Where week 5's improvement comes from" in markdown
+    assert finished.with_suffix(".png").stat().st_size > 10_000 and finished.read_text() == before
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmark": "loop"}))
+    assert main(["bench", "pilot", "--render-from", str(other)]) != 0
+    assert "not a `bench pilot` report" in capsys.readouterr().err
