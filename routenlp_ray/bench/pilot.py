@@ -44,8 +44,8 @@ from routenlp_ray.tasks.data import answer_text, load_examples, task_file
 
 logger = logging.getLogger("routenlp.bench.pilot")
 
-Arm = Literal["no_loop", "untargeted", "targeted", "targeted_cost"]
-ARMS: tuple[Arm, ...] = ("no_loop", "untargeted", "targeted")
+Arm = Literal["no_loop", "recalibrate_only", "untargeted", "targeted", "targeted_cost"]
+ARMS: tuple[Arm, ...] = ("no_loop", "recalibrate_only", "untargeted", "targeted")
 # Each loop arm: the student the iteration trains, and how it ranks failure clusters.
 ARM_LOOPS: dict[str, tuple[str, str]] = {
     "untargeted": ("untargeted", "novel_first"),  # a random sample of traffic: the ranking is not used
@@ -64,7 +64,8 @@ class PilotSettings(StrictModel):
     arms: list[Arm] = Field(
         default_factory=lambda: list(ARMS), min_length=1,
         description="Arms to run. targeted ranks failures by the loop's default rule (novel_first); targeted_cost by "
-                    "cost alone, the paper's rule.",
+                    "cost alone, the paper's rule; recalibrate_only refits the thresholds each week on the same "
+                    "calibration rows as the loop arms and distils nothing.",
     )
     base_per_task: int = Field(600, ge=10, description="Most train rows per task the week-0 specialist learns from.")
     base_share_cap: float = Field(0.4, gt=0, lt=1, description="... and at most this share of a task's train rows.")
@@ -299,7 +300,6 @@ class PilotRunner:
     # -- week 0 -------------------------------------------------------------------------------------
     def base_release(self, seed_plan: SeedPlan, folder: Path) -> tuple[Path, Path]:
         """(week-0 specialist artifact, its thresholds), made once per seed."""
-        from routenlp_ray.conformal.thresholds import load_thresholds
         from routenlp_ray.loop.teacher import frontier_pairs
         from routenlp_ray.specialists.training import SpecialistTrainingConfig, distill_specialists, head_kind_for_parser
 
@@ -317,16 +317,22 @@ class PilotRunner:
                                 SpecialistTrainingConfig(encoding_cache=self.cache_path),
                                 storage_path=folder / "ray_train", run_name="base-specialist")
         if not thresholds.exists():
-            split = "calibration-w0"
-            write_split(folder / "data", split, calibration_rows_through(self.plan, seed_plan, 0))
-            iteration = self.iteration(self.config_with_artifact(artifact), folder / "data", folder / "week0", "calibrate",
-                                       "targeted", split, log_uri=str(folder / "unused-log"))
-            fitted = iteration.fit_current_thresholds()
-            # The week-0 specialist's own cells only: a task it has no head for has no threshold.
-            fitted = {t: fitted.get(t) for t in self.plan.tasks}
-            table = load_thresholds(self.config.cascade).merged({SPECIALIST: fitted}, version="pilot-week-0")
-            table.save(thresholds)
+            self.fit_thresholds(artifact, seed_plan, folder, 0, folder / "week0", "pilot-week-0", thresholds)
         return artifact, thresholds
+
+    def fit_thresholds(self, artifact: Path, seed_plan: SeedPlan, seed_dir: Path, week: int, workdir: Path,
+                       version: str, out: Path) -> None:
+        """The loop's threshold rule for ``artifact`` on the calibration rows through ``week``, saved to ``out``."""
+        from routenlp_ray.conformal.thresholds import load_thresholds
+
+        split = f"calibration-w{week}"
+        write_split(seed_dir / "data", split, calibration_rows_through(self.plan, seed_plan, week))
+        iteration = self.iteration(self.config_with_artifact(artifact), seed_dir / "data", workdir, "calibrate",
+                                   "targeted", split, log_uri=str(seed_dir / "unused-log"))
+        fitted = iteration.fit_current_thresholds()
+        # The specialist's own cells only: a task it has no head for has no threshold.
+        fitted = {t: fitted.get(t) for t in self.plan.tasks}
+        load_thresholds(self.config.cascade).merged({SPECIALIST: fitted}, version=version).save(out)
 
     def config_with_artifact(self, artifact: Path) -> RouteNLPConfig:
         from routenlp_ray.specialists.artifact import read_manifest
@@ -376,7 +382,9 @@ class PilotRunner:
                 "traffic": metrics(traffic), "held_out": held_out["metrics"], "loop": None,
                 "_held_out_costs": held_out["costs"], "_traffic_costs": [[s.cost, s.frontier_cost] for s in traffic],
             }
-            if arm != "no_loop" and week < len(seed_plan.weeks) - 1:
+            if arm == "recalibrate_only" and week < len(seed_plan.weeks) - 1:
+                record["loop"] = self.recalibrate_week(seed_plan, folder, store, week)
+            elif arm != "no_loop" and week < len(seed_plan.weeks) - 1:
                 record["loop"] = self.loop_week(seed_plan, arm, folder, store, week, log_uri)
             record["seconds"] = time.perf_counter() - started
             tmp = path.with_suffix(".tmp")
@@ -388,6 +396,24 @@ class PilotRunner:
                      f"loop {(record['loop'] or {}).get('outcome', '-')}; {record['seconds']:.0f}s")
             weeks.append(record)
         return weeks
+
+    def recalibrate_week(self, seed_plan: SeedPlan, folder: Path, store: ReleaseStore, week: int) -> dict[str, Any]:
+        """The current specialist, unchanged, with thresholds refitted on the calibration rows through ``week``
+        (the rows the loop arms calibrate and gate on): what recalibration alone buys, without distillation."""
+        release = store.current()
+        assert release is not None, "every arm starts from its week-0 release"
+        artifact = release.adapter_for(SPECIALIST)
+        version = f"recalibrated-week-{week:02d}"
+        if version in store.versions():  # a resumed run: published before its week file was written
+            store.activate(version)
+        else:
+            thresholds = folder / "recalibration" / f"week-{week:02d}-thresholds.json"
+            thresholds.parent.mkdir(parents=True, exist_ok=True)
+            self.fit_thresholds(artifact, seed_plan, folder.parent, week, folder / "recalibration" / f"week-{week:02d}",
+                                f"pilot-{version}", thresholds)
+            store.publish(version, adapters={SPECIALIST: artifact}, thresholds=thresholds,
+                          report={"source": "pilot recalibration only"})
+        return {"outcome": "recalibrated", "published": version}
 
     def loop_week(self, seed_plan: SeedPlan, arm: Arm, folder: Path, store: ReleaseStore, week: int,
                   log_uri: str) -> dict[str, Any]:

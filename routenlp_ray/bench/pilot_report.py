@@ -14,6 +14,7 @@ __all__ = ["bootstrap_improvement_ratio", "pilot_markdown", "plot_pilot", "summa
 
 FIGURES = ("cost_reduction", "quality_retention", "specialist_share", "accepted_error_rate", "escalation_rate")
 TARGETED_ARMS = ("targeted", "targeted_cost")  # the loop's rule (novel_first), and the paper's cost-only rule
+RECALIBRATION_ONLY = "recalibrate_only"  # the loop's thresholds refitted each week, nothing distilled
 
 
 def _mean_sd(values: Sequence[float | None]) -> dict[str, float] | None:
@@ -24,8 +25,10 @@ def _mean_sd(values: Sequence[float | None]) -> dict[str, float] | None:
 
 
 def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], frontier: Mapping[int, np.ndarray],
-                                reps: int, rng_seed: int = 0, arm: str = "targeted") -> dict[str, Any]:
-    """Paired bootstrap of (``arm`` - no_loop) / (untargeted - no_loop) cost reduction.
+                                reps: int, rng_seed: int = 0, arm: str = "targeted",
+                                baseline: str = "no_loop") -> dict[str, Any]:
+    """Paired bootstrap of (``arm`` - baseline) / (untargeted - baseline) cost reduction (baseline: no loop, or
+    recalibration only, which leaves the distillation's own part).
 
     ``costs[seed][arm]`` is a (queries, weeks) matrix of costs paid on the held-out slice and
     ``frontier[seed]`` the frontier-only cost per query. Seeds are resampled, then queries within a
@@ -35,8 +38,8 @@ def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], f
     seeds = sorted(costs)
 
     def gains(seed: int, pick: np.ndarray) -> tuple[float, float]:
-        front = frontier[seed][pick].sum() * costs[seed]["no_loop"].shape[1]
-        base = costs[seed]["no_loop"][pick].sum()
+        front = frontier[seed][pick].sum() * costs[seed][baseline].shape[1]
+        base = costs[seed][baseline][pick].sum()
         return ((base - costs[seed][arm][pick].sum()) / front,
                 (base - costs[seed]["untargeted"][pick].sum()) / front)
 
@@ -85,11 +88,16 @@ def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, see
             table.append(entry)
 
     ratios: dict[str, Any] = {}
+    over_recalibration: dict[str, Any] = {}
     for arm in TARGETED_ARMS:
         if {"no_loop", arm, "untargeted"} <= set(arms):
             found = _arm_ratios(by, seeds, weeks, arm, settings.bootstrap)
             if found:
                 ratios[arm] = found
+        if {RECALIBRATION_ONLY, arm, "untargeted"} <= set(arms):
+            found = _arm_ratios(by, seeds, weeks, arm, settings.bootstrap, baseline=RECALIBRATION_ONLY)
+            if found:
+                over_recalibration[arm] = found
 
     below = []
     for r in records:
@@ -110,6 +118,7 @@ def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, see
         "seconds": seconds,
         "weeks": table,
         "ratios": ratios,
+        "ratios_over_recalibration": over_recalibration,
         "below_quality_target": below,
         "quality_targets": dict(quality_targets or {}),
         "records": records,
@@ -117,9 +126,9 @@ def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, see
 
 
 def _arm_ratios(by: Mapping[tuple[int, str, int], dict[str, Any]], seeds: Sequence[int], weeks: Sequence[int],
-                arm: str, reps: int) -> dict[str, Any] | None:
-    """``arm`` against untargeted, over no loop: bootstraps at the final week and summed, and traffic means."""
-    trio = ("no_loop", arm, "untargeted")
+                arm: str, reps: int, baseline: str = "no_loop") -> dict[str, Any] | None:
+    """``arm`` against untargeted, over ``baseline``: bootstraps at the final week and summed, and traffic means."""
+    trio = (baseline, arm, "untargeted")
     complete = [s for s in seeds if all((s, a, w) in by for a in trio for w in weeks)]
     if not complete:
         return None
@@ -127,17 +136,17 @@ def _arm_ratios(by: Mapping[tuple[int, str, int], dict[str, Any]], seeds: Sequen
     def matrices(week_list: Sequence[int]) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, np.ndarray]]:
         costs = {s: {a: np.array([[c[0] for c in by[(s, a, w)]["_held_out_costs"]] for w in week_list]).T
                      for a in trio} for s in complete}
-        front = {s: np.array([c[1] for c in by[(s, "no_loop", week_list[0])]["_held_out_costs"]]) for s in complete}
+        front = {s: np.array([c[1] for c in by[(s, baseline, week_list[0])]["_held_out_costs"]]) for s in complete}
         return costs, front
 
     out: dict[str, Any] = {"seeds": complete}
-    out["final_week"] = bootstrap_improvement_ratio(*matrices([weeks[-1]]), reps, 1, arm=arm)
-    out["summed_over_weeks"] = bootstrap_improvement_ratio(*matrices(weeks), reps, 2, arm=arm)
+    out["final_week"] = bootstrap_improvement_ratio(*matrices([weeks[-1]]), reps, 1, arm=arm, baseline=baseline)
+    out["summed_over_weeks"] = bootstrap_improvement_ratio(*matrices(weeks), reps, 2, arm=arm, baseline=baseline)
     # On each week's own traffic (the same queries for every arm of a seed): point estimates.
     gains: dict[str, list[float]] = {arm: [], "untargeted": []}
     for s in complete:
-        base = sum(c[0] for w in weeks for c in by[(s, "no_loop", w)]["_traffic_costs"])
-        front_t = sum(c[1] for w in weeks for c in by[(s, "no_loop", w)]["_traffic_costs"])
+        base = sum(c[0] for w in weeks for c in by[(s, baseline, w)]["_traffic_costs"])
+        front_t = sum(c[1] for w in weeks for c in by[(s, baseline, w)]["_traffic_costs"])
         for a in gains:
             paid = sum(c[0] for w in weeks for c in by[(s, a, w)]["_traffic_costs"])
             gains[a].append((base - paid) / front_t)
@@ -180,16 +189,18 @@ def task_attribution(records: Sequence[Mapping[str, Any]], arms: Sequence[str], 
 
 
 def _attribution_lines(records: Sequence[Mapping[str, Any]], arm: str, week: int) -> list[str]:
-    table = task_attribution(records, [arm, "untargeted"], week)
+    ran = {r["arm"] for r in records}
+    arms = [a for a in (arm, "untargeted", RECALIBRATION_ONLY) if a in ran]
+    table = task_attribution(records, arms, week)
     if not table:
         return []
     lines = [f"Where week {week}'s improvement comes from (held-out slice): each task's cost saved over no loop, as a "
              "share of all frontier cost (a column sums to the arm's improvement), and the task's quality retention.",
-             "", f"| task | {arm}: saved | untargeted: saved | retention: no loop | {arm} | untargeted |",
-             "|---|---|---|---|---|---|"]
+             "", "| task | " + " | ".join(f"{a}: saved" for a in arms) + " | retention: no loop | "
+             + " | ".join(arms) + " |", "|---|" + "---|" * (2 * len(arms) + 1)]
     for task, e in table.items():
-        saved = [e[a]["saved_over_no_loop"] for a in (arm, "untargeted")]
-        kept = [e[a]["quality_retention"] for a in ("no_loop", arm, "untargeted")]
+        saved = [e[a]["saved_over_no_loop"] for a in arms]
+        kept = [e[a]["quality_retention"] for a in ("no_loop", *arms)]
         lines.append(f"| {task} | " + " | ".join(_signed(x) for x in saved) + " | "
                      + " | ".join(_cell(x) for x in kept) + " |")
     return lines + [""]
@@ -239,8 +250,10 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
                          f"| {_cell(m['escalation_rate'])} | {rel['published']} / {rel.get('recalibrated', 0)} / {rel['refused']} / "
                          f"{rel['nothing_to_distil']} |")
         lines.append("")
-    for arm, arm_ratios in report["ratios"].items():
-        lines += [f"## {arm} vs untargeted, over no loop (held-out slice, paired bootstrap over seeds and queries)",
+    families = [(arm, r, "no loop") for arm, r in report["ratios"].items()]
+    families += [(arm, r, "recalibration only") for arm, r in report.get("ratios_over_recalibration", {}).items()]
+    for arm, arm_ratios, over in families:
+        lines += [f"## {arm} vs untargeted, over {over} (held-out slice, paired bootstrap over seeds and queries)",
                   "", f"| span | {arm} improvement | untargeted improvement | ratio | ratio 95% CI | difference 95% CI |",
                   "|---|---|---|---|---|---|"]
         for key, name in (("final_week", "final week"), ("summed_over_weeks", "summed over weeks")):
@@ -250,9 +263,10 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
                          f"| {_ci(r['ratio_ci95'])} | [{r['difference_ci95'][0]:+.1%}, {r['difference_ci95'][1]:+.1%}] |")
         t = arm_ratios["traffic_summed_over_weeks"]
         lines += ["", f"On the weeks' own traffic, summed: {arm} {_cell(t['targeted_improvement'])}, untargeted "
-                  f"{_cell(t['untargeted_improvement'])} of frontier cost saved over no loop"
+                  f"{_cell(t['untargeted_improvement'])} of frontier cost saved over {over}"
                   + (f" (ratio of means {t['ratio_of_means']:.2f}×)." if t["ratio_of_means"] else "."), ""]
-        lines += _attribution_lines(report["records"], arm, max(e["week"] for e in report["weeks"]))
+        if over == "no loop":
+            lines += _attribution_lines(report["records"], arm, max(e["week"] for e in report["weeks"]))
     below = report["below_quality_target"]
     lines += ["## Quality targets", ""]
     if below:

@@ -43,7 +43,7 @@ def _record(report: dict[str, Any], arm: str, week: int) -> dict[str, Any]:
 
 def test_every_week_of_every_arm_served_all_its_queries(pilot: dict[str, Any]) -> None:
     report = pilot["report"]
-    assert len(report["records"]) == 3 * 3
+    assert len(report["records"]) == 4 * 3  # no loop, recalibration only, untargeted, targeted; 3 weeks
     for record in report["records"]:
         assert record["traffic"]["queries"] == 80  # a query no tier answered would have raised
         assert set(record["held_out"]["per_task"]) == {"cs_intent", "legal_risk"}
@@ -65,11 +65,32 @@ def test_the_loop_gives_a_new_task_its_first_head_and_the_next_week_serves_it(pi
     assert week2["held_out"]["per_task"]["legal_risk"]["specialist_share"] > 0
 
 
+def test_recalibration_only_refits_the_thresholds_and_keeps_the_specialist(pilot: dict[str, Any]) -> None:
+    from routenlp_ray.releases import ReleaseStore
+
+    report = pilot["report"]
+    store = ReleaseStore(pilot["work"] / "seed-0" / "recalibrate_only" / "releases")
+    assert sorted(store.versions()) == ["recalibrated-week-00", "recalibrated-week-01", "week-00"]
+    for week in (1, 2):
+        record = _record(report, "recalibrate_only", week)
+        assert record["release"] == f"recalibrated-week-{week - 1:02d}"
+        assert record["specialist_tasks"] == ["cs_intent"]  # nothing distilled: legal_risk never gets a head
+    # The same specialist files in every release, under thresholds refitted on that week's calibration rows.
+    heads = [sorted(p.name for p in store.get(v).adapter_for("specialist").rglob("*")) for v in store.versions()]
+    assert heads[0] == heads[1] == heads[2]
+    week1 = json.loads(store.get("recalibrated-week-01").thresholds_path.read_text())
+    assert "pilot-recalibrated-week-01" in json.dumps(week1)
+    assert _record(report, "recalibrate_only", 1)["loop"] == {"outcome": "recalibrated",
+                                                                "published": "recalibrated-week-01"}
+    assert {"final_week", "summed_over_weeks"} <= set(report["ratios_over_recalibration"]["targeted"])
+
+
 def test_the_report_is_written_with_its_ratio_and_plot(pilot: dict[str, Any]) -> None:
     report = pilot["report"]
     assert {"final_week", "summed_over_weeks", "traffic_summed_over_weeks"} <= set(report["ratios"]["targeted"])
     json.dumps(report)  # the per-query costs were dropped, the rest is plain JSON
     markdown = pilot_markdown(report, "routenlp bench pilot (test)")
-    assert "| 2 | targeted |" in markdown and "targeted vs untargeted" in markdown
+    assert "| 2 | targeted |" in markdown and "targeted vs untargeted, over no loop" in markdown
+    assert "targeted vs untargeted, over recalibration only" in markdown and "recalibrate_only: saved" in markdown
     plot_pilot(report, pilot["tmp"] / "pilot.png")
     assert (pilot["tmp"] / "pilot.png").stat().st_size > 0
