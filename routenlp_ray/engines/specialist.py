@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,12 @@ class SpecialistEngine:
         }
         # One encoder, one forward at a time: concurrent batches would only fight over the cores.
         self._lock = threading.Lock()
-        # With encoder workers, the heads that run their own forward passes (the fin_ner tagger) are driven
+        # With encoder workers, the heads that run their own trunk (the fine-tuned fin_ner tagger) are driven
         # from this thread while the calling thread encodes the sentence-vector heads' texts: both feed the
-        # same worker pool, which then stays busy to the end of the batch. Without workers there is no pool
-        # to share, and a second driving thread would use a core the config did not give.
+        # same worker pool, which then stays busy to the end of the batch. Only heads with their own tokenizer
+        # go there (a fast tokenizer, and the encoding cache's SQLite connection, must stay on one thread).
+        # Without workers there is no pool to share, and a second driving thread would use a core the config
+        # did not give.
         self._side = ThreadPoolExecutor(1, thread_name_prefix="specialist-heads") if config.encode_workers > 1 else None
 
     @property
@@ -76,20 +78,24 @@ class SpecialistEngine:
             # the encoder's workers then share one long queue instead of a short one per task, whose tail
             # leaves a worker idle (a batch of 64 over five tasks is ~13 texts a task).
             vector_tasks = [task for task in by_task if getattr(self.heads[task], "reads_sentence_vectors", False)]
-            own_tasks = [task for task in by_task if task not in vector_tasks]
+            side_tasks = [task for task in by_task if task not in vector_tasks
+                          and getattr(self.heads[task], "owns_tokenizer", False)]
+            other_tasks = [task for task in by_task if task not in vector_tasks and task not in side_tasks]
 
-            def answer_own() -> list[tuple[str, list[HeadAnswer]]]:
+            def answer_each(tasks: list[str]) -> list[tuple[str, list[HeadAnswer]]]:
                 return [(task, self.heads[task].answer([texts[i] for i in by_task[task]], top_k=top_k))
-                        for task in own_tasks]
+                        for task in tasks]
 
-            own = self._side.submit(answer_own) if self._side is not None and own_tasks and vector_tasks else None
+            beside = (self._side.submit(answer_each, side_tasks)
+                      if self._side is not None and side_tasks and vector_tasks else None)
             shared = [i for task in vector_tasks for i in by_task[task]]
             vectors = dict(zip(shared, self.encoder.encode([texts[i] for i in shared]))) if shared else {}
             for task in vector_tasks:
                 indices = by_task[task]
                 answers.update(zip(indices, self.heads[task].answer_from_vectors(
                     np.stack([vectors[i] for i in indices]), top_k, [texts[i] for i in indices])))
-            for task, task_answers in (own.result() if own is not None else answer_own()):
+            done = beside.result() if beside is not None else answer_each(side_tasks)
+            for task, task_answers in done + answer_each(other_tasks):
                 answers.update(zip(by_task[task], task_answers))
         latency_ms = (time.perf_counter() - started) * 1000
         return [

@@ -338,6 +338,9 @@ class _FineTunedHead:
 
     kind: str
     _metric: str  # what the held-out slice is scored on, to pick the epoch
+    #: It tokenizes with its trunk's own tokenizer and touches neither the shared encoder's tokenizer nor its
+    #: encoding cache, so an engine may drive it from another thread while that encoder encodes.
+    owns_tokenizer = True
 
     def __init__(
         self,

@@ -196,9 +196,12 @@ async def test_the_shipped_artifact_answers_like_any_engine_and_refuses_other_ta
         await engine.generate(ask("legal_risk", "We may change these terms at any time."))
 
 
-async def test_a_mixed_batch_on_two_workers_answers_as_each_query_alone() -> None:
+@pytest.mark.parametrize(("artifact", "entity_head"), [("embedded-v5", "finetuned_entities"),
+                                                       ("embedded-v3", "entities")])
+async def test_a_mixed_batch_on_two_workers_answers_as_each_query_alone(artifact: str, entity_head: str) -> None:
     # The engine encodes a batch's sentence-vector texts in one call, longest first, while a side thread
-    # drives the fin_ner tagger on the same workers. None of that may change an answer or its evidence.
+    # drives the fine-tuned fin_ner tagger on the same workers (the frozen tagger, which shares the encoder's
+    # tokenizer, runs after the encode). None of that may change an answer or its evidence.
     from routenlp_ray.config.tiers import SpecialistEngineConfig
     from routenlp_ray.engines import GenerationRequest
     from routenlp_ray.engines.specialist import SpecialistEngine
@@ -215,7 +218,7 @@ async def test_a_mixed_batch_on_two_workers_answers_as_each_query_alone() -> Non
     requests = requests[::2] + requests[1::2]  # tasks interleaved, as traffic arrives
 
     def engine(workers: int) -> SpecialistEngine:
-        config = SpecialistEngineConfig(path=str(REPO_ROOT / "artifacts/specialists/embedded-v5"),
+        config = SpecialistEngineConfig(path=str(REPO_ROOT / "artifacts/specialists" / artifact),
                                         data_dir=str(DATA_DIR), encode_workers=workers)
         return SpecialistEngine(config, name="specialist", tasks=tasks)
 
@@ -227,7 +230,7 @@ async def test_a_mixed_batch_on_two_workers_answers_as_each_query_alone() -> Non
     for a, b in zip(together, alone):
         assert a.token_logprobs == pytest.approx(b.token_logprobs, rel=1e-5, abs=1e-6)
         assert np.concatenate(a.top_logprobs) == pytest.approx(np.concatenate(b.top_logprobs), rel=1e-5, abs=1e-6)
-    assert {r.metadata["head"] for r in together} == {"label", "cache", "finetuned_entities"}
+    assert {r.metadata["head"] for r in together} == {"label", "cache", entity_head}
 
 
 def test_a_cache_built_by_reference_reads_its_rows_and_refuses_other_data(encoder, tmp_path: Path) -> None:
