@@ -10,7 +10,8 @@ import numpy as np
 
 from routenlp_ray.bench.pilot_plan import DriftPlan
 
-__all__ = ["bootstrap_improvement_ratio", "pilot_markdown", "plot_pilot", "summarise", "task_attribution"]
+__all__ = ["bootstrap_improvement_ratio", "compare_pilots", "comparison_markdown", "pilot_markdown", "plot_pilot",
+           "summarise", "task_attribution"]
 
 FIGURES = ("cost_reduction", "quality_retention", "specialist_share", "accepted_error_rate", "escalation_rate")
 TARGETED_ARMS = ("targeted", "targeted_cost")  # the loop's rule (novel_first), and the paper's cost-only rule
@@ -310,3 +311,93 @@ def plot_pilot(report: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# -- finished pilots side by side (a budget sweep) ------------------------------------------------------
+def compare_pilots(reports: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> dict[str, Any]:
+    """Finished pilots side by side, one row each, keyed by the settings that differ between them.
+
+    Made for a sweep of one setting (the weekly budget): a row holds each targeted arm's ratio over
+    untargeted (over no loop and over recalibration only) at the final week, the same on the weeks' own
+    traffic (train), the arms' releases and their cells below a quality target. Nothing is re-run.
+    """
+    if len(reports) < 2:
+        raise ValueError("a comparison needs at least two finished pilots")
+    for report, source in zip(reports, sources):
+        if report.get("benchmark") != "pilot" or "ratios" not in report:
+            raise ValueError(f"{source}: not a `bench pilot` report (no benchmark: pilot and ratios)")
+    plans = {r["plan"]["name"] for r in reports}
+    keys = sorted({k for r in reports for k in r["settings"]})
+    varied = [k for k in keys if len({repr(r["settings"].get(k)) for r in reports}) > 1]
+    rows = []
+    for report, source in zip(reports, sources):
+        arms = dict.fromkeys(e["arm"] for e in report["weeks"])
+        final = max(e["week"] for e in report["weeks"])
+        releases = {arm: {o: sum(e["releases"].get(o, 0) for e in report["weeks"] if e["arm"] == arm)
+                          for o in ("published", "recalibrated", "refused", "nothing_to_distil")} for arm in arms}
+        below = {arm: sum(b["arm"] == arm for b in report["below_quality_target"]) for arm in arms}
+        held_out = {e["arm"]: e["held_out"]["cost_reduction"] for e in report["weeks"] if e["week"] == final}
+        rows.append({
+            "source": source, "settings": {k: report["settings"].get(k) for k in varied},
+            "plan": report["plan"]["name"], "seeds": report["settings"]["seeds"],
+            "final_week_cost_reduction": held_out,
+            "ratios": {arm: {"final_week": r["final_week"], "traffic_summed_over_weeks": r["traffic_summed_over_weeks"]}
+                       for arm, r in report["ratios"].items()},
+            "ratios_over_recalibration": {arm: {"final_week": r["final_week"]}
+                                          for arm, r in report.get("ratios_over_recalibration", {}).items()},
+            "releases": releases, "below_quality_target": below, "minutes": report["seconds"] / 60,
+        })
+    return {"benchmark": "pilot_comparison", "plans": sorted(plans), "varied_settings": varied, "rows": rows}
+
+
+def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
+    varied = comparison["varied_settings"] or ["source"]
+
+    def key(row: Mapping[str, Any]) -> str:
+        return ", ".join(f"{k} {row['settings'][k]}" for k in comparison["varied_settings"]) or row["source"]
+
+    rows = comparison["rows"]
+    lines = [f"# Pilots side by side: {', '.join(comparison['plans'])} plan, varying {', '.join(varied)}", "",
+             f"Made by `{command}` from finished pilots (nothing re-run):", ""]
+    lines += [f"- {key(r)}: `{r['source']}` (seeds {r['seeds'][0]}–{r['seeds'][-1]}, {r['minutes']:.0f} min)"
+              for r in rows]
+    arms = list(dict.fromkeys(a for r in rows for a in r["final_week_cost_reduction"]))
+    lines += ["", "## Final week, held-out slice: cost reduction against frontier-only", "",
+              "| " + " | ".join(varied) + " | " + " | ".join(arms) + " |", "|---|" * len(varied) + "---|" * len(arms)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r["settings"].get(k, r["source"])) for k in varied) + " | "
+                     + " | ".join(_cell(r["final_week_cost_reduction"].get(a)) for a in arms) + " |")
+    for family, over in (("ratios", "no loop"), ("ratios_over_recalibration", "recalibration only")):
+        targeted = list(dict.fromkeys(a for r in rows for a in r[family]))
+        for arm in targeted:
+            lines += ["", f"## {arm} vs untargeted, over {over}: final week, held-out slice "
+                          "(paired bootstrap over seeds and queries)", "",
+                      "| " + " | ".join(varied) + f" | {arm} improvement | untargeted improvement | ratio | ratio 95% CI "
+                      "| difference 95% CI |" + (" on the weeks' traffic, summed: ratio of means |"
+                                                 if family == "ratios" else ""),
+                      "|---|" * len(varied) + "---|" * (5 + (family == "ratios"))]
+            for r in rows:
+                found = r[family].get(arm)
+                if not found:
+                    continue
+                f = found["final_week"]
+                ratio = "n/a" if f["ratio"] is None else f"{f['ratio']:.2f}×"
+                cells = [f"{f['targeted_improvement']:+.1%}", f"{f['untargeted_improvement']:+.1%}", ratio,
+                         _ci(f["ratio_ci95"]), f"[{f['difference_ci95'][0]:+.1%}, {f['difference_ci95'][1]:+.1%}]"]
+                if family == "ratios":
+                    t = found["traffic_summed_over_weeks"]
+                    cells.append("n/a" if t["ratio_of_means"] is None else f"{t['ratio_of_means']:.2f}×")
+                lines.append("| " + " | ".join(str(r["settings"].get(k, r["source"])) for k in varied) + " | "
+                             + " | ".join(cells) + " |")
+    lines += ["", "## Releases over all weeks and seeds (published / recalibrated only / refused / nothing), "
+                  "and cells below a quality target", "",
+              "| " + " | ".join(varied) + " | " + " | ".join(arms) + " |", "|---|" * len(varied) + "---|" * len(arms)]
+    for r in rows:
+        cells = []
+        for a in arms:
+            rel = r["releases"].get(a)
+            cells.append("–" if rel is None else f"{rel['published']} / {rel['recalibrated']} / {rel['refused']} / "
+                         f"{rel['nothing_to_distil']}; {r['below_quality_target'].get(a, 0)} below")
+        lines.append("| " + " | ".join(str(r["settings"].get(k, r["source"])) for k in varied) + " | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -54,3 +54,28 @@ def test_a_finished_pilots_markdown_and_plot_are_written_again_from_its_json(
     other.write_text(json.dumps({"benchmark": "loop"}))
     assert main(["bench", "pilot", "--render-from", str(other)]) != 0
     assert "not a `bench pilot` report" in capsys.readouterr().err
+
+
+def test_finished_pilots_of_two_budgets_are_compared_side_by_side(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    finished = json.loads((REPO_ROOT / "results" / "pilot_recalibration.json").read_text())
+    paths = []
+    for budget, scale in ((50, 0.5), (100, 1.0)):
+        report = json.loads(json.dumps(finished))
+        report["settings"]["budget_examples"] = budget
+        report["ratios"]["targeted"]["final_week"]["ratio"] = 1.55 * scale
+        paths.append(tmp_path / f"pilot_budget{budget}.json")
+        paths[-1].write_text(json.dumps(report))
+    out = tmp_path / "comparison.json"
+    assert main(["bench", "pilot", "--compare", *map(str, paths), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["varied_settings"] == ["budget_examples"]  # the arms, seeds and plan are the same
+    assert [r["settings"] for r in written["rows"]] == [{"budget_examples": 50}, {"budget_examples": 100}]
+    markdown = out.with_suffix(".md").read_text()
+    assert "varying budget_examples" in markdown
+    assert "| 50 | +3.9% | +2.5% | 0.78× |" in markdown and "| 100 | +3.9% | +2.5% | 1.55× |" in markdown
+    assert main(["bench", "pilot", "--compare", str(paths[0]), "--out", str(out)]) != 0
+    assert "at least two finished pilots" in capsys.readouterr().err
+    (tmp_path / "loop.json").write_text(json.dumps({"benchmark": "loop"}))
+    assert main(["bench", "pilot", "--compare", str(paths[0]), str(tmp_path / "loop.json"), "--out", str(out)]) != 0
+    assert "not a `bench pilot` report" in capsys.readouterr().err

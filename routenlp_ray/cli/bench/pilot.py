@@ -33,12 +33,15 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     if args.render_from:
         return _render_pilot(Path(args.render_from), baseline)
+    if args.compare:
+        return _compare_pilots([Path(p) for p in args.compare], Path(args.out or "results/pilot_comparison.json"))
     config = replaying_data_dir(load_config(args.config).with_absolute_paths(os.getcwd()), args.data_dir)
     plan = load_plan(args.plan or DEFAULT_PLAN)
     settings = PilotSettings(**_pilot_options(PILOT_FIELDS).values(args),
                              seeds=list(range(args.seed, args.seed + args.seeds)))
     workdir = Path(args.workdir or f"var/pilot/{plan.name}")
     report = run_pilot(config, plan, args.data_dir, workdir, settings)
+    args.out = args.out or "results/pilot.json"
     write_report(args.out, report, markdown=lambda written: pilot_markdown(written, written["command"], baseline),
                  figures={".png": plot_pilot})
     for arm, arm_ratios in report["ratios"].items():
@@ -66,6 +69,27 @@ def _render_pilot(path: Path, baseline: dict | None) -> int:
     path.with_suffix(".md").write_text(pilot_markdown(report, command, baseline))
     plot_pilot(report, path.with_suffix(".png"))
     print(f"wrote {path.with_suffix('.md')} and {path.with_suffix('.png')} from {path}")
+    return 0
+
+
+def _compare_pilots(paths: Sequence[Path], out: Path) -> int:
+    """Finished pilots (a sweep of one setting) in one table, written to ``out`` and its Markdown."""
+    from routenlp_ray import ConfigError
+    from routenlp_ray.bench.pilot_report import compare_pilots, comparison_markdown
+    from routenlp_ray.bench.report import write_report
+
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--compare {path}: cannot read a pilot report: {exc}") from None
+    try:
+        comparison = compare_pilots(reports, [str(p) for p in paths])
+    except ValueError as exc:
+        raise ConfigError(f"--compare: {exc}") from None
+    write_report(out, comparison, markdown=lambda written: comparison_markdown(written, written["command"]))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
 
@@ -100,9 +124,12 @@ def register(benches: Subparsers) -> None:
     _pilot_options(PILOT_FIELDS).add_to(pilot)
     pilot.add_argument("--workdir", default=None, help="resumable state (default: var/pilot/<plan name>)")
     pilot.add_argument("--baseline", default=None, help="another plan's pilot JSON to report next to this one")
-    pilot.add_argument("--out", default="results/pilot.json")
+    pilot.add_argument("--out", default=None,
+                       help="report path (default: results/pilot.json; with --compare, results/pilot_comparison.json)")
     pilot.add_argument("--render-from", default=None, metavar="JSON",
                        help="run nothing: write the Markdown and plot again from a finished pilot's JSON")
+    pilot.add_argument("--compare", nargs="+", default=None, metavar="JSON",
+                       help="run nothing: finished pilots that differ in one setting (a budget sweep) side by side")
     pilot.set_defaults(func=_cmd_bench_pilot)
 
     live = benches.add_parser(
