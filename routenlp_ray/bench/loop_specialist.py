@@ -246,7 +246,7 @@ def answer_queries(head: Any, kind: str, queries: Sequence[Query], score_name: s
     if kind == "entities":
         answers = head.answer(texts)
     else:
-        answers = head.answer_from_vectors(head.encoder.encode(texts))
+        answers = head.answer_from_vectors(head.encoder.encode(texts), texts=texts)  # a lexical head needs them
     predictions = [a.text for a in answers]
     score = scorer(queries[0].task, predictions, [q.reference for q in queries]) if queries else np.zeros(0)
     return Answers(_uncertainty(answers, score_name), score, score >= bar - 1e-9, predictions)

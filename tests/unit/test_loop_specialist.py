@@ -165,3 +165,24 @@ def test_cached_encoder_gives_the_encoders_own_vectors() -> None:
     # A caller that edits the returned features must not change the cache.
     cached.word_features(words)[0][:] = 0
     assert np.abs(cached.word_features(words)[0]).sum() > 0
+
+
+def test_a_label_head_with_lexical_features_answers_the_experiments_queries() -> None:
+    from routenlp_ray.bench.loop_specialist import answer_queries
+    from routenlp_ray.specialists import LabelSpecialist, SpecialistEncoder
+
+    texts = [f"please {verb} my {thing}" for verb in ("assign", "terminate")
+             for thing in ("contract", "agreement", "deal", "licence", "lease", "order")]
+    labels = ["Anti-Assignment"] * 6 + ["Termination"] * 6
+    head = LabelSpecialist(SpecialistEncoder(num_threads=1), Cs=[100.0], lexical_features=50).fit(texts, labels)
+    queries = [Query(id=f"q{i}", task="legal_clause", input=t, reference=label, answer=label,
+                     specialist_cost=1e-9, frontier_cost=1e-5)
+               for i, (t, label) in enumerate([("please assign my contract", "Anti-Assignment"),
+                                               ("please terminate my lease", "Termination")])]
+
+    def exact(task, predictions, references):  # the task metric is a collaborator here
+        return np.array([float(p == r) for p, r in zip(predictions, references)])
+
+    answers = answer_queries(head, "label", queries, "mean_nll", exact, bar=1.0)
+    assert answers.texts == ["Anti-Assignment", "Termination"] and answers.correct.all()
+    assert (answers.uncertainty >= 0).all()
