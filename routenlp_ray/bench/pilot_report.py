@@ -11,7 +11,7 @@ import numpy as np
 from routenlp_ray.bench.pilot_plan import DriftPlan
 
 __all__ = ["bootstrap_improvement_ratio", "compare_pilots", "comparison_markdown", "pilot_markdown", "plot_pilot",
-           "summarise", "task_attribution"]
+           "ratio_ci_text", "summarise", "task_attribution"]
 
 FIGURES = ("cost_reduction", "quality_retention", "specialist_share", "accepted_error_rate", "escalation_rate")
 TARGETED_ARMS = ("targeted", "targeted_cost")  # the loop's rule (novel_first), and the paper's cost-only rule
@@ -45,22 +45,42 @@ def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], f
                 (base - costs[seed]["untargeted"][pick].sum()) / front)
 
     point = np.mean([gains(s, np.arange(len(frontier[s]))) for s in seeds], axis=0)
-    ratios, diffs = [], []
+    ratios, diffs, untargeted = [], [], []
     for _ in range(reps):
         drawn = [gains(s, rng.integers(0, len(frontier[s]), len(frontier[s])))
                  for s in rng.choice(seeds, len(seeds))]
         t, u = np.mean(drawn, axis=0)
         diffs.append(t - u)
-        if u > 0:
-            ratios.append(t / u)
+        untargeted.append(u)
+        ratios.append(_extended_ratio(t, u))
+    low, high = np.quantile(ratios, [0.025, 0.975], method="inverted_cdf")
     return {
         "targeted_improvement": float(point[0]), "untargeted_improvement": float(point[1]),
         "ratio": float(point[0] / point[1]) if point[1] > 0 else None,
-        "ratio_ci95": [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios else None,
+        "ratio_ci95": [_finite_or_none(low), _finite_or_none(high)],
+        "ratio_ci_rule": RATIO_CI_RULE,
         "difference_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
-        "untargeted_at_most_zero_share": float(1 - len(ratios) / reps),
+        "untargeted_at_most_zero_share": float(np.mean(np.asarray(untargeted) <= 0)),
         "reps": reps,
     }
+
+
+# Reports made before this rule took the ratio's percentiles over the draws where untargeted gained (> 0) only.
+RATIO_CI_RULE = "all_draws"
+
+
+def _extended_ratio(targeted: float, untargeted: float) -> float:
+    """t / u, over every bootstrap draw: a draw where untargeted gains nothing has no finite ratio, so it
+    counts as +inf when targeted gains (ahead without bound) and -inf when it does not (the draw cannot
+    favour targeting), which keeps the interval's lower bound conservative."""
+    if untargeted > 0:
+        return targeted / untargeted
+    return np.inf if targeted > 0 else -np.inf
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: an unbounded end of an interval is written as null."""
+    return float(value) if np.isfinite(value) else None
 
 
 def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, seeds_meta: dict[int, Any],
@@ -223,6 +243,18 @@ def _ci(ci: Sequence[float] | None) -> str:
     return "n/a" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def ratio_ci_text(r: Mapping[str, Any]) -> str:
+    """A ratio's 95% CI, with what a reader needs when untargeted gained nothing in some bootstrap draws."""
+    ci, share = r["ratio_ci95"], r.get("untargeted_at_most_zero_share", 0.0)
+    if r.get("ratio_ci_rule") != RATIO_CI_RULE:  # an older report: percentiles over the draws with u > 0 only
+        if ci is None:
+            return "n/a"
+        return _ci(ci) + (f" (over the {1 - share:.0%} of draws where untargeted gained)" if share > 0 else "")
+    low = "(−∞" if ci[0] is None else f"[{ci[0]:.2f}"
+    high = "∞)" if ci[1] is None else f"{ci[1]:.2f}]"
+    return f"{low}, {high}" + (f" (untargeted ≤ 0 in {share:.0%} of draws)" if share > 0 else "")
+
+
 def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any] | None = None) -> str:
     plan, s = report["plan"], report["settings"]
     lines = [
@@ -261,7 +293,7 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
             r = arm_ratios[key]
             ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}×"
             lines.append(f"| {name} | {r['targeted_improvement']:+.1%} | {r['untargeted_improvement']:+.1%} | {ratio} "
-                         f"| {_ci(r['ratio_ci95'])} | [{r['difference_ci95'][0]:+.1%}, {r['difference_ci95'][1]:+.1%}] |")
+                         f"| {ratio_ci_text(r)} | [{r['difference_ci95'][0]:+.1%}, {r['difference_ci95'][1]:+.1%}] |")
         t = arm_ratios["traffic_summed_over_weeks"]
         lines += ["", f"On the weeks' own traffic, summed: {arm} {_cell(t['targeted_improvement'])}, untargeted "
                   f"{_cell(t['untargeted_improvement'])} of frontier cost saved over {over}"
@@ -283,7 +315,7 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
         if r:
             lines.append(f"Final week: targeted {r['targeted_improvement']:+.1%}, untargeted "
                          f"{r['untargeted_improvement']:+.1%} over no loop; ratio "
-                         f"{'n/a' if r['ratio'] is None else format(r['ratio'], '.2f') + '×'}, CI {_ci(r['ratio_ci95'])}.")
+                         f"{'n/a' if r['ratio'] is None else format(r['ratio'], '.2f') + '×'}, CI {ratio_ci_text(r)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -383,7 +415,7 @@ def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
                 f = found["final_week"]
                 ratio = "n/a" if f["ratio"] is None else f"{f['ratio']:.2f}×"
                 cells = [f"{f['targeted_improvement']:+.1%}", f"{f['untargeted_improvement']:+.1%}", ratio,
-                         _ci(f["ratio_ci95"]), f"[{f['difference_ci95'][0]:+.1%}, {f['difference_ci95'][1]:+.1%}]"]
+                         ratio_ci_text(f), f"[{f['difference_ci95'][0]:+.1%}, {f['difference_ci95'][1]:+.1%}]"]
                 if family == "ratios":
                     t = found["traffic_summed_over_weeks"]
                     cells.append("n/a" if t["ratio_of_means"] is None else f"{t['ratio_of_means']:.2f}×")

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from routenlp_ray.bench.pilot_report import pilot_markdown, task_attribution
+from routenlp_ray.bench.pilot_report import (
+    bootstrap_improvement_ratio,
+    pilot_markdown,
+    ratio_ci_text,
+    task_attribution,
+)
 from tests.conftest import REPO_ROOT
 
 
@@ -45,3 +51,46 @@ def test_on_the_committed_pilot_the_tasks_sum_to_the_arms_improvement() -> None:
         assert summed == pytest.approx(report["ratios"]["targeted"]["final_week"][f"{arm}_improvement"], abs=1e-9)
     markdown = pilot_markdown(report, "routenlp bench pilot (test)")
     assert f"Where week {final}'s improvement comes from" in markdown and "| legal_risk | +" in markdown
+
+
+def _costs(targeted_gain: float, untargeted_gain: float, n: int = 400, seeds: int = 3, noise: float = 0.1):
+    """Per-query held-out costs (one week) where the arms save the given shares of frontier cost on average."""
+    rng = np.random.default_rng(0)
+    costs, frontier = {}, {}
+    for seed in range(seeds):
+        front = np.ones(n)
+        base = np.full(n, 0.8)
+        costs[seed] = {"no_loop": base[:, None],
+                       "targeted": (base - targeted_gain + rng.normal(0, noise, n))[:, None],
+                       "untargeted": (base - untargeted_gain + rng.normal(0, noise, n))[:, None]}
+        frontier[seed] = front
+    return costs, frontier
+
+
+def test_the_ratio_ci_is_read_over_every_draw() -> None:
+    costs, frontier = _costs(0.04, 0.02, noise=0.05)
+    r = bootstrap_improvement_ratio(costs, frontier, reps=400)
+    assert r["ratio"] == pytest.approx(2.0, rel=0.25) and r["ratio_ci_rule"] == "all_draws"
+    assert r["untargeted_at_most_zero_share"] == 0.0
+    assert r["ratio_ci95"][0] < r["ratio"] < r["ratio_ci95"][1]
+    # Untargeted gains nothing on average: no point ratio, and the draws where it gains nothing push the
+    # interval's upper end to infinity (targeted gains in them) instead of being dropped.
+    costs, frontier = _costs(0.04, 0.0)
+    r = bootstrap_improvement_ratio(costs, frontier, reps=400)
+    assert r["untargeted_at_most_zero_share"] > 0.3
+    assert r["ratio_ci95"][1] is None and r["ratio_ci95"][0] is not None and r["ratio_ci95"][0] > 1
+    assert r["difference_ci95"][0] > 0
+    # Neither arm gains: the draws that cannot favour targeting count at the low end.
+    costs, frontier = _costs(-0.01, -0.01)
+    r = bootstrap_improvement_ratio(costs, frontier, reps=400)
+    assert r["ratio"] is None and r["ratio_ci95"][0] is None
+
+
+def test_a_ratio_ci_is_rendered_with_its_unbounded_ends_and_an_older_reports_rule() -> None:
+    assert ratio_ci_text({"ratio_ci95": [1.5, None], "ratio_ci_rule": "all_draws",
+                      "untargeted_at_most_zero_share": 0.4}) == "[1.50, ∞) (untargeted ≤ 0 in 40% of draws)"
+    assert ratio_ci_text({"ratio_ci95": [1.02, 3.59], "ratio_ci_rule": "all_draws",
+                      "untargeted_at_most_zero_share": 0.0}) == "[1.02, 3.59]"
+    # Before the rule, the percentiles were over the draws where untargeted gained: the report says so.
+    assert ratio_ci_text({"ratio_ci95": [1.10, 34.0], "untargeted_at_most_zero_share": 0.274}) == (
+        "[1.10, 34.00] (over the 73% of draws where untargeted gained)")

@@ -27,7 +27,7 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.pilot import PilotSettings, run_pilot
     from routenlp_ray.bench.report import write_report
     from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
-    from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
+    from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot, ratio_ci_text
     from routenlp_ray.config import load_config
 
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
@@ -49,7 +49,7 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
             r = arm_ratios[key]
             ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}x"
             print(f"{key}: {arm} {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
-                  f"over no loop; ratio {ratio}, 95% CI {r['ratio_ci95']}")
+                  f"over no loop; ratio {ratio}, 95% CI {ratio_ci_text(r)}")
     print(f"wrote {args.out} and its .md and .png")
     return 0
 
