@@ -137,6 +137,8 @@ def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, see
         "settings": settings.model_dump(mode="json"),
         "seeds_meta": {str(k): v for k, v in seeds_meta.items()},
         "seconds": seconds,
+        # The weeks' serving and loop work, wherever it ran: a resumed run reads finished weeks in seconds.
+        "week_seconds": float(sum(r.get("seconds", 0.0) for r in records)),
         "weeks": table,
         "ratios": ratios,
         "ratios_over_recalibration": over_recalibration,
@@ -255,13 +257,21 @@ def ratio_ci_text(r: Mapping[str, Any]) -> str:
     return f"{low}, {high}" + (f" (untargeted ≤ 0 in {share:.0%} of draws)" if share > 0 else "")
 
 
+def _run_minutes(report: Mapping[str, Any]) -> str:
+    """The run's time; and the weeks' own work when most of it was done by earlier runs this one resumed."""
+    run, weeks = report["seconds"] / 60, report.get("week_seconds", 0.0) / 60
+    if weeks > 1.5 * run:
+        return f"{run:.0f} min, resuming finished weeks (the weeks' serving and loop work took {weeks:.0f} min in all)"
+    return f"{run:.0f} min"
+
+
 def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any] | None = None) -> str:
     plan, s = report["plan"], report["settings"]
     lines = [
         f"# Pilot: {plan['name']} plan, {s['weeks']} weeks × {s['queries_per_week']} queries, "
         f"{len(s['seeds'])} seeds",
         "",
-        f"Made by `{command}` in {report['seconds'] / 60:.0f} min. Drift plan:",
+        f"Made by `{command}` in {_run_minutes(report)}. Drift plan:",
         "",
     ]
     lines += [f"- {d['task']}: " + ("the whole task" if d["whole_task"] else

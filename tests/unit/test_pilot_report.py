@@ -94,3 +94,11 @@ def test_a_ratio_ci_is_rendered_with_its_unbounded_ends_and_an_older_reports_rul
     # Before the rule, the percentiles were over the draws where untargeted gained: the report says so.
     assert ratio_ci_text({"ratio_ci95": [1.10, 34.0], "untargeted_at_most_zero_share": 0.274}) == (
         "[1.10, 34.00] (over the 73% of draws where untargeted gained)")
+
+
+def test_a_resumed_pilot_says_how_long_its_weeks_took() -> None:
+    report = json.loads((REPO_ROOT / "results" / "pilot.json").read_text())
+    assert f"in {report['seconds'] / 60:.0f} min. Drift plan" in pilot_markdown(report, "cmd")
+    resumed = {**report, "seconds": 12.0, "week_seconds": 1860.0}
+    assert "in 0 min, resuming finished weeks (the weeks' serving and loop work took 31 min in all)" in (
+        pilot_markdown(resumed, "cmd"))
