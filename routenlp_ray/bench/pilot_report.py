@@ -388,6 +388,7 @@ def compare_pilots(reports: Sequence[Mapping[str, Any]], sources: Sequence[str])
             "ratios_over_recalibration": {arm: {"final_week": r["final_week"]}
                                           for arm, r in report.get("ratios_over_recalibration", {}).items()},
             "releases": releases, "below_quality_target": below, "minutes": report["seconds"] / 60,
+            "week_minutes": report.get("week_seconds", 0.0) / 60,
         })
     return {"benchmark": "pilot_comparison", "plans": sorted(plans), "varied_settings": varied, "rows": rows}
 
@@ -401,7 +402,8 @@ def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
     rows = comparison["rows"]
     lines = [f"# Pilots side by side: {', '.join(comparison['plans'])} plan, varying {', '.join(varied)}", "",
              f"Made by `{command}` from finished pilots (nothing re-run):", ""]
-    lines += [f"- {key(r)}: `{r['source']}` (seeds {r['seeds'][0]}–{r['seeds'][-1]}, {r['minutes']:.0f} min)"
+    lines += [f"- {key(r)}: `{r['source']}`: seeds {r['seeds'][0]}–{r['seeds'][-1]}, "
+              f"{_run_minutes({'seconds': 60 * r['minutes'], 'week_seconds': 60 * r.get('week_minutes', 0.0)})}"
               for r in rows]
     arms = list(dict.fromkeys(a for r in rows for a in r["final_week_cost_reduction"]))
     lines += ["", "## Final week, held-out slice: cost reduction against frontier-only", "",
