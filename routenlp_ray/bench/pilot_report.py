@@ -251,7 +251,7 @@ def ratio_ci_text(r: Mapping[str, Any]) -> str:
     if r.get("ratio_ci_rule") != RATIO_CI_RULE:  # an older report: percentiles over the draws with u > 0 only
         if ci is None:
             return "n/a"
-        return _ci(ci) + (f" (over the {1 - share:.0%} of draws where untargeted gained)" if share > 0 else "")
+        return _ci(ci) + (f" (over the {1 - share:.1%} of draws where untargeted gained)" if share > 0 else "")
     low = "(−∞" if ci[0] is None else f"[{ci[0]:.2f}"
     high = "∞)" if ci[1] is None else f"{ci[1]:.2f}]"
     return f"{low}, {high}" + (f" (untargeted ≤ 0 in {share:.0%} of draws)" if share > 0 else "")

@@ -93,7 +93,7 @@ def test_a_ratio_ci_is_rendered_with_its_unbounded_ends_and_an_older_reports_rul
                       "untargeted_at_most_zero_share": 0.0}) == "[1.02, 3.59]"
     # Before the rule, the percentiles were over the draws where untargeted gained: the report says so.
     assert ratio_ci_text({"ratio_ci95": [1.10, 34.0], "untargeted_at_most_zero_share": 0.274}) == (
-        "[1.10, 34.00] (over the 73% of draws where untargeted gained)")
+        "[1.10, 34.00] (over the 72.6% of draws where untargeted gained)")
 
 
 def test_a_resumed_pilot_says_how_long_its_weeks_took() -> None:
