@@ -57,7 +57,7 @@ def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], f
     return {
         "targeted_improvement": float(point[0]), "untargeted_improvement": float(point[1]),
         "ratio": float(point[0] / point[1]) if point[1] > 0 else None,
-        "ratio_ci95": [_finite_or_none(low), _finite_or_none(high)],
+        "ratio_ci95": [_bound(low), _bound(high)],
         "ratio_ci_rule": RATIO_CI_RULE,
         "difference_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
         "untargeted_at_most_zero_share": float(np.mean(np.asarray(untargeted) <= 0)),
@@ -78,9 +78,9 @@ def _extended_ratio(targeted: float, untargeted: float) -> float:
     return np.inf if targeted > 0 else -np.inf
 
 
-def _finite_or_none(value: float) -> float | None:
-    """JSON has no infinity: an unbounded end of an interval is written as null."""
-    return float(value) if np.isfinite(value) else None
+def _bound(value: float) -> float | str:
+    """JSON has no infinity: an unbounded end is written "inf" or "-inf", which ``float()`` reads back."""
+    return float(value) if np.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
 def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, seeds_meta: dict[int, Any],
@@ -252,9 +252,10 @@ def ratio_ci_text(r: Mapping[str, Any]) -> str:
         if ci is None:
             return "n/a"
         return _ci(ci) + (f" (over the {1 - share:.1%} of draws where untargeted gained)" if share > 0 else "")
-    low = "(−∞" if ci[0] is None else f"[{ci[0]:.2f}"
-    high = "∞)" if ci[1] is None else f"{ci[1]:.2f}]"
-    return f"{low}, {high}" + (f" (untargeted ≤ 0 in {share:.0%} of draws)" if share > 0 else "")
+    low, high = (float(end) for end in ci)
+    text = (f"[{low:.2f}" if np.isfinite(low) else "(−∞" if low < 0 else "(∞") + ", " + (
+        f"{high:.2f}]" if np.isfinite(high) else "∞)")
+    return text + (f" (untargeted ≤ 0 in {share:.0%} of draws)" if share > 0 else "")
 
 
 def _run_minutes(report: Mapping[str, Any]) -> str:

@@ -78,19 +78,28 @@ def test_the_ratio_ci_is_read_over_every_draw() -> None:
     costs, frontier = _costs(0.04, 0.0)
     r = bootstrap_improvement_ratio(costs, frontier, reps=400)
     assert r["untargeted_at_most_zero_share"] > 0.3
-    assert r["ratio_ci95"][1] is None and r["ratio_ci95"][0] is not None and r["ratio_ci95"][0] > 1
+    assert r["ratio_ci95"][1] == "inf" and 1 < r["ratio_ci95"][0] < float("inf")
     assert r["difference_ci95"][0] > 0
     # Neither arm gains: the draws that cannot favour targeting count at the low end.
     costs, frontier = _costs(-0.01, -0.01)
     r = bootstrap_improvement_ratio(costs, frontier, reps=400)
-    assert r["ratio"] is None and r["ratio_ci95"][0] is None
+    assert r["ratio"] is None and r["ratio_ci95"][0] == "-inf"
+    # Untargeted never gains and targeted always does: the whole interval is at +inf, not (-inf, inf).
+    costs, frontier = _costs(0.04, -0.04, noise=0.05)
+    r = bootstrap_improvement_ratio(costs, frontier, reps=400)
+    assert r["ratio_ci95"] == ["inf", "inf"] and r["untargeted_at_most_zero_share"] == 1.0
+    assert json.loads(json.dumps(r)) == r  # JSON as written, no Infinity literals
 
 
 def test_a_ratio_ci_is_rendered_with_its_unbounded_ends_and_an_older_reports_rule() -> None:
-    assert ratio_ci_text({"ratio_ci95": [1.5, None], "ratio_ci_rule": "all_draws",
-                      "untargeted_at_most_zero_share": 0.4}) == "[1.50, ∞) (untargeted ≤ 0 in 40% of draws)"
+    assert ratio_ci_text({"ratio_ci95": [1.5, "inf"], "ratio_ci_rule": "all_draws",
+                          "untargeted_at_most_zero_share": 0.4}) == "[1.50, ∞) (untargeted ≤ 0 in 40% of draws)"
+    assert ratio_ci_text({"ratio_ci95": ["-inf", "inf"], "ratio_ci_rule": "all_draws",
+                          "untargeted_at_most_zero_share": 0.9}) == "(−∞, ∞) (untargeted ≤ 0 in 90% of draws)"
+    assert ratio_ci_text({"ratio_ci95": ["inf", "inf"], "ratio_ci_rule": "all_draws",
+                          "untargeted_at_most_zero_share": 1.0}) == "(∞, ∞) (untargeted ≤ 0 in 100% of draws)"
     assert ratio_ci_text({"ratio_ci95": [1.02, 3.59], "ratio_ci_rule": "all_draws",
-                      "untargeted_at_most_zero_share": 0.0}) == "[1.02, 3.59]"
+                          "untargeted_at_most_zero_share": 0.0}) == "[1.02, 3.59]"
     # Before the rule, the percentiles were over the draws where untargeted gained: the report says so.
     assert ratio_ci_text({"ratio_ci95": [1.10, 34.0], "untargeted_at_most_zero_share": 0.274}) == (
         "[1.10, 34.00] (over the 72.6% of draws where untargeted gained)")
