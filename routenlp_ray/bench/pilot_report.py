@@ -408,7 +408,7 @@ def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
               for r in rows]
     arms = list(dict.fromkeys(a for r in rows for a in r["final_week_cost_reduction"]))
     lines += ["", "## Final week, held-out slice: cost reduction against frontier-only", "",
-              "| " + " | ".join(varied) + " | " + " | ".join(arms) + " |", "|---|" * len(varied) + "---|" * len(arms)]
+              "| " + " | ".join(varied) + " | " + " | ".join(arms) + " |", "|" + "---|" * (len(varied) + len(arms))]
     for r in rows:
         lines.append("| " + " | ".join(str(r["settings"].get(k, r["source"])) for k in varied) + " | "
                      + " | ".join(_cell(r["final_week_cost_reduction"].get(a)) for a in arms) + " |")
@@ -420,7 +420,7 @@ def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
                       "| " + " | ".join(varied) + f" | {arm} improvement | untargeted improvement | ratio | ratio 95% CI "
                       "| difference 95% CI |" + (" on the weeks' traffic, summed: ratio of means |"
                                                  if family == "ratios" else ""),
-                      "|---|" * len(varied) + "---|" * (5 + (family == "ratios"))]
+                      "|" + "---|" * (len(varied) + 5 + (family == "ratios"))]
             for r in rows:
                 found = r[family].get(arm)
                 if not found:
@@ -436,7 +436,7 @@ def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
                              + " | ".join(cells) + " |")
     lines += ["", "## Releases over all weeks and seeds (published / recalibrated only / refused / nothing), "
                   "and cells below a quality target", "",
-              "| " + " | ".join(varied) + " | " + " | ".join(arms) + " |", "|---|" * len(varied) + "---|" * len(arms)]
+              "| " + " | ".join(varied) + " | " + " | ".join(arms) + " |", "|" + "---|" * (len(varied) + len(arms))]
     for r in rows:
         cells = []
         for a in arms:
