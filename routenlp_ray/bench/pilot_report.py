@@ -388,8 +388,8 @@ def compare_pilots(reports: Sequence[Mapping[str, Any]], sources: Sequence[str])
                        for arm, r in report["ratios"].items()},
             "ratios_over_recalibration": {arm: {"final_week": r["final_week"]}
                                           for arm, r in report.get("ratios_over_recalibration", {}).items()},
-            "releases": releases, "below_quality_target": below, "minutes": report["seconds"] / 60,
-            "week_minutes": report.get("week_seconds", 0.0) / 60,
+            "releases": releases, "below_quality_target": below,
+            "seconds": report["seconds"], "week_seconds": report.get("week_seconds", 0.0),
         })
     return {"benchmark": "pilot_comparison", "plans": sorted(plans), "varied_settings": varied, "rows": rows}
 
@@ -400,18 +400,19 @@ def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
     def key(row: Mapping[str, Any]) -> str:
         return ", ".join(f"{k} {row['settings'][k]}" for k in comparison["varied_settings"]) or row["source"]
 
+    def setting_cells(row: Mapping[str, Any]) -> str:
+        return "| " + " | ".join(str(row["settings"].get(k, row["source"])) for k in varied) + " | "
+
     rows = comparison["rows"]
     lines = [f"# Pilots side by side: {', '.join(comparison['plans'])} plan, varying {', '.join(varied)}", "",
              f"Made by `{command}` from finished pilots (nothing re-run):", ""]
-    lines += [f"- {key(r)}: `{r['source']}`: seeds {r['seeds'][0]}–{r['seeds'][-1]}, "
-              f"{_run_minutes({'seconds': 60 * r['minutes'], 'week_seconds': 60 * r.get('week_minutes', 0.0)})}"
+    lines += [f"- {key(r)}: `{r['source']}`: seeds {r['seeds'][0]}–{r['seeds'][-1]}, {_run_minutes(r)}"
               for r in rows]
     arms = list(dict.fromkeys(a for r in rows for a in r["final_week_cost_reduction"]))
     lines += ["", "## Final week, held-out slice: cost reduction against frontier-only", "",
               "| " + " | ".join(varied) + " | " + " | ".join(arms) + " |", "|" + "---|" * (len(varied) + len(arms))]
     for r in rows:
-        lines.append("| " + " | ".join(str(r["settings"].get(k, r["source"])) for k in varied) + " | "
-                     + " | ".join(_cell(r["final_week_cost_reduction"].get(a)) for a in arms) + " |")
+        lines.append(setting_cells(r) + " | ".join(_cell(r["final_week_cost_reduction"].get(a)) for a in arms) + " |")
     for family, over in (("ratios", "no loop"), ("ratios_over_recalibration", "recalibration only")):
         targeted = list(dict.fromkeys(a for r in rows for a in r[family]))
         for arm in targeted:
@@ -432,8 +433,7 @@ def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
                 if family == "ratios":
                     t = found["traffic_summed_over_weeks"]
                     cells.append("n/a" if t["ratio_of_means"] is None else f"{t['ratio_of_means']:.2f}×")
-                lines.append("| " + " | ".join(str(r["settings"].get(k, r["source"])) for k in varied) + " | "
-                             + " | ".join(cells) + " |")
+                lines.append(setting_cells(r) + " | ".join(cells) + " |")
     lines += ["", "## Releases over all weeks and seeds (published / recalibrated only / refused / nothing), "
                   "and cells below a quality target", "",
               "| " + " | ".join(varied) + " | " + " | ".join(arms) + " |", "|" + "---|" * (len(varied) + len(arms))]
@@ -443,6 +443,5 @@ def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
             rel = r["releases"].get(a)
             cells.append("–" if rel is None else f"{rel['published']} / {rel['recalibrated']} / {rel['refused']} / "
                          f"{rel['nothing_to_distil']}; {r['below_quality_target'].get(a, 0)} below")
-        lines.append("| " + " | ".join(str(r["settings"].get(k, r["source"])) for k in varied) + " | "
-                     + " | ".join(cells) + " |")
+        lines.append(setting_cells(r) + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -54,17 +54,24 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _render_pilot(path: Path, baseline: dict | None) -> int:
-    """The Markdown and plot of a finished pilot, written again from its JSON (which is left as it is)."""
+def _read_pilot(path: Path, flag: str) -> dict:
+    """A finished pilot's JSON, or a ConfigError naming the flag and the file."""
     from routenlp_ray import ConfigError
-    from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
 
     try:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--render-from {path}: cannot read a pilot report: {exc}") from None
+        raise ConfigError(f"{flag} {path}: cannot read a pilot report: {exc}") from None
     if report.get("benchmark") != "pilot" or "records" not in report:
-        raise ConfigError(f"--render-from {path}: not a `bench pilot` report (no benchmark: pilot and records)")
+        raise ConfigError(f"{flag} {path}: not a `bench pilot` report (no benchmark: pilot and records)")
+    return report
+
+
+def _render_pilot(path: Path, baseline: dict | None) -> int:
+    """The Markdown and plot of a finished pilot, written again from its JSON (which is left as it is)."""
+    from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
+
+    report = _read_pilot(path, "--render-from")
     command = report.get("command") or "(the run's command line was not recorded in its JSON)"
     path.with_suffix(".md").write_text(pilot_markdown(report, command, baseline))
     plot_pilot(report, path.with_suffix(".png"))
@@ -78,12 +85,7 @@ def _compare_pilots(paths: Sequence[Path], out: Path) -> int:
     from routenlp_ray.bench.pilot_report import compare_pilots, comparison_markdown
     from routenlp_ray.bench.report import write_report
 
-    reports = []
-    for path in paths:
-        try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"--compare {path}: cannot read a pilot report: {exc}") from None
+    reports = [_read_pilot(path, "--compare") for path in paths]
     try:
         comparison = compare_pilots(reports, [str(p) for p in paths])
     except ValueError as exc:
