@@ -23,6 +23,7 @@ result is a file under the work folder: a run that stops picks up where it was.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.bench.pilot_plan import DriftPlan
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
@@ -71,6 +73,12 @@ class PilotSettings(StrictModel):
     base_share_cap: float = Field(0.4, gt=0, lt=1, description="... and at most this share of a task's train rows.")
     calibration_per_task: int = Field(200, ge=20, description="Labelled train rows per task the loop calibrates on.")
     eval_per_task: int = Field(200, ge=10, description="Validation rows per task in the held-out evaluation slice.")
+    eval_skip: int = Field(
+        0, ge=0,
+        description="Validation rows per task passed over, in the slice's fixed order, before the slice begins: "
+                    "the rows an earlier read saw. With 200 (the default slice's size) the slice holds only rows "
+                    "no default-slice pilot read, for a blind read of settings chosen on that slice; a task with "
+                    "no rows left is not in the slice, and the report says so.")
     feedback_rate: float = Field(0.2, ge=0, le=1, description="Share of specialist answers users give feedback on.")
     budget_examples: int = Field(100, ge=1, description="Examples each loop student gets per week (equal per arm).")
     n_clusters: int = Field(10, ge=2)
@@ -201,6 +209,10 @@ class PilotRunner:
         plan.check({t.name: t.parser for t in self.config.tasks if (data_dir / t.name / "train.jsonl").is_file()},
                    {t: {r.label for r in self.rows[t]} for t in plan.tasks})
         self.eval_rows = self._eval_slice()
+        # Held-out results are cached per release and kept in every week's record: keyed by the slice's rows,
+        # a resumed run with another slice cannot mix two slices' figures.
+        self.eval_slice_key = hashlib.sha256("\n".join(f"{r.task}/{r.id}" for r in self.eval_rows).encode()
+                                             ).hexdigest()[:12]
 
     @property
     def encoder(self) -> Any:
@@ -214,7 +226,8 @@ class PilotRunner:
         out = []
         for task in self.plan.tasks:
             rows = read_rows(self.data_dir, task, "validation")
-            keep = np.random.default_rng(0).permutation(len(rows))[: self.settings.eval_per_task]
+            skip = self.settings.eval_skip
+            keep = np.random.default_rng(0).permutation(len(rows))[skip: skip + self.settings.eval_per_task]
             out += [rows[i] for i in sorted(keep)]
         return out
 
@@ -368,7 +381,7 @@ class PilotRunner:
         for week, rows in enumerate(seed_plan.weeks):
             path = folder / f"week-{week:02d}.json"
             if path.exists():
-                weeks.append(json.loads(path.read_text()))
+                weeks.append(self._resumed_week(path))
                 continue
             started = time.perf_counter()
             release = store.current()
@@ -378,6 +391,7 @@ class PilotRunner:
             held_out = self.evaluate(store)
             record: dict[str, Any] = {
                 "seed": seed_plan.seed, "arm": arm, "week": week, "release": release.version if release else None,
+                "eval_slice": self.eval_slice_key,
                 "specialist_tasks": config.tier(SPECIALIST).tasks,
                 "traffic": metrics(traffic), "held_out": held_out["metrics"], "loop": None,
                 "_held_out_costs": held_out["costs"], "_traffic_costs": [[s.cost, s.frontier_cost] for s in traffic],
@@ -396,6 +410,15 @@ class PilotRunner:
                      f"loop {(record['loop'] or {}).get('outcome', '-')}; {record['seconds']:.0f}s")
             weeks.append(record)
         return weeks
+
+    def _resumed_week(self, path: Path) -> dict[str, Any]:
+        record = json.loads(path.read_text())
+        # Records written before the key was kept were all read on the default slice.
+        if record.get("eval_slice", self.eval_slice_key) != self.eval_slice_key:
+            raise ConfigError(
+                f"{path} was read on another held-out slice (eval_per_task / eval_skip differ from the run that "
+                f"wrote it); resume with that run's settings or start another --workdir")
+        return record
 
     def recalibrate_week(self, seed_plan: SeedPlan, folder: Path, store: ReleaseStore, week: int) -> dict[str, Any]:
         """The current specialist, unchanged, with thresholds refitted on the calibration rows through ``week``
@@ -444,7 +467,7 @@ class PilotRunner:
         """The current release on the held-out slice (cached per release: a refused week changes nothing)."""
         release = store.current()
         assert release is not None
-        path = store.root / release.version / "pilot-held-out.json"
+        path = store.root / release.version / f"pilot-held-out-{self.eval_slice_key}.json"
         if path.exists():
             return json.loads(path.read_text())
         served = self.serve(self.state_config(store), self.eval_rows, log_queries=False)
@@ -526,4 +549,7 @@ def run_pilot(config: RouteNLPConfig, plan: DriftPlan, data_dir: str | Path, wor
         for arm in settings.arms:
             records += runner.run_arm(seed_plan, arm, seed_dir, artifact, thresholds)
     targets = {t: runner.config.task(t).quality_target for t in plan.tasks}
-    return summarise(records, plan, settings, seeds_meta, time.perf_counter() - started, targets)
+    report = summarise(records, plan, settings, seeds_meta, time.perf_counter() - started, targets)
+    report["eval_slice"] = {"key": runner.eval_slice_key, "skip": settings.eval_skip,
+                            "rows_per_task": {t: sum(r.task == t for r in runner.eval_rows) for t in plan.tasks}}
+    return report

@@ -266,6 +266,22 @@ def _run_minutes(report: Mapping[str, Any]) -> str:
     return f"{run:.0f} min"
 
 
+def _eval_slice_lines(report: Mapping[str, Any]) -> list[str]:
+    """Which validation rows the held-out figures were read on (reports made before this was kept: not said)."""
+    where = report.get("eval_slice")
+    if not where:
+        return []
+    rows = where["rows_per_task"]
+    text = "The held-out slice: " + ", ".join(f"{t} {n}" for t, n in rows.items() if n) + " validation rows"
+    if where["skip"]:
+        text += (f", after passing over the first {where['skip']} of each task's fixed order (the rows a slice "
+                 f"of that size read before)")
+    empty = [t for t, n in rows.items() if not n]
+    if empty:
+        text += f". Not in it, no validation rows left: {', '.join(empty)}"
+    return [text + ".", ""]
+
+
 def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any] | None = None) -> str:
     plan, s = report["plan"], report["settings"]
     lines = [
@@ -281,6 +297,7 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
               for d in plan["drifts"]] or ["- none"]
     lines += ["", "Costs are the cascade's cost against sending every query to the frontier (lower is better); "
               "held-out is a fixed validation slice with every label, read with each arm's release of that week.", ""]
+    lines += _eval_slice_lines(report)
     for where, title in (("held_out", "Held-out slice (validation)"), ("traffic", "That week's traffic (train)")):
         lines += [f"## {title}", "",
                   "| week | arm | cost reduction | quality retention | specialist share | accepted-error rate "

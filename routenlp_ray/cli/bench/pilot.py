@@ -13,7 +13,7 @@ from routenlp_ray.cli._options import ModelOptions
 
 # The PilotSettings fields each command takes as options; the rest keep their defaults.
 PILOT_FIELDS = ("weeks", "queries_per_week", "arms", "budget_examples", "base_per_task", "calibration_per_task",
-                "eval_per_task")
+                "eval_per_task", "eval_skip")
 LIVE_FIELDS = ("weeks", "queries_per_week", "budget_examples", "base_per_task", "calibration_per_task")
 
 
@@ -64,6 +64,10 @@ def _read_pilot(path: Path, flag: str) -> dict:
         raise ConfigError(f"{flag} {path}: cannot read a pilot report: {exc}") from None
     if report.get("benchmark") != "pilot" or "records" not in report:
         raise ConfigError(f"{flag} {path}: not a `bench pilot` report (no benchmark: pilot and records)")
+    from routenlp_ray.bench.pilot import PilotSettings
+
+    # A setting added after the report was made had its default then: a sweep compares like with like.
+    report["settings"] = {**PilotSettings().model_dump(mode="json"), **report["settings"]}
     return report
 
 
