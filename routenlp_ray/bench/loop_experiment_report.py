@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from routenlp_ray.bench.loop_experiment import STUDENTS
+from routenlp_ray.bench.ratio_ci import ratio_ci_text, ratio_is_informative
 from routenlp_ray.bench.report import write_report
 
 VARIANTS = ("base", *STUDENTS)
@@ -26,6 +27,11 @@ def _ci(interval: list[float] | None, scale: float = 1.0, unit: str = "") -> str
     return f"[{interval[0] * scale:+.2f}, {interval[1] * scale:+.2f}]{unit}"
 
 
+def _ratio_ci(boot: Mapping[str, Any]) -> str:
+    """The ratio's CI; a report made before the all-draws rule dropped only the draws where u == 0."""
+    return ratio_ci_text(boot, lambda older: _ci(older["ratio_ci95"]))
+
+
 def _verdict(gate: Mapping[str, Any] | None) -> str:
     if gate is None:
         return "n/a"
@@ -43,11 +49,11 @@ def _ratio_line(point: Mapping[str, Any]) -> str:
     boot = point["bootstrap"]
     ratio = "n/a (no untargeted gain)" if point["ratio"] is None else f"{point['ratio']:.2f}×"
     line = (f"targeted/untargeted ratio of cost improvement over the current student: **{ratio}**, bootstrap 95% CI "
-            f"{_ci(boot['ratio_ci95'])} (seeds × held-out queries, {boot['reps']} reps); difference targeted − "
+            f"{_ratio_ci(boot)} (seeds × held-out queries, {boot['reps']} reps); difference targeted − "
             f"untargeted: 95% CI {_ci(boot['difference_ci95'], 100, ' pp')}.")
-    if boot["ratio_ci95"] is None or boot["ratio_ci95"][0] <= 0:
-        line += (" The ratio's CI reaches 0 or below: the untargeted gain cannot be told from 0, so the ratio's"
-                 " point value carries no information; read the difference.")
+    if not ratio_is_informative(boot):
+        line += (" The ratio's CI reaches 0 or below, or is unbounded above: the untargeted gain cannot be told"
+                 " from 0, so the ratio's point value carries no information; read the difference.")
     return line
 
 
@@ -118,7 +124,7 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
         boot = point["bootstrap"]
         lines.append(f"| {point['top_cost_share']:.2f} | {len(point['seeds'])} | {point['examples']['mean']:.0f} | "
                      f"{_pp(point['gain']['targeted'])} | "
-                     f"{_pp(point['gain']['untargeted'])} | {ratio} | {_ci(boot['ratio_ci95'])} | "
+                     f"{_pp(point['gain']['untargeted'])} | {ratio} | {_ratio_ci(boot)} | "
                      f"{_ci(boot['difference_ci95'], 100, ' pp')} | {_pp(point['accuracy_gain']['targeted'])} | "
                      f"{_pp(point['accuracy_gain']['untargeted'])} |")
     lines += ["", f"## Per task (f = {head['top_cost_share']:.2f})", "",

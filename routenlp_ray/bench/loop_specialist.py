@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from routenlp_ray.bench.ratio_ci import RATIO_CI_RULE, extended_ratio, ratio_interval
 from routenlp_ray.conformal.calibrator import ConformalCalibrator
 from routenlp_ray.engines.base import estimate_tokens
 from routenlp_ray.loop.mining import Failure, FailureClusterer, rank_clusters, select_clusters
@@ -346,7 +347,8 @@ def bootstrap_ratio(seed_rows: Sequence[Mapping[str, np.ndarray]], reps: int, rn
 
     Each row holds per-query ``base``, ``targeted``, ``untargeted`` costs and ``frontier`` cost.
     The improvement is the cost reduction (vs frontier-only) minus the base's; the ratio is the
-    mean targeted improvement over the mean untargeted one. Thresholds stay as calibrated.
+    mean targeted improvement over the mean untargeted one, its CI read over every draw (``ratio_ci``).
+    Thresholds stay as calibrated.
     """
     rng = np.random.default_rng(rng_seed)
     ratios, diffs, untargeted = [], [], []
@@ -361,14 +363,13 @@ def bootstrap_ratio(seed_rows: Sequence[Mapping[str, np.ndarray]], reps: int, rn
         t, u = float(np.mean(gains["targeted"])), float(np.mean(gains["untargeted"]))
         diffs.append(t - u)
         untargeted.append(u)
-        # With no untargeted gain the ratio has no value; the difference still does.
-        if u != 0:
-            ratios.append(t / u)
+        ratios.append(extended_ratio(t, u))
     return {
-        "ratio_ci95": [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios else None,
+        "ratio_ci95": ratio_interval(ratios),
+        "ratio_ci_rule": RATIO_CI_RULE,
         "difference_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
         "reps": reps,
-        "untargeted_gain_at_most_zero_share": float(np.mean(np.asarray(untargeted) <= 0)),
+        "untargeted_at_most_zero_share": float(np.mean(np.asarray(untargeted) <= 0)),
     }
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from routenlp_ray.bench.ratio_ci import ratio_ci_text, ratio_is_informative
 from routenlp_ray.bench.report import write_report
 
 __all__ = ["write_loop_specialist_report"]
@@ -53,11 +54,19 @@ def _plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
 
 def _ratio_caveat(point: Mapping[str, Any]) -> list[str]:
     """A ratio is only meaningful when the untargeted gain is surely positive; say so when it is not."""
-    ci = point["ratio_ci95"]
-    if ci is not None and ci[0] > 0:
+    if ratio_is_informative(point):
         return []
-    return ["- The ratio's CI reaches 0 or below: the untargeted gain is not distinguishable from 0, so the "
-            "ratio's point value carries no information; read the difference instead."]
+    return ["- The ratio's CI reaches 0 or below, or is unbounded above: the untargeted gain is not "
+            "distinguishable from 0, so the ratio's point value carries no information; read the difference instead."]
+
+
+def _ratio_ci(point: Mapping[str, Any], missing: str = "n/a") -> str:
+    """The ratio's CI; a report made before the all-draws rule dropped only the draws where u == 0."""
+    def older(r: Mapping[str, Any]) -> str:
+        ci = r["ratio_ci95"]
+        return missing if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+    return ratio_ci_text(point, older)
 
 
 def _markdown(report: dict[str, Any], png: str) -> str:
@@ -65,7 +74,6 @@ def _markdown(report: dict[str, Any], png: str) -> str:
     curve = report["budget_curve"]
     head = next(c for c in curve if c["fraction"] == report["headline_fraction"])
     tasks = s["tasks"]
-    ci = head["ratio_ci95"]
     ratio = "n/a (untargeted gain is 0)" if head["ratio"] is None else f"{head['ratio']:.2f}×"
     lines = [
         "# The loop at real scale: targeted vs untargeted distillation into the specialist tier",
@@ -81,7 +89,7 @@ def _markdown(report: dict[str, Any], png: str) -> str:
         f"## Headline (budget = top clusters covering {100 * head['fraction']:.0f}% of failure cost)",
         "",
         f"- Targeted/untargeted ratio of cost improvement over base: **{ratio}**, bootstrap 95% CI "
-        f"{'n/a' if ci is None else f'[{ci[0]:.2f}, {ci[1]:.2f}]'} (seeds × queries, {head['reps']} reps); "
+        f"{_ratio_ci(head)} (seeds × queries, {head['reps']} reps); "
         f"difference targeted − untargeted: 95% CI [{100 * head['difference_ci95'][0]:+.2f}, "
         f"{100 * head['difference_ci95'][1]:+.2f}] pp.",
         *_ratio_caveat(head),
@@ -103,7 +111,7 @@ def _markdown(report: dict[str, Any], png: str) -> str:
     ]
     for c in curve:
         r = "–" if c["ratio"] is None else f"{c['ratio']:.2f}×"
-        cci = "–" if c["ratio_ci95"] is None else f"[{c['ratio_ci95'][0]:.2f}, {c['ratio_ci95'][1]:.2f}]"
+        cci = _ratio_ci(c, missing="–")
         lines.append(
             f"| {c['fraction']:g} | {c['clusters']['mean']:.1f} | {_pct(c['covered_cost_share'])} "
             f"| {c['examples']['mean']:.0f} ± {c['examples']['sd']:.0f} | {_pp(c['targeted_gain'])} "

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from routenlp_ray.bench.pilot_plan import DriftPlan
+from routenlp_ray.bench.ratio_ci import RATIO_CI_RULE, extended_ratio, ratio_interval
+from routenlp_ray.bench.ratio_ci import ratio_ci_text as shared_ratio_ci_text
 
 __all__ = ["bootstrap_improvement_ratio", "compare_pilots", "comparison_markdown", "pilot_markdown", "plot_pilot",
            "ratio_ci_text", "summarise", "task_attribution"]
@@ -52,35 +54,16 @@ def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], f
         t, u = np.mean(drawn, axis=0)
         diffs.append(t - u)
         untargeted.append(u)
-        ratios.append(_extended_ratio(t, u))
-    low, high = np.quantile(ratios, [0.025, 0.975], method="inverted_cdf")
+        ratios.append(extended_ratio(t, u))
     return {
         "targeted_improvement": float(point[0]), "untargeted_improvement": float(point[1]),
         "ratio": float(point[0] / point[1]) if point[1] > 0 else None,
-        "ratio_ci95": [_bound(low), _bound(high)],
+        "ratio_ci95": ratio_interval(ratios),
         "ratio_ci_rule": RATIO_CI_RULE,
         "difference_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
         "untargeted_at_most_zero_share": float(np.mean(np.asarray(untargeted) <= 0)),
         "reps": reps,
     }
-
-
-# Reports made before this rule took the ratio's percentiles over the draws where untargeted gained (> 0) only.
-RATIO_CI_RULE = "all_draws"
-
-
-def _extended_ratio(targeted: float, untargeted: float) -> float:
-    """t / u, over every bootstrap draw: a draw where untargeted gains nothing has no finite ratio, so it
-    counts as +inf when targeted gains (ahead without bound) and -inf when it does not (the draw cannot
-    favour targeting), which keeps the interval's lower bound conservative."""
-    if untargeted > 0:
-        return targeted / untargeted
-    return np.inf if targeted > 0 else -np.inf
-
-
-def _bound(value: float) -> float | str:
-    """JSON has no infinity: an unbounded end is written "inf" or "-inf", which ``float()`` reads back."""
-    return float(value) if np.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
 def summarise(records: list[dict[str, Any]], plan: DriftPlan, settings: Any, seeds_meta: dict[int, Any],
@@ -247,15 +230,15 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 def ratio_ci_text(r: Mapping[str, Any]) -> str:
     """A ratio's 95% CI, with what a reader needs when untargeted gained nothing in some bootstrap draws."""
+    return shared_ratio_ci_text(r, _older_ratio_ci_text)
+
+
+def _older_ratio_ci_text(r: Mapping[str, Any]) -> str:
+    """A pilot report made before the all-draws rule: percentiles over the draws with u > 0 only."""
     ci, share = r["ratio_ci95"], r.get("untargeted_at_most_zero_share", 0.0)
-    if r.get("ratio_ci_rule") != RATIO_CI_RULE:  # an older report: percentiles over the draws with u > 0 only
-        if ci is None:
-            return "n/a"
-        return _ci(ci) + (f" (over the {1 - share:.1%} of draws where untargeted gained)" if share > 0 else "")
-    low, high = (float(end) for end in ci)
-    text = (f"[{low:.2f}" if np.isfinite(low) else "(−∞" if low < 0 else "(∞") + ", " + (
-        f"{high:.2f}]" if np.isfinite(high) else "∞)")
-    return text + (f" (untargeted ≤ 0 in {share:.0%} of draws)" if share > 0 else "")
+    if ci is None:
+        return "n/a"
+    return _ci(ci) + (f" (over the {1 - share:.1%} of draws where untargeted gained)" if share > 0 else "")
 
 
 def _run_minutes(report: Mapping[str, Any]) -> str:

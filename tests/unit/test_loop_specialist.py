@@ -138,6 +138,24 @@ def test_bootstrap_ratio_recovers_a_known_ratio() -> None:
     assert out["difference_ci95"][0] > 0
 
 
+def test_bootstrap_ratio_reads_every_draw_as_the_pilot_does() -> None:
+    # Untargeted saves nothing over base: no draw has a finite ratio, and none is dropped.
+    rows = []
+    for _ in range(3):
+        frontier = np.ones(50)
+        base = frontier.copy()
+        targeted = base.copy()
+        targeted[:10] = 0.0
+        rows.append({"base": base, "targeted": targeted, "untargeted": base.copy(), "frontier": frontier})
+    out = bootstrap_ratio(rows, reps=200)
+    assert out["ratio_ci95"] == ["inf", "inf"] and out["ratio_ci_rule"] == "all_draws"
+    assert out["untargeted_at_most_zero_share"] == 1.0 and out["difference_ci95"][0] > 0
+    # Both save nothing: every draw counts against targeting.
+    for row in rows:
+        row["targeted"] = row["base"].copy()
+    assert bootstrap_ratio(rows, reps=200)["ratio_ci95"] == ["-inf", "-inf"]
+
+
 def test_cached_bertscore_is_the_tasks_bertscore() -> None:
     from routenlp_ray.bench.loop_specialist import CachedBertScore
     from routenlp_ray.tasks.bertscore import bertscore_f1
