@@ -87,6 +87,10 @@ class LoopExperimentSettings(StrictModel):
     bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of the targeted/untargeted ratio.")
     iterations: int = Field(
         1, ge=1, le=2, description="2: publish the first release, serve fresh traffic, iterate again from it.")
+    rehearsal_share: float = Field(
+        0.25, ge=0, lt=1,
+        description="LoRA students: the share of each student's budget drawn from the pairs its current adapter was "
+                    "distilled on (LoopSettings.rehearsal_share); 0: the failures alone, as before rehearsal.")
 
 
 def _loop_settings(settings: LoopExperimentSettings, share: float, seed: int, since: str | None = None) -> LoopSettings:
@@ -96,6 +100,7 @@ def _loop_settings(settings: LoopExperimentSettings, share: float, seed: int, si
         distill=settings.distill.model_copy(update={"seed": seed}), eval_tasks=settings.tasks,
         eval_per_task=settings.eval_per_task, eval_seed=settings.eval_seed, alpha=settings.alpha, calibration=settings.calibration, seed=seed,
         since=since, gate_tolerance=settings.gate_tolerance, gate_cost_tolerance=settings.gate_cost_tolerance,
+        rehearsal_share=settings.rehearsal_share,
     )
 
 
@@ -332,6 +337,7 @@ def _seed_record(iteration: Iteration, report: dict[str, Any], settings: LoopExp
     record: dict[str, Any] = {
         "seed": seed,
         "budget": report["budget"]["examples_per_student"],
+        "rehearsed": report["budget"].get("rehearsed_per_student", 0),
         "mining": {k: report["mining"][k] for k in ("queries", "failures", "clusters")},
         "selected_clusters": [
             {k: c[k] for k in ("cluster", "size", "tasks", "share", "cost_usd")} for c in report["mining"]["top_clusters"]
@@ -373,6 +379,7 @@ def _summarise_budget(share: float, seeds: list[dict[str, Any]], settings: LoopE
         "top_cost_share": share,
         "budget_cap": settings.budget,
         "examples": _mean_sd([s["budget"] for s in seeds]),
+        "rehearsed": _mean_sd([s.get("rehearsed", 0) for s in seeds]),
         "selected_cost_share": _mean_sd([s["selected_cost_share"] for s in seeds]),
         "gain": {v: _mean_sd(gains[v]) for v in STUDENTS},
         "ratio": mean_t / mean_u if mean_u != 0 else None,

@@ -32,6 +32,14 @@ def _ratio_ci(boot: Mapping[str, Any]) -> str:
     return ratio_ci_text(boot, lambda older: _ci(older["ratio_ci95"]))
 
 
+def _rehearsed(point: Mapping[str, Any]) -> str:
+    """How much of each set the LoRA student rehearsed; reports made before rehearsal have no such key."""
+    rehearsed = point.get("rehearsed")
+    if not rehearsed or not rehearsed["mean"]:
+        return ""
+    return f", {rehearsed['mean']:.0f} of them rehearsed from the pairs the current adapter was distilled on"
+
+
 def _verdict(gate: Mapping[str, Any] | None) -> str:
     if gate is None:
         return "n/a"
@@ -94,7 +102,7 @@ def loop_experiment_markdown(report: dict[str, Any], command: str) -> str:
         "- " + _ratio_line(head),
         f"- Cost-reduction improvement over the current student, mean ± sd over seeds: targeted "
         f"{_pp(head['gain']['targeted'])}, untargeted {_pp(head['gain']['untargeted'])} "
-        f"({head['examples']['mean']:.0f} examples; the selected clusters cover "
+        f"({head['examples']['mean']:.0f} examples{_rehearsed(head)}; the selected clusters cover "
         f"{head['selected_cost_share']['mean']:.0%} ± {head['selected_cost_share']['sd']:.0%} of failure cost).",
         f"- The student's own accuracy on the held-out rows (threshold-free), gain over the current student: "
         f"targeted {_pp(head['accuracy_gain']['targeted'])}, untargeted {_pp(head['accuracy_gain']['untargeted'])} "

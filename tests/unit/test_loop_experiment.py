@@ -119,6 +119,17 @@ def test_the_report_states_the_ratio_and_warns_when_its_ci_reaches_zero(settings
     # Untargeted gains of opposite signs: the ratio's CI spans 0 and the report says to read the difference.
     noisy = loop_experiment_markdown(report([seed_record(0, 0.3, 0.45), seed_record(1, 0.2, 0.56)]), "cmd")
     assert "carries no information" in noisy
+    assert "rehearsed" not in clear  # records made without rehearsal say nothing of it
+    rehearsing = [{**seed_record(0, 0.3, 0.4), "rehearsed": 2}, {**seed_record(1, 0.2, 0.4), "rehearsed": 2}]
+    assert "8 examples, 2 of them rehearsed from the pairs the current adapter" in loop_experiment_markdown(
+        report(rehearsing), "cmd")
+
+
+def test_the_experiments_rehearsal_share_reaches_the_loop(settings) -> None:
+    from routenlp_ray.bench.loop_experiment import _loop_settings
+
+    assert _loop_settings(settings, 0.4, seed=0).rehearsal_share == 0.25
+    assert _loop_settings(settings.model_copy(update={"rehearsal_share": 0.0}), 0.4, seed=0).rehearsal_share == 0.0
 
 
 def test_the_memo_encoder_embeds_each_text_once_and_returns_the_encoders_vectors() -> None:

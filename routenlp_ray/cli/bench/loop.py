@@ -27,7 +27,7 @@ def _experiment_options() -> ModelOptions:
         LoopExperimentSettings,
         ["traffic_per_task", "seeds", "curve_seeds", "student_tier", "specialist_base_share", "budget",
          "n_clusters", "top_cost_shares", "eval_per_task", "bootstrap", "gate_tolerance", "calibration",
-         "gate_cost_tolerance", "iterations"],
+         "gate_cost_tolerance", "iterations", "rehearsal_share"],
         flags={"n_clusters": "--clusters"}, extra={"iterations": {"choices": [1, 2]}},
     )
 
