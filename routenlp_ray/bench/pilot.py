@@ -229,6 +229,9 @@ class PilotRunner:
             skip = self.settings.eval_skip
             keep = np.random.default_rng(0).permutation(len(rows))[skip: skip + self.settings.eval_per_task]
             out += [rows[i] for i in sorted(keep)]
+        if not out:
+            raise ConfigError(f"eval_skip {self.settings.eval_skip} leaves no validation rows in any task of the plan "
+                              f"({', '.join(self.plan.tasks)}): lower it")
         return out
 
     # -- the arm's state ---------------------------------------------------------------------------
@@ -413,7 +416,7 @@ class PilotRunner:
 
     def _resumed_week(self, path: Path) -> dict[str, Any]:
         record = json.loads(path.read_text())
-        # Records written before the key was kept were all read on the default slice.
+        # A record written before the key was kept cannot be checked; it is taken as it was.
         if record.get("eval_slice", self.eval_slice_key) != self.eval_slice_key:
             raise ConfigError(
                 f"{path} was read on another held-out slice (eval_per_task / eval_skip differ from the run that "

@@ -43,6 +43,8 @@ def test_skipping_past_the_default_slice_reads_only_rows_it_never_held(tmp_path:
     assert len(_ids(blind, "fin_ner")) == 36
     assert not _ids(_runner(tmp_path, eval_skip=200), "fin_ner")
     assert default.eval_slice_key != blind.eval_slice_key
+    with pytest.raises(ConfigError, match="eval_skip 5000 leaves no validation rows"):
+        _runner(tmp_path, eval_skip=5000)
 
 
 def test_a_resumed_week_read_on_another_slice_is_refused(tmp_path: Path) -> None:
