@@ -41,6 +41,7 @@ from routenlp_ray._exceptions import ConfigError
 from routenlp_ray.bench.loop_bench import generate_traffic
 from routenlp_ray.bench.loop_clusters import cluster_savings, selected_split
 from routenlp_ray.bench.loop_specialist import bootstrap_ratio, cost_reduction
+from routenlp_ray.bench.ratio_ci import point_ratio
 from routenlp_ray.config._base import StrictModel
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.loop.distill import DistillConfig
@@ -382,7 +383,7 @@ def _summarise_budget(share: float, seeds: list[dict[str, Any]], settings: LoopE
         "rehearsed": _mean_sd([s.get("rehearsed", 0) for s in seeds]),
         "selected_cost_share": _mean_sd([s["selected_cost_share"] for s in seeds]),
         "gain": {v: _mean_sd(gains[v]) for v in STUDENTS},
-        "ratio": mean_t / mean_u if mean_u != 0 else None,
+        "ratio": point_ratio(mean_t, mean_u),
         "bootstrap": bootstrap_ratio([s["_rows"] for s in seeds], settings.bootstrap),
         "cost_reduction": {v: _mean_sd([s["cost_reduction"][v] for s in seeds]) for v in ("base", *STUDENTS)},
         "quality_retention": {v: _mean_sd([s["quality_retention"][v] for s in seeds]) for v in ("base", *STUDENTS)},

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from routenlp_ray.bench.ratio_ci import RATIO_CI_RULE, extended_ratio, ratio_interval
+from routenlp_ray.bench.ratio_ci import RATIO_CI_RULE, extended_ratio, point_ratio, ratio_interval
 from routenlp_ray.conformal.calibrator import ConformalCalibrator
 from routenlp_ray.engines.base import estimate_tokens
 from routenlp_ray.loop.mining import Failure, FailureClusterer, rank_clusters, select_clusters
@@ -608,7 +608,7 @@ def _summarise(seeds: list[dict[str, Any]], settings: LoopSpecialistSettings, ta
             "examples": _mean_sd([_budget(r, fraction)["examples"] for r in seeds]),
             "targeted_gain": _mean_sd(t_gain), "untargeted_gain": _mean_sd(u_gain),
             "targeted_gain_per_seed": t_gain, "untargeted_gain_per_seed": u_gain,
-            "ratio": float(np.mean(t_gain) / mean_u) if mean_u != 0 else None,
+            "ratio": point_ratio(float(np.mean(t_gain)), mean_u),
             **boot,
             "targeted_quality_retention": _mean_sd([r["students"][t_name]["quality_retention"] for r in seeds]),
             "untargeted_quality_retention": _mean_sd([r["students"][u_name]["quality_retention"] for r in seeds]),

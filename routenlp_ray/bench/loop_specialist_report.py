@@ -74,7 +74,7 @@ def _markdown(report: dict[str, Any], png: str) -> str:
     curve = report["budget_curve"]
     head = next(c for c in curve if c["fraction"] == report["headline_fraction"])
     tasks = s["tasks"]
-    ratio = "n/a (untargeted gain is 0)" if head["ratio"] is None else f"{head['ratio']:.2f}×"
+    ratio = "n/a (untargeted gained nothing)" if head["ratio"] is None else f"{head['ratio']:.2f}×"
     lines = [
         "# The loop at real scale: targeted vs untargeted distillation into the specialist tier",
         "",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from routenlp_ray.bench.pilot_plan import DriftPlan
-from routenlp_ray.bench.ratio_ci import RATIO_CI_RULE, extended_ratio, ratio_interval
+from routenlp_ray.bench.ratio_ci import RATIO_CI_RULE, extended_ratio, point_ratio, ratio_interval
 from routenlp_ray.bench.ratio_ci import ratio_ci_text as shared_ratio_ci_text
 
 __all__ = ["bootstrap_improvement_ratio", "compare_pilots", "comparison_markdown", "pilot_markdown", "plot_pilot",
@@ -57,7 +57,7 @@ def bootstrap_improvement_ratio(costs: Mapping[int, Mapping[str, np.ndarray]], f
         ratios.append(extended_ratio(t, u))
     return {
         "targeted_improvement": float(point[0]), "untargeted_improvement": float(point[1]),
-        "ratio": float(point[0] / point[1]) if point[1] > 0 else None,
+        "ratio": point_ratio(point[0], point[1]),
         "ratio_ci95": ratio_interval(ratios),
         "ratio_ci_rule": RATIO_CI_RULE,
         "difference_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RATIO_CI_RULE", "extended_ratio", "ratio_ci_text", "ratio_interval", "ratio_is_informative"]
+__all__ = ["RATIO_CI_RULE", "extended_ratio", "point_ratio", "ratio_ci_text", "ratio_interval", "ratio_is_informative"]
 
 # Written into every report made under this rule; a report without it was made under an earlier one.
 RATIO_CI_RULE = "all_draws"
@@ -24,6 +24,12 @@ def extended_ratio(targeted: float, untargeted: float) -> float:
     if untargeted > 0:
         return targeted / untargeted
     return np.inf if targeted > 0 else -np.inf
+
+
+def point_ratio(targeted: float, untargeted: float) -> float | None:
+    """The measured t / u, or None when untargeted gained nothing: two losses give a positive quotient that
+    says nothing about targeting."""
+    return float(targeted / untargeted) if untargeted > 0 else None
 
 
 def _json_bound(value: float) -> float | str:

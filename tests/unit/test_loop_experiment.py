@@ -119,6 +119,9 @@ def test_the_report_states_the_ratio_and_warns_when_its_ci_reaches_zero(settings
     # Untargeted gains of opposite signs: the ratio's CI spans 0 and the report says to read the difference.
     noisy = loop_experiment_markdown(report([seed_record(0, 0.3, 0.45), seed_record(1, 0.2, 0.56)]), "cmd")
     assert "carries no information" in noisy
+    # Both students lose: the quotient of two losses is not a ratio of gains.
+    losing = loop_experiment_markdown(report([seed_record(0, 0.6, 0.55), seed_record(1, 0.7, 0.6)]), "cmd")
+    assert "**n/a (no untargeted gain)**" in losing
     assert "rehearsed" not in clear  # records made without rehearsal say nothing of it
     rehearsing = [{**seed_record(0, 0.3, 0.4), "rehearsed": 2}, {**seed_record(1, 0.2, 0.4), "rehearsed": 2}]
     assert "8 examples, 2 of them rehearsed from the pairs the current adapter" in loop_experiment_markdown(

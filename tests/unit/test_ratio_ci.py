@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from routenlp_ray.bench.loop_experiment_report import _ratio_ci as loop_experiment_ratio_ci
 from routenlp_ray.bench.loop_specialist_report import _ratio_ci as loop_specialist_ratio_ci
-from routenlp_ray.bench.ratio_ci import extended_ratio, ratio_interval, ratio_is_informative
+from routenlp_ray.bench.ratio_ci import extended_ratio, point_ratio, ratio_interval, ratio_is_informative
 
 
 def test_a_draw_without_an_untargeted_gain_is_unbounded_in_the_direction_targeted_went() -> None:
@@ -33,3 +33,8 @@ def test_loop_reports_render_both_rules() -> None:
     assert loop_specialist_ratio_ci(older) == "[-0.50, 2.25]"
     assert loop_experiment_ratio_ci(older) == "[-0.50, +2.25]"
     assert loop_specialist_ratio_ci({"ratio_ci95": None}, missing="–") == "–"
+
+
+def test_two_losses_have_no_ratio() -> None:
+    assert point_ratio(0.2, 0.1) == 2.0
+    assert point_ratio(-0.13, -0.08) is None and point_ratio(0.1, 0.0) is None
