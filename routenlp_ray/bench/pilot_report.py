@@ -394,19 +394,29 @@ def compare_pilots(reports: Sequence[Mapping[str, Any]], sources: Sequence[str])
     return {"benchmark": "pilot_comparison", "plans": sorted(plans), "varied_settings": varied, "rows": rows}
 
 
+def _setting_text(value: Any) -> str:
+    """A setting as a reader writes it: a run of consecutive seeds as 0–4, other lists comma-separated."""
+    if isinstance(value, list):
+        if len(value) > 2 and all(isinstance(v, int) for v in value) and value == list(range(value[0], value[-1] + 1)):
+            return f"{value[0]}–{value[-1]}"
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
 def comparison_markdown(comparison: Mapping[str, Any], command: str) -> str:
     varied = comparison["varied_settings"] or ["source"]
 
     def key(row: Mapping[str, Any]) -> str:
-        return ", ".join(f"{k} {row['settings'][k]}" for k in comparison["varied_settings"]) or row["source"]
+        return ", ".join(f"{k} {_setting_text(row['settings'][k])}" for k in comparison["varied_settings"]
+                         ) or row["source"]
 
     def setting_cells(row: Mapping[str, Any]) -> str:
-        return "| " + " | ".join(str(row["settings"].get(k, row["source"])) for k in varied) + " | "
+        return "| " + " | ".join(_setting_text(row["settings"].get(k, row["source"])) for k in varied) + " | "
 
     rows = comparison["rows"]
     lines = [f"# Pilots side by side: {', '.join(comparison['plans'])} plan, varying {', '.join(varied)}", "",
              f"Made by `{command}` from finished pilots (nothing re-run):", ""]
-    lines += [f"- {key(r)}: `{r['source']}`: seeds {r['seeds'][0]}–{r['seeds'][-1]}, {_run_minutes(r)}"
+    lines += [f"- {key(r)}: `{r['source']}`: seeds {_setting_text(r['seeds'])}, {_run_minutes(r)}"
               for r in rows]
     arms = list(dict.fromkeys(a for r in rows for a in r["final_week_cost_reduction"]))
     lines += ["", "## Final week, held-out slice: cost reduction against frontier-only", "",

@@ -60,7 +60,7 @@ def test_finished_pilots_of_two_budgets_are_compared_side_by_side(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     finished = json.loads((REPO_ROOT / "results" / "pilot_recalibration.json").read_text())
     paths = []
-    for budget, scale, seeds in ((50, 0.5, [0, 1]), (100, 1.0, [5, 6])):
+    for budget, scale, seeds in ((50, 0.5, [0, 1, 2]), (100, 1.0, [5, 7])):
         report = json.loads(json.dumps(finished))
         report["settings"]["budget_examples"] = budget
         report["settings"]["seeds"] = seeds
@@ -71,15 +71,16 @@ def test_finished_pilots_of_two_budgets_are_compared_side_by_side(
     assert main(["bench", "pilot", "--compare", *map(str, paths), "--out", str(out)]) == 0
     written = json.loads(out.read_text())
     assert written["varied_settings"] == ["budget_examples", "seeds"]  # the arms and plan are the same
-    assert [r["settings"] for r in written["rows"]] == [{"budget_examples": 50, "seeds": [0, 1]},
-                                                        {"budget_examples": 100, "seeds": [5, 6]}]
+    assert [r["settings"] for r in written["rows"]] == [{"budget_examples": 50, "seeds": [0, 1, 2]},
+                                                        {"budget_examples": 100, "seeds": [5, 7]}]
     markdown = out.with_suffix(".md").read_text()
     assert "varying budget_examples, seeds" in markdown
     for line in markdown.splitlines():  # every table's separator has one cell per column
         if line.startswith("|---"):
             header = markdown.splitlines()[markdown.splitlines().index(line) - 1]
             assert line == "|" + "---|" * (header.count(" | ") + 1), header
-    assert "| 50 | [0, 1] | +3.9% | +2.5% | 0.78× |" in markdown and "| 100 | [5, 6] | +3.9% | +2.5% | 1.55× |" in markdown
+    # Consecutive seeds as a range, others listed.
+    assert "| 50 | 0–2 | +3.9% | +2.5% | 0.78× |" in markdown and "| 100 | 5, 7 | +3.9% | +2.5% | 1.55× |" in markdown
     assert main(["bench", "pilot", "--compare", str(paths[0]), "--out", str(out)]) != 0
     assert "at least two finished pilots" in capsys.readouterr().err
     (tmp_path / "loop.json").write_text(json.dumps({"benchmark": "loop"}))
