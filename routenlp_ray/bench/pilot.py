@@ -152,6 +152,26 @@ def plan_seed(plan: DriftPlan, rows: dict[str, list[Row]], seed: int, settings: 
     return SeedPlan(seed, new_labels, calibration, base, weeks)
 
 
+def eval_slice(data_dir: Path, tasks: Sequence[str], settings: PilotSettings) -> list[Row]:
+    """The held-out slice: each task's validation rows in one fixed order, past ``eval_skip``, ``eval_per_task``
+    of them; a ConfigError when the skip leaves none in any task."""
+    out = []
+    for task in tasks:
+        rows = read_rows(data_dir, task, "validation")
+        skip = settings.eval_skip
+        keep = np.random.default_rng(0).permutation(len(rows))[skip: skip + settings.eval_per_task]
+        out += [rows[i] for i in sorted(keep)]
+    if not out:
+        raise ConfigError(f"eval_skip {settings.eval_skip} leaves no validation rows in any task of the plan "
+                          f"({', '.join(tasks)}): lower it")
+    return out
+
+
+def eval_slice_key(rows: Sequence[Row]) -> str:
+    """A short digest of the slice's rows, for cache names and week records."""
+    return hashlib.sha256("\n".join(f"{r.task}/{r.id}" for r in rows).encode()).hexdigest()[:12]
+
+
 def calibration_rows_through(plan: DriftPlan, seed_plan: SeedPlan, week: int) -> dict[str, list[Row]]:
     """The calibration rows of labels and tasks that traffic has shown by the end of ``week``."""
     return {t: [r for r in rows if plan.visible(t, r.label, week, seed_plan.new_labels[t])]
@@ -208,11 +228,10 @@ class PilotRunner:
         self.rows = {t: read_rows(data_dir, t, "train") for t in plan.tasks}
         plan.check({t.name: t.parser for t in self.config.tasks if (data_dir / t.name / "train.jsonl").is_file()},
                    {t: {r.label for r in self.rows[t]} for t in plan.tasks})
-        self.eval_rows = self._eval_slice()
+        self.eval_rows = eval_slice(data_dir, plan.tasks, settings)
         # Held-out results are cached per release and kept in every week's record: keyed by the slice's rows,
         # a resumed run with another slice cannot mix two slices' figures.
-        self.eval_slice_key = hashlib.sha256("\n".join(f"{r.task}/{r.id}" for r in self.eval_rows).encode()
-                                             ).hexdigest()[:12]
+        self.eval_slice_key = eval_slice_key(self.eval_rows)
 
     @property
     def encoder(self) -> Any:
@@ -221,18 +240,6 @@ class PilotRunner:
 
             self._encoder = SpecialistEncoder(cache_path=self.cache_path, num_threads=1)
         return self._encoder
-
-    def _eval_slice(self) -> list[Row]:
-        out = []
-        for task in self.plan.tasks:
-            rows = read_rows(self.data_dir, task, "validation")
-            skip = self.settings.eval_skip
-            keep = np.random.default_rng(0).permutation(len(rows))[skip: skip + self.settings.eval_per_task]
-            out += [rows[i] for i in sorted(keep)]
-        if not out:
-            raise ConfigError(f"eval_skip {self.settings.eval_skip} leaves no validation rows in any task of the plan "
-                              f"({', '.join(self.plan.tasks)}): lower it")
-        return out
 
     # -- the arm's state ---------------------------------------------------------------------------
     def state_config(self, store: ReleaseStore, log_uri: str | None = None) -> RouteNLPConfig:

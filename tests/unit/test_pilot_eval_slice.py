@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from routenlp_ray import ConfigError
-from routenlp_ray.bench.pilot import PilotRunner, PilotSettings
+from routenlp_ray.bench.pilot import PilotRunner, PilotSettings, eval_slice, eval_slice_key
 from routenlp_ray.bench.pilot_plan import DriftPlan
 from routenlp_ray.bench.pilot_report import pilot_markdown
 from routenlp_ray.config import load_config
@@ -29,26 +29,29 @@ def _runner(tmp_path: Path, **settings: int) -> PilotRunner:
                        log=lambda line: None)
 
 
-def _ids(runner: PilotRunner, task: str) -> set[str]:
-    return {r.id for r in runner.eval_rows if r.task == task}
+def _ids(**settings: int) -> dict[str, set[str]]:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
+    rows = eval_slice(DATA_DIR, PLAN.tasks, PilotSettings(**{"eval_per_task": 100, **settings}))
+    return {t: {r.id for r in rows if r.task == t} for t in PLAN.tasks}
 
 
-def test_skipping_past_the_default_slice_reads_only_rows_it_never_held(tmp_path: Path) -> None:
-    default, blind = _runner(tmp_path), _runner(tmp_path, eval_skip=100)
-    assert len(_ids(default, "cs_intent")) == len(_ids(blind, "cs_intent")) == 100
-    assert not _ids(default, "cs_intent") & _ids(blind, "cs_intent")
+def test_skipping_past_the_default_slice_reads_only_rows_it_never_held() -> None:
+    default, blind = _ids(), _ids(eval_skip=100)
+    assert len(default["cs_intent"]) == len(blind["cs_intent"]) == 100
+    assert not default["cs_intent"] & blind["cs_intent"]
     # The same fixed order: the skipped slice's rows are the next ones a larger default slice would take.
-    assert _ids(blind, "cs_intent") <= _ids(_runner(tmp_path, eval_skip=0, eval_per_task=200), "cs_intent")
+    assert blind["cs_intent"] <= _ids(eval_skip=0, eval_per_task=200)["cs_intent"]
     # fin_ner has 136 validation rows: 36 are left after the first 100, none after 200.
-    assert len(_ids(blind, "fin_ner")) == 36
-    assert not _ids(_runner(tmp_path, eval_skip=200), "fin_ner")
-    assert default.eval_slice_key != blind.eval_slice_key
+    assert len(blind["fin_ner"]) == 36
+    assert not _ids(eval_skip=200)["fin_ner"]
     with pytest.raises(ConfigError, match="eval_skip 5000 leaves no validation rows"):
-        _runner(tmp_path, eval_skip=5000)
+        _ids(eval_skip=5000)
 
 
 def test_a_resumed_week_read_on_another_slice_is_refused(tmp_path: Path) -> None:
     default, blind = _runner(tmp_path), _runner(tmp_path, eval_skip=100)
+    assert default.eval_slice_key == eval_slice_key(default.eval_rows) != blind.eval_slice_key
     week = tmp_path / "week-00.json"
     week.write_text(json.dumps({"week": 0, "eval_slice": default.eval_slice_key}))
     assert default._resumed_week(week)["week"] == 0
