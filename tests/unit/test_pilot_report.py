@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from routenlp_ray.bench.pilot_plan import DriftPlan
 from routenlp_ray.bench.pilot_report import (
     bootstrap_improvement_ratio,
     pilot_markdown,
     ratio_ci_text,
+    shortfall_phase,
     task_attribution,
 )
 from tests.conftest import REPO_ROOT
@@ -111,3 +113,39 @@ def test_a_resumed_pilot_says_how_long_its_weeks_took() -> None:
     resumed = {**report, "seconds": 12.0, "week_seconds": 1860.0}
     assert "in 0 min, resuming finished weeks (the weeks' serving and loop work took 31 min in all)" in (
         pilot_markdown(resumed, "cmd"))
+
+
+def test_a_shortfall_is_placed_against_its_tasks_drift() -> None:
+    plan = DriftPlan.model_validate({"name": "p", "tasks": ["intent", "risk", "steady"], "drifts": [
+        {"task": "intent", "label_share": 0.3, "from_week": 2}, {"task": "risk", "whole_task": True, "from_week": 1}]})
+
+    def phase(task: str, week: int, where: str) -> str:
+        return shortfall_phase(plan, {"task": task, "week": week, "where": where})
+
+    assert phase("steady", 3, "held_out") == "no_drift"
+    # Traffic before the drift holds none of it; the held-out slice holds it from week 0.
+    assert phase("intent", 1, "traffic") == "no_drift"
+    assert phase("intent", 1, "held_out") == "drift_not_in_traffic"
+    assert phase("intent", 2, "traffic") == "first_drift_week"
+    assert phase("intent", 2, "held_out") == "first_drift_week"
+    assert phase("intent", 3, "traffic") == "after_first_drift_week"
+    assert phase("risk", 0, "held_out") == "drift_not_in_traffic"
+    assert phase("risk", 1, "traffic") == "first_drift_week"
+
+
+def test_the_quality_targets_section_counts_each_arms_shortfalls_by_phase() -> None:
+    report = json.loads((REPO_ROOT / "results" / "pilot_blind_budget25.json").read_text())
+    markdown = pilot_markdown(report, "cmd")
+    section = markdown[markdown.index("## Quality targets"):]
+    below = report["below_quality_target"]
+    plan = DriftPlan.model_validate(report["plan"])
+    for arm in ("no_loop", "targeted"):
+        mine = [shortfall_phase(plan, b) for b in below if b["arm"] == arm]
+        cells = sum(len(r[w]["per_task"]) for r in report["records"] if r["arm"] == arm for w in ("traffic", "held_out"))
+        counts = " | ".join(str(mine.count(p)) for p in
+                            ("no_drift", "drift_not_in_traffic", "first_drift_week", "after_first_drift_week"))
+        assert f"| {arm} | {cells} | {len(mine)} | {counts} |" in section
+    # Every listed cell says where it sits; the list keeps every cell.
+    assert sum(line.endswith("| the drift's first week |") for line in section.splitlines()) == sum(
+        shortfall_phase(plan, b) == "first_drift_week" for b in below)
+    assert sum("| held_out |" in line or "| traffic |" in line for line in section.splitlines()) == len(below)
