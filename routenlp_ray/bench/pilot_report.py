@@ -13,7 +13,7 @@ from routenlp_ray.bench.ratio_ci import RATIO_CI_RULE, extended_ratio, point_rat
 from routenlp_ray.bench.ratio_ci import ratio_ci_text as shared_ratio_ci_text
 
 __all__ = ["SHORTFALL_PHASES", "bootstrap_improvement_ratio", "compare_pilots", "comparison_markdown", "pilot_markdown",
-           "plot_pilot", "ratio_ci_text", "shortfall_phase", "summarise", "task_attribution"]
+           "plot_pilot", "ratio_ci_text", "shortfall_phase", "summarise", "target_checks", "task_attribution"]
 
 FIGURES = ("cost_reduction", "quality_retention", "specialist_share", "accepted_error_rate", "escalation_rate")
 TARGETED_ARMS = ("targeted", "targeted_cost")  # the loop's rule (novel_first), and the paper's cost-only rule
@@ -265,6 +265,72 @@ def _eval_slice_lines(report: Mapping[str, Any]) -> list[str]:
     return [text + ".", ""]
 
 
+# The pilot's targets (issue #22): targeted at least this many times untargeted's cost improvement at the final week,
+# with the ratio's bootstrap CI above RATIO_CI_FLOOR.
+TARGET_RATIO, RATIO_CI_FLOOR = 2.0, 1.0
+
+
+def target_checks(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each target, whether the report meets it (None: it cannot tell), and the figures it was read from.
+
+    The ratio target per targeted arm and baseline; retention at or above each task's target in every cell;
+    and the targeted arm's held-out cost falling every week from the first week with drift.
+    """
+    checks: list[dict[str, Any]] = []
+    families = [("no loop", report.get("ratios", {})), ("recalibration only", report.get("ratios_over_recalibration", {}))]
+    for over, by_arm in families:
+        for arm, arm_ratios in by_arm.items():
+            r = arm_ratios["final_week"]
+            low = float(r["ratio_ci95"][0])
+            met = r["ratio"] is not None and r["ratio"] >= TARGET_RATIO and low > RATIO_CI_FLOOR
+            ratio = "n/a (untargeted gained nothing)" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+            checks.append({
+                "target": f"{arm} ≥ {TARGET_RATIO:g}× untargeted over {over}, final week, CI lower bound > "
+                          f"{RATIO_CI_FLOOR:g}",
+                "met": met,
+                "evidence": f"ratio {ratio}, 95% CI {ratio_ci_text(r)}; difference "
+                            f"[{r['difference_ci95'][0]:+.1%}, {r['difference_ci95'][1]:+.1%}]",
+            })
+    below = report.get("below_quality_target", [])
+    plan = DriftPlan.model_validate(report["plan"])
+    later: dict[str, int] = {}
+    for b in below:
+        if shortfall_phase(plan, b) == "after_first_drift_week":
+            later[b["arm"]] = later.get(b["arm"], 0) + 1
+    arms = list(dict.fromkeys(e["arm"] for e in report["weeks"]))
+    after = ("; after the drift's first week: " + ", ".join(f"{a} {later.get(a, 0)}" for a in arms)
+             if plan.drifts else "; the plan has no drift")
+    checks.append({
+        "target": "retention at or above each task's quality target in every week, arm and seed",
+        "met": not below,
+        "evidence": f"{len(below)} cells below{after} (see Quality targets)",
+    })
+    drift_weeks = [d.from_week for d in plan.drifts]
+    for arm in TARGETED_ARMS:
+        series = {e["week"]: e["held_out"]["cost_reduction"]["mean"] for e in report["weeks"]
+                  if e["arm"] == arm and e["held_out"]["cost_reduction"] is not None}
+        if not series or not drift_weeks:
+            continue
+        weeks = [w for w in sorted(series) if w >= min(drift_weeks)]
+        if len(weeks) < 2:
+            continue
+        rose = [w for w, prev in zip(weeks[1:], weeks) if series[w] <= series[prev]]
+        checks.append({
+            "target": f"{arm}'s held-out cost falls week over week from week {weeks[0]}, the first with drift",
+            "met": not rose,
+            "evidence": "cost reduction " + " → ".join(f"{series[w]:.1%}" for w in weeks)
+                        + (f"; not lower than the week before in week {', '.join(map(str, rose))}" if rose else ""),
+        })
+    return checks
+
+
+def _target_lines(report: Mapping[str, Any]) -> list[str]:
+    marks = {True: "met", False: "**not met**", None: "cannot tell"}
+    lines = ["## Against the targets (held-out slice, mean over seeds)", "", "| target | | read from |", "|---|---|---|"]
+    lines += [f"| {c['target']} | {marks[c['met']]} | {c['evidence']} |" for c in target_checks(report)]
+    return lines + [""]
+
+
 # When a cell fell below its quality target, relative to its task's drift (``shortfall_phase``).
 SHORTFALL_PHASES = {
     "no_drift": "no drift in what was read",
@@ -340,6 +406,7 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
     lines += ["", "Costs are the cascade's cost against sending every query to the frontier (lower is better); "
               "held-out is a fixed validation slice with every label, read with each arm's release of that week.", ""]
     lines += _eval_slice_lines(report)
+    lines += _target_lines(report)
     for where, title in (("held_out", "Held-out slice (validation)"), ("traffic", "That week's traffic (train)")):
         lines += [f"## {title}", "",
                   "| week | arm | cost reduction | quality retention | specialist share | accepted-error rate "

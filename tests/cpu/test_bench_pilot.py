@@ -92,5 +92,9 @@ def test_the_report_is_written_with_its_ratio_and_plot(pilot: dict[str, Any]) ->
     markdown = pilot_markdown(report, "routenlp bench pilot (test)")
     assert "| 2 | targeted |" in markdown and "targeted vs untargeted, over no loop" in markdown
     assert "targeted vs untargeted, over recalibration only" in markdown and "recalibrate_only: saved" in markdown
+    # Each target is read off the run: the ratio over both baselines, retention, and the weekly cost from week 1.
+    assert "## Against the targets" in markdown
+    assert "| targeted's held-out cost falls week over week from week 1, the first with drift |" in markdown
+    assert markdown.count("| targeted ≥ 2× untargeted over ") == 2
     plot_pilot(report, pilot["tmp"] / "pilot.png")
     assert (pilot["tmp"] / "pilot.png").stat().st_size > 0

@@ -13,6 +13,7 @@ from routenlp_ray.bench.pilot_report import (
     pilot_markdown,
     ratio_ci_text,
     shortfall_phase,
+    target_checks,
     task_attribution,
 )
 from tests.conftest import REPO_ROOT
@@ -149,3 +150,45 @@ def test_the_quality_targets_section_counts_each_arms_shortfalls_by_phase() -> N
     assert sum(line.endswith("| the drift's first week |") for line in section.splitlines()) == sum(
         shortfall_phase(plan, b) == "first_drift_week" for b in below)
     assert sum("| held_out |" in line or "| traffic |" in line for line in section.splitlines()) == len(below)
+
+
+def _ratio(ratio: float | None, low: float | str, high: float | str = "inf") -> dict:
+    return {"final_week": {"ratio": ratio, "ratio_ci95": [low, high], "ratio_ci_rule": "all_draws",
+                           "untargeted_at_most_zero_share": 0.0, "difference_ci95": [0.01, 0.03]}}
+
+
+def _week(arm: str, week: int, reduction: float) -> dict:
+    return {"arm": arm, "week": week, "held_out": {"cost_reduction": {"mean": reduction, "sd": 0.0, "n": 5}}}
+
+
+def test_the_targets_are_read_off_the_report() -> None:
+    plan = {"name": "p", "tasks": ["intent", "steady"], "drifts": [{"task": "intent", "label_share": 0.3,
+                                                                      "from_week": 1}]}
+    report = {
+        "plan": plan,
+        "ratios": {"targeted": _ratio(2.5, 1.4, 6.0)},
+        "ratios_over_recalibration": {"targeted": _ratio(None, "-inf")},
+        "weeks": [_week("no_loop", w, 0.1) for w in range(4)]
+                 + [_week("targeted", w, r) for w, r in enumerate([0.10, 0.09, 0.12, 0.15])],
+        "below_quality_target": [
+            {"seed": 0, "arm": "no_loop", "week": 3, "where": "traffic", "task": "intent"},
+            {"seed": 0, "arm": "targeted", "week": 1, "where": "held_out", "task": "intent"},
+        ],
+    }
+    checks = {c["target"]: c for c in target_checks(report)}
+    over_no_loop = checks["targeted ≥ 2× untargeted over no loop, final week, CI lower bound > 1"]
+    assert over_no_loop["met"] is True
+    assert checks["targeted ≥ 2× untargeted over recalibration only, final week, CI lower bound > 1"]["met"] is False
+    retention = checks["retention at or above each task's quality target in every week, arm and seed"]
+    assert retention["met"] is False
+    assert "2 cells below; after the drift's first week: no_loop 1, targeted 0" in retention["evidence"]
+    falls = checks["targeted's held-out cost falls week over week from week 1, the first with drift"]
+    assert falls["met"] is True and falls["evidence"] == "cost reduction 9.0% → 12.0% → 15.0%"
+
+    # A ratio of 2 or more whose CI reaches down to 1 does not meet the target; nor does a week that saved less.
+    report["ratios"]["targeted"] = _ratio(3.0, 0.9)
+    report["weeks"][-1] = _week("targeted", 3, 0.11)
+    checks = {c["target"]: c for c in target_checks(report)}
+    assert checks["targeted ≥ 2× untargeted over no loop, final week, CI lower bound > 1"]["met"] is False
+    falls = checks["targeted's held-out cost falls week over week from week 1, the first with drift"]
+    assert falls["met"] is False and falls["evidence"].endswith("not lower than the week before in week 3")
