@@ -365,20 +365,23 @@ def _quality_target_lines(report: Mapping[str, Any]) -> list[str]:
         return lines + ["Every task's retention stayed at or above its quality target in every week, arm and seed."]
     plan = DriftPlan.model_validate(report["plan"])
     targets = report.get("quality_targets") or {}
-    cells_per_arm: dict[str, int] = {}
+    # Every cell read, by arm and phase: a shortfall count means little without how many cells could have fallen.
+    read: dict[str, dict[str, int]] = {}
     for r in report["records"]:
         for where in ("traffic", "held_out"):
-            n = sum(1 for t in r[where]["per_task"] if t in targets)
-            cells_per_arm[r["arm"]] = cells_per_arm.get(r["arm"], 0) + n
+            for task in r[where]["per_task"]:
+                if task in targets:
+                    phase = shortfall_phase(plan, {"task": task, "week": r["week"], "where": where})
+                    read.setdefault(r["arm"], dict.fromkeys(SHORTFALL_PHASES, 0))[phase] += 1
     phases = [shortfall_phase(plan, b) for b in below]
     lines += [f"{len(below)} (seed, arm, week, where, task) cells fell below their task's quality target. "
-              "By where each sits against its task's drift:", "",
-              "| arm | cells read | below target | " + " | ".join(SHORTFALL_PHASES.values()) + " |",
-              "|---|---|---|" + "---|" * len(SHORTFALL_PHASES)]
-    for arm, n_cells in cells_per_arm.items():
+              "By where each sits against its task's drift (below target / cells read):", "",
+              "| arm | all | " + " | ".join(SHORTFALL_PHASES.values()) + " |",
+              "|---|---|" + "---|" * len(SHORTFALL_PHASES)]
+    for arm, counts in read.items():
         mine = [p for b, p in zip(below, phases) if b["arm"] == arm]
-        lines.append(f"| {arm} | {n_cells} | {len(mine)} | " + " | ".join(str(mine.count(p)) for p in SHORTFALL_PHASES)
-                     + " |")
+        lines.append(f"| {arm} | {len(mine)} / {sum(counts.values())} | "
+                     + " | ".join(f"{mine.count(p)} / {counts[p]}" for p in SHORTFALL_PHASES) + " |")
     lines += ["", "No loop had seen the drift in the middle two columns: a weekly loop cannot reach them (the live "
               "monitor, which acts within a week, is not simulated here). A cell reads one task on one week's traffic "
               "or on the held-out slice, a sample of a few hundred queries at most, so a threshold that meets its "

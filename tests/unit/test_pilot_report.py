@@ -142,10 +142,11 @@ def test_the_quality_targets_section_counts_each_arms_shortfalls_by_phase() -> N
     plan = DriftPlan.model_validate(report["plan"])
     for arm in ("no_loop", "targeted"):
         mine = [shortfall_phase(plan, b) for b in below if b["arm"] == arm]
-        cells = sum(len(r[w]["per_task"]) for r in report["records"] if r["arm"] == arm for w in ("traffic", "held_out"))
-        counts = " | ".join(str(mine.count(p)) for p in
+        cells = [shortfall_phase(plan, {"task": t, "week": r["week"], "where": w}) for r in report["records"]
+                 if r["arm"] == arm for w in ("traffic", "held_out") for t in r[w]["per_task"]]
+        counts = " | ".join(f"{mine.count(p)} / {cells.count(p)}" for p in
                             ("no_drift", "drift_not_in_traffic", "first_drift_week", "after_first_drift_week"))
-        assert f"| {arm} | {cells} | {len(mine)} | {counts} |" in section
+        assert f"| {arm} | {len(mine)} / {len(cells)} | {counts} |" in section
     # Every listed cell says where it sits; the list keeps every cell.
     assert sum(line.endswith("| the drift's first week |") for line in section.splitlines()) == sum(
         shortfall_phase(plan, b) == "first_drift_week" for b in below)
