@@ -271,7 +271,8 @@ TARGET_RATIO, RATIO_CI_FLOOR = 2.0, 1.0
 
 
 def target_checks(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each target, whether the report meets it (None: it cannot tell), and the figures it was read from.
+    """Each target, whether the report meets it, and the figures it was read from. ``met`` is None for a ratio
+    that has no value because untargeted gained nothing while the CI lies above the floor: read its difference.
 
     The ratio target per targeted arm and baseline; retention at or above each task's target in every cell;
     and the targeted arm's held-out cost falling every week from the first week with drift.
@@ -282,7 +283,9 @@ def target_checks(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         for arm, arm_ratios in by_arm.items():
             r = arm_ratios["final_week"]
             low = float(r["ratio_ci95"][0])
-            met = r["ratio"] is not None and r["ratio"] >= TARGET_RATIO and low > RATIO_CI_FLOOR
+            met: bool | None = r["ratio"] is not None and r["ratio"] >= TARGET_RATIO and low > RATIO_CI_FLOOR
+            if r["ratio"] is None and low > RATIO_CI_FLOOR:
+                met = None  # untargeted gained nothing, targeted did: no ratio to hold to 2×; the difference says it
             ratio = "n/a (untargeted gained nothing)" if r["ratio"] is None else f"{r['ratio']:.2f}×"
             checks.append({
                 "target": f"{arm} ≥ {TARGET_RATIO:g}× untargeted over {over}, final week, CI lower bound > "

@@ -191,5 +191,9 @@ def test_the_targets_are_read_off_the_report() -> None:
     report["weeks"][-1] = _week("targeted", 3, 0.11)
     checks = {c["target"]: c for c in target_checks(report)}
     assert checks["targeted ≥ 2× untargeted over no loop, final week, CI lower bound > 1"]["met"] is False
+    # Untargeted gained nothing and targeted did in every draw: no ratio to hold to 2×, so it cannot tell.
+    report["ratios_over_recalibration"]["targeted"] = _ratio(None, "inf")
+    checks = {c["target"]: c for c in target_checks(report)}
+    assert checks["targeted ≥ 2× untargeted over recalibration only, final week, CI lower bound > 1"]["met"] is None
     falls = checks["targeted's held-out cost falls week over week from week 1, the first with drift"]
     assert falls["met"] is False and falls["evidence"].endswith("not lower than the week before in week 3")

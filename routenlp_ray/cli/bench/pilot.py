@@ -51,7 +51,8 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
             print(f"{key}: {arm} {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
                   f"over no loop; ratio {ratio}, 95% CI {ratio_ci_text(r)}")
     for check in target_checks(report):
-        print(f"{'met' if check['met'] else 'NOT MET'}: {check['target']} ({check['evidence']})")
+        verdict = {True: "met", False: "NOT MET", None: "cannot tell"}[check["met"]]
+        print(f"{verdict}: {check['target']} ({check['evidence']})")
     print(f"wrote {args.out} and its .md and .png")
     return 0
 
