@@ -12,6 +12,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("ROUTENLP_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def require_data_dir() -> Path:
+    """The shared evaluation data's folder; the calling test is skipped, saying why, where it is missing."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
+    return DATA_DIR
+
+
 def tier_named(config: dict[str, Any], name: str) -> dict[str, Any]:
     """The tier ``name`` of a config dict (tests edit tiers by name, not by position)."""
     return next(t for t in config["tiers"] if t["name"] == name)

@@ -12,8 +12,8 @@ from routenlp_ray.bench.pilot_plan import DriftPlan
 from routenlp_ray.bench.ratio_ci import RATIO_CI_RULE, extended_ratio, point_ratio, ratio_interval
 from routenlp_ray.bench.ratio_ci import ratio_ci_text as shared_ratio_ci_text
 
-__all__ = ["SHORTFALL_PHASES", "bootstrap_improvement_ratio", "compare_pilots", "comparison_markdown", "pilot_markdown",
-           "plot_pilot", "ratio_ci_text", "shortfall_phase", "summarise", "target_checks", "task_attribution"]
+__all__ = ["SHORTFALL_PHASES", "VERDICTS", "bootstrap_improvement_ratio", "compare_pilots", "comparison_markdown", "pilot_markdown",
+           "plot_pilot", "ratio_ci_text", "shortfall_counts", "shortfall_phase", "summarise", "target_checks", "task_attribution"]
 
 FIGURES = ("cost_reduction", "quality_retention", "specialist_share", "accepted_error_rate", "escalation_rate")
 TARGETED_ARMS = ("targeted", "targeted_cost")  # the loop's rule (novel_first), and the paper's cost-only rule
@@ -296,12 +296,10 @@ def target_checks(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             })
     below = report.get("below_quality_target", [])
     plan = DriftPlan.model_validate(report["plan"])
-    later: dict[str, int] = {}
-    for b in below:
-        if shortfall_phase(plan, b) == "after_first_drift_week":
-            later[b["arm"]] = later.get(b["arm"], 0) + 1
+    missed, _ = shortfall_counts(report, plan)
     arms = list(dict.fromkeys(e["arm"] for e in report["weeks"]))
-    after = ("; after the drift's first week: " + ", ".join(f"{a} {later.get(a, 0)}" for a in arms)
+    after = ("; after the drift's first week: "
+             + ", ".join(f"{a} {missed.get(a, {}).get('after_first_drift_week', 0)}" for a in arms)
              if plan.drifts else "; the plan has no drift")
     checks.append({
         "target": "retention at or above each task's quality target in every week, arm and seed",
@@ -327,10 +325,16 @@ def target_checks(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+# How a target check's ``met`` reads.
+VERDICTS = {True: "met", False: "not met", None: "cannot tell"}
+
+
 def _target_lines(report: Mapping[str, Any]) -> list[str]:
-    marks = {True: "met", False: "**not met**", None: "cannot tell"}
+    def verdict(met: bool | None) -> str:
+        return f"**{VERDICTS[met]}**" if met is False else VERDICTS[met]
+
     lines = ["## Against the targets (held-out slice, mean over seeds)", "", "| target | | read from |", "|---|---|---|"]
-    lines += [f"| {c['target']} | {marks[c['met']]} | {c['evidence']} |" for c in target_checks(report)]
+    lines += [f"| {c['target']} | {verdict(c['met'])} | {c['evidence']} |" for c in target_checks(report)]
     return lines + [""]
 
 
@@ -360,6 +364,24 @@ def shortfall_phase(plan: DriftPlan, cell: Mapping[str, Any]) -> str:
     return "first_drift_week" if cell["week"] == drift.from_week else "after_first_drift_week"
 
 
+def shortfall_counts(report: Mapping[str, Any], plan: DriftPlan
+                     ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """Per arm and phase: the cells below their target, and every cell read (a count's denominator)."""
+    targets = report.get("quality_targets") or {}
+    missed: dict[str, dict[str, int]] = {}
+    for b in report.get("below_quality_target", []):
+        counts = missed.setdefault(b["arm"], dict.fromkeys(SHORTFALL_PHASES, 0))
+        counts[shortfall_phase(plan, b)] += 1
+    read: dict[str, dict[str, int]] = {}
+    for r in report.get("records", []):
+        for where in ("traffic", "held_out"):
+            for task in r[where]["per_task"]:
+                if task in targets:
+                    counts = read.setdefault(r["arm"], dict.fromkeys(SHORTFALL_PHASES, 0))
+                    counts[shortfall_phase(plan, {"task": task, "week": r["week"], "where": where})] += 1
+    return missed, read
+
+
 def _quality_target_lines(report: Mapping[str, Any]) -> list[str]:
     """The below-target cells: counted per arm by where they sit against the drift, then listed."""
     below = report["below_quality_target"]
@@ -367,24 +389,15 @@ def _quality_target_lines(report: Mapping[str, Any]) -> list[str]:
     if not below:
         return lines + ["Every task's retention stayed at or above its quality target in every week, arm and seed."]
     plan = DriftPlan.model_validate(report["plan"])
-    targets = report.get("quality_targets") or {}
-    # Every cell read, by arm and phase: a shortfall count means little without how many cells could have fallen.
-    read: dict[str, dict[str, int]] = {}
-    for r in report["records"]:
-        for where in ("traffic", "held_out"):
-            for task in r[where]["per_task"]:
-                if task in targets:
-                    phase = shortfall_phase(plan, {"task": task, "week": r["week"], "where": where})
-                    read.setdefault(r["arm"], dict.fromkeys(SHORTFALL_PHASES, 0))[phase] += 1
-    phases = [shortfall_phase(plan, b) for b in below]
+    missed, read = shortfall_counts(report, plan)
     lines += [f"{len(below)} (seed, arm, week, where, task) cells fell below their task's quality target. "
               "By where each sits against its task's drift (below target / cells read):", "",
               "| arm | all | " + " | ".join(SHORTFALL_PHASES.values()) + " |",
               "|---|---|" + "---|" * len(SHORTFALL_PHASES)]
     for arm, counts in read.items():
-        mine = [p for b, p in zip(below, phases) if b["arm"] == arm]
-        lines.append(f"| {arm} | {len(mine)} / {sum(counts.values())} | "
-                     + " | ".join(f"{mine.count(p)} / {counts[p]}" for p in SHORTFALL_PHASES) + " |")
+        mine = missed.get(arm, {})
+        lines.append(f"| {arm} | {sum(mine.values())} / {sum(counts.values())} | "
+                     + " | ".join(f"{mine.get(p, 0)} / {counts[p]}" for p in SHORTFALL_PHASES) + " |")
     lines += ["", "No loop had seen the drift in the middle two columns: a weekly loop cannot reach them (the live "
               "monitor, which acts within a week, is not simulated here). A cell reads one task on one week's traffic "
               "or on the held-out slice, a sample of a few hundred queries at most, so a threshold that meets its "
@@ -392,7 +405,7 @@ def _quality_target_lines(report: Mapping[str, Any]) -> list[str]:
               "| seed | arm | week | where | task | retention | target | against the drift |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {b['seed']} | {b['arm']} | {b['week']} | {b['where']} | {b['task']} | {b['retention']:.1%} "
-              f"| {b['target']:.0%} | {SHORTFALL_PHASES[p]} |" for b, p in zip(below, phases)]
+              f"| {b['target']:.0%} | {SHORTFALL_PHASES[shortfall_phase(plan, b)]} |" for b in below]
     return lines
 
 

@@ -14,15 +14,14 @@ from pathlib import Path
 import pytest
 
 from routenlp_ray.cli import main
-from tests.conftest import DATA_DIR, REPO_ROOT
+from tests.conftest import DATA_DIR, REPO_ROOT, require_data_dir
 
 ARTIFACT = REPO_ROOT / "artifacts" / "specialists" / "embedded-v3"
 
 
 def test_engine_variants_are_measured_on_the_same_queries_and_written_side_by_side(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
+    require_data_dir()
     monkeypatch.chdir(REPO_ROOT)
     out = tmp_path / "compare.json"
     code = main(["bench", "specialist", "--data-dir", str(DATA_DIR), "--per-task", "4", "--rounds", "1",

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from routenlp_ray.cli import main
-from tests.conftest import DATA_DIR, REPO_ROOT
+from tests.conftest import DATA_DIR, REPO_ROOT, require_data_dir
 
 
 def test_the_pilot_report_is_stamped_and_written_with_its_markdown_and_plot(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
+    require_data_dir()
     finished = json.loads((REPO_ROOT / "results" / "pilot.json").read_text())
     for key in ("command", "created_at", "machine"):
         finished.pop(key, None)

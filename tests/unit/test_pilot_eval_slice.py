@@ -16,22 +16,20 @@ from routenlp_ray.bench.pilot import PilotRunner, PilotSettings, eval_slice, eva
 from routenlp_ray.bench.pilot_plan import DriftPlan
 from routenlp_ray.bench.pilot_report import pilot_markdown
 from routenlp_ray.config import load_config
-from tests.conftest import DATA_DIR, REPO_ROOT
+from tests.conftest import DATA_DIR, REPO_ROOT, require_data_dir
 
 PLAN = DriftPlan.model_validate({"name": "tiny", "tasks": ["cs_intent", "fin_ner"], "drifts": []})
 
 
 def _runner(tmp_path: Path, **settings: int) -> PilotRunner:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
+    require_data_dir()
     config = load_config(REPO_ROOT / "serve_config.local.yaml").with_absolute_paths(str(REPO_ROOT))
     return PilotRunner(config, PLAN, DATA_DIR, tmp_path / "work", PilotSettings(**{"eval_per_task": 100, **settings}),
                        log=lambda line: None)
 
 
 def _ids(**settings: int) -> dict[str, set[str]]:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
+    require_data_dir()
     rows = eval_slice(DATA_DIR, PLAN.tasks, PilotSettings(**{"eval_per_task": 100, **settings}))
     return {t: {r.id for r in rows if r.task == t} for t in PLAN.tasks}
 

@@ -18,7 +18,7 @@ from routenlp_ray.tasks import (
     load_examples,
     task_file,
 )
-from tests.conftest import DATA_DIR
+from tests.conftest import require_data_dir
 
 SIX_TASKS = ["fin_ner", "fin_summarization", "cs_intent", "cs_response", "legal_clause", "legal_risk"]
 
@@ -78,9 +78,7 @@ def test_task_file_errors(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"shared evaluation data not found at {DATA_DIR} (set ROUTENLP_DATA)")
-    return DATA_DIR
+    return require_data_dir()
 
 
 def _replayed(reference: Any) -> str:

@@ -27,7 +27,8 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     from routenlp_ray.bench.pilot import PilotSettings, run_pilot
     from routenlp_ray.bench.report import write_report
     from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
-    from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot, ratio_ci_text, target_checks
+    from routenlp_ray.bench.pilot_report import (
+        VERDICTS, pilot_markdown, plot_pilot, ratio_ci_text, target_checks)
     from routenlp_ray.config import load_config
 
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
@@ -51,8 +52,8 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
             print(f"{key}: {arm} {r['targeted_improvement']:+.1%}, untargeted {r['untargeted_improvement']:+.1%} "
                   f"over no loop; ratio {ratio}, 95% CI {ratio_ci_text(r)}")
     for check in target_checks(report):
-        verdict = {True: "met", False: "NOT MET", None: "cannot tell"}[check["met"]]
-        print(f"{verdict}: {check['target']} ({check['evidence']})")
+        verdict = VERDICTS[check["met"]]
+        print(f"{verdict.upper() if check['met'] is False else verdict}: {check['target']} ({check['evidence']})")
     print(f"wrote {args.out} and its .md and .png")
     return 0
 
