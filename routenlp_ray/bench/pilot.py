@@ -15,6 +15,9 @@ For each seed:
    Then, unless the arm is ``no_loop``, the loop runs: the same :class:`Iteration` as ``routenlp
    loop run`` (mine the week's log, cluster, distil, recalibrate on the calibration rows seen so
    far, gate, publish) with only the arm's student. The next week is served by what it published.
+   With ``calibration_rows: audited`` the loop calibrates on a window of audited traffic instead
+   (rows of the week's stream the pilot does not serve, so none is ever distilled), the slice
+   filling what the audits do not yet.
 
 Every arm of a seed sees the same queries, so arms are compared query by query. Every stage's
 result is a file under the work folder: a run that stops picks up where it was.
@@ -28,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,6 +75,20 @@ class PilotSettings(StrictModel):
     base_per_task: int = Field(600, ge=10, description="Most train rows per task the week-0 specialist learns from.")
     base_share_cap: float = Field(0.4, gt=0, lt=1, description="... and at most this share of a task's train rows.")
     calibration_per_task: int = Field(200, ge=20, description="Labelled train rows per task the loop calibrates on.")
+    calibration_rows: Literal["fixed", "audited"] = Field(
+        "fixed",
+        description="Which labelled rows each week's loop calibrates and gates on. fixed: the calibration slice "
+                    "(its rows of what traffic has shown so far), the same draw every week. audited: a sliding "
+                    "window of calibration_per_task rows per task, the newest audited traffic first (see "
+                    "audited_per_task), the calibration slice filling the rest: a deployment's labelled rows "
+                    "follow its traffic, so an unrepresentative first draw does not persist.")
+    audited_per_task: int = Field(
+        40, ge=1,
+        description="With calibration_rows audited: traffic rows per task audited each week (labelled with the "
+                    "frontier's answer). They are drawn from the week's stream (its visible labels and tasks) but "
+                    "not among the queries the pilot serves, so the loop never distils a row it gates on: the "
+                    "served queries stand for a sample of a larger stream. A task whose traffic pool runs out has "
+                    "fewer, and its window keeps more of the calibration slice.")
     eval_per_task: int = Field(200, ge=10, description="Validation rows per task in the held-out evaluation slice.")
     eval_skip: int = Field(
         0, ge=0,
@@ -106,6 +123,8 @@ class SeedPlan:
     calibration: dict[str, list[Row]]
     base: dict[str, list[Row]]
     weeks: list[list[Row]]
+    # Per week, per task: the audited rows (empty with fixed calibration rows).
+    audits: list[dict[str, list[Row]]] = field(default_factory=list)
 
 
 def read_rows(data_dir: Path, task: str, split: str) -> list[Row]:
@@ -149,7 +168,31 @@ def plan_seed(plan: DriftPlan, rows: dict[str, list[Row]], seed: int, settings: 
                     break
             batch += got
         weeks.append([batch[i] for i in rng.permutation(len(batch))])
-    return SeedPlan(seed, new_labels, calibration, base, weeks)
+    audits = audit_rows(plan, pools, weeks, new_labels, seed, settings) if settings.calibration_rows == "audited" else []
+    return SeedPlan(seed, new_labels, calibration, base, weeks, audits)
+
+
+def audit_rows(plan: DriftPlan, pools: dict[str, list[Row]], weeks: Sequence[Sequence[Row]],
+               new_labels: dict[str, set[str]], seed: int, settings: PilotSettings) -> list[dict[str, list[Row]]]:
+    """Each week's audited rows per task: up to ``audited_per_task`` traffic-pool rows the week could show
+    that no week serves (so no loop distils them), each audited once. A separate generator: the served weeks
+    are the same with either calibration setting, and arms and settings compare query by query."""
+    rng = np.random.default_rng([seed, 1])
+    served = {r.id for batch in weeks for r in batch}
+    unserved = {t: [pool[i] for i in rng.permutation(len(pool)) if pool[i].id not in served]
+                for t, pool in pools.items()}
+    out: list[dict[str, list[Row]]] = []
+    for week in range(len(weeks)):
+        audited: dict[str, list[Row]] = {}
+        for task in plan.tasks:
+            if plan.first_week(task) > week:
+                continue
+            visible = [r for r in unserved[task] if plan.visible(task, r.label, week, new_labels[task])]
+            audited[task] = visible[: settings.audited_per_task]
+            taken = {r.id for r in audited[task]}
+            unserved[task] = [r for r in unserved[task] if r.id not in taken]
+        out.append(audited)
+    return out
 
 
 def eval_slice(data_dir: Path, tasks: Sequence[str], settings: PilotSettings) -> list[Row]:
@@ -172,10 +215,26 @@ def eval_slice_key(rows: Sequence[Row]) -> str:
     return hashlib.sha256("\n".join(f"{r.task}/{r.id}" for r in rows).encode()).hexdigest()[:12]
 
 
-def calibration_rows_through(plan: DriftPlan, seed_plan: SeedPlan, week: int) -> dict[str, list[Row]]:
-    """The calibration rows of labels and tasks that traffic has shown by the end of ``week``."""
-    return {t: [r for r in rows if plan.visible(t, r.label, week, seed_plan.new_labels[t])]
-            for t, rows in seed_plan.calibration.items()}
+def calibration_rows_through(plan: DriftPlan, seed_plan: SeedPlan, week: int, audits: bool = True
+                             ) -> dict[str, list[Row]]:
+    """The labelled rows the loop calibrates on at the end of ``week``: the calibration slice's rows of labels
+    and tasks traffic has shown by then; with audits, a window of as many rows, the newest audits first."""
+    fixed = {t: [r for r in rows if plan.visible(t, r.label, week, seed_plan.new_labels[t])]
+             for t, rows in seed_plan.calibration.items()}
+    if not (audits and seed_plan.audits):
+        return fixed
+    out = {}
+    for task, rows in fixed.items():
+        size = len(seed_plan.calibration[task])
+        newest = [r for w in range(week, -1, -1) for r in seed_plan.audits[w].get(task, [])][:size]
+        out[task] = newest + rows[: size - len(newest)]
+    return out
+
+
+def calibration_split(week: int, audits: bool) -> str:
+    """The data split the loop at the end of ``week`` calibrates on (one name per kind of rows: the splits are
+    written once per seed and shared by its arms)."""
+    return f"calibration-audited-w{week}" if audits else f"calibration-w{week}"
 
 
 def write_split(folder: Path, split: str, rows: dict[str, list[Row]]) -> None:
@@ -339,17 +398,19 @@ class PilotRunner:
             distill_specialists(pairs, artifact, f"pilot-base-{seed_plan.seed}",
                                 SpecialistTrainingConfig(encoding_cache=self.cache_path),
                                 storage_path=folder / "ray_train", run_name="base-specialist")
-        if not thresholds.exists():
-            self.fit_thresholds(artifact, seed_plan, folder, 0, folder / "week0", "pilot-week-0", thresholds)
+        if not thresholds.exists():  # set before any traffic: on the calibration slice alone
+            self.fit_thresholds(artifact, seed_plan, folder, 0, folder / "week0", "pilot-week-0", thresholds,
+                                audits=False)
         return artifact, thresholds
 
     def fit_thresholds(self, artifact: Path, seed_plan: SeedPlan, seed_dir: Path, week: int, workdir: Path,
-                       version: str, out: Path) -> None:
+                       version: str, out: Path, audits: bool = True) -> None:
         """The loop's threshold rule for ``artifact`` on the calibration rows through ``week``, saved to ``out``."""
         from routenlp_ray.conformal.thresholds import load_thresholds
 
-        split = f"calibration-w{week}"
-        write_split(seed_dir / "data", split, calibration_rows_through(self.plan, seed_plan, week))
+        audits = audits and bool(seed_plan.audits)
+        split = calibration_split(week, audits)
+        write_split(seed_dir / "data", split, calibration_rows_through(self.plan, seed_plan, week, audits))
         iteration = self.iteration(self.config_with_artifact(artifact), seed_dir / "data", workdir, "calibrate",
                                    "targeted", split, log_uri=str(seed_dir / "unused-log"))
         fitted = iteration.fit_current_thresholds()
@@ -450,7 +511,7 @@ class PilotRunner:
 
     def loop_week(self, seed_plan: SeedPlan, arm: Arm, folder: Path, store: ReleaseStore, week: int,
                   log_uri: str) -> dict[str, Any]:
-        split = f"calibration-w{week}"
+        split = calibration_split(week, bool(seed_plan.audits))
         data = folder.parent / "data"
         write_split(data, split, calibration_rows_through(self.plan, seed_plan, week))
         config = self.state_config(store, log_uri)
@@ -554,6 +615,7 @@ def run_pilot(config: RouteNLPConfig, plan: DriftPlan, data_dir: str | Path, wor
             "new_labels": {t: sorted(v) for t, v in seed_plan.new_labels.items() if v},
             "base_rows": {t: len(v) for t, v in seed_plan.base.items()},
             "calibration_rows": {t: len(v) for t, v in seed_plan.calibration.items()},
+            "audited_rows_per_week": [{t: len(v) for t, v in week.items()} for week in seed_plan.audits],
             "queries_per_week": [len(w) for w in seed_plan.weeks],
         }
         for arm in settings.arms:

@@ -409,6 +409,17 @@ def _quality_target_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _calibration_lines(settings: dict[str, Any]) -> list[str]:
+    """What the loop calibrated and gated on (a report made before the setting was added used the fixed slice)."""
+    size = settings.get("calibration_per_task", 200)
+    if settings.get("calibration_rows", "fixed") == "fixed":
+        return [f"Loop calibration rows: the same {size} labelled train rows per task every week (of the labels "
+                "traffic has shown so far).", ""]
+    return [f"Loop calibration rows: audited traffic, {settings['audited_per_task']} rows per task a week drawn "
+            f"from the week's stream outside the served queries, in a window of {size} per task (newest first, the "
+            "calibration slice filling the rest). The audits' frontier calls are not in the cost figures.", ""]
+
+
 def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any] | None = None) -> str:
     plan, s = report["plan"], report["settings"]
     lines = [
@@ -424,6 +435,7 @@ def pilot_markdown(report: dict[str, Any], command: str, baseline: dict[str, Any
               for d in plan["drifts"]] or ["- none"]
     lines += ["", "Costs are the cascade's cost against sending every query to the frontier (lower is better); "
               "held-out is a fixed validation slice with every label, read with each arm's release of that week.", ""]
+    lines += _calibration_lines(s)
     lines += _eval_slice_lines(report)
     lines += _target_lines(report)
     for where, title in (("held_out", "Held-out slice (validation)"), ("traffic", "That week's traffic (train)")):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from routenlp_ray import ConfigError
-from routenlp_ray.bench.pilot import PilotSettings, Row, calibration_rows_through, plan_seed
+from routenlp_ray.bench.pilot import PilotSettings, Row, calibration_rows_through, calibration_split, plan_seed
 from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, NO_DRIFT_PLAN, DriftPlan, load_plan
 
 LABELS = [f"intent_{i}" for i in range(9)]
@@ -80,3 +80,38 @@ def test_week_zero_never_sees_the_drift_and_later_weeks_do() -> None:
     seen = calibration_rows_through(p, seed, 0)
     assert seen["legal_risk"] == [] and not any(r.label in new for r in seen["cs_intent"])
     assert {r.label for r in calibration_rows_through(p, seed, 2)["cs_intent"]} & new
+
+
+def test_audited_calibration_rows_follow_traffic_and_are_never_served() -> None:
+    p = plan()
+    common = dict(weeks=4, queries_per_week=100, calibration_per_task=50, base_per_task=200)
+    fixed = plan_seed(p, rows(), 0, PilotSettings(**common))
+    seed = plan_seed(p, rows(), 0, PilotSettings(**common, calibration_rows="audited", audited_per_task=20))
+    # The served weeks do not depend on the setting: the two compare query by query.
+    assert [[r.id for r in w] for w in seed.weeks] == [[r.id for r in w] for w in fixed.weeks]
+    assert fixed.audits == [] and calibration_rows_through(p, fixed, 3) == calibration_rows_through(p, fixed, 3, False)
+    served = {r.id for w in seed.weeks for r in w}
+    known = {r.id for rows_ in (*seed.base.values(), *seed.calibration.values()) for r in rows_}
+    new = seed.new_labels["cs_intent"]
+    audited = [r.id for week in seed.audits for rows_ in week.values() for r in rows_]
+    assert len(audited) == len(set(audited)) and not set(audited) & (served | known)
+    for week, by_task in enumerate(seed.audits):
+        assert len(by_task["cs_intent"]) == 20
+        assert any(r.label in new for r in by_task["cs_intent"]) == (week >= 1)  # the week's stream, drift and all
+        assert ("legal_risk" in by_task) == (week >= 2)
+    window = calibration_rows_through(p, seed, 3)["cs_intent"]
+    newest_first = [r.id for w in (3, 2, 1) for r in seed.audits[w]["cs_intent"]][:50]
+    assert len(window) == 50 and [r.id for r in window] == newest_first
+    early = calibration_rows_through(p, seed, 0)["cs_intent"]  # 20 audits, the slice filling the other 30
+    slice_rows = calibration_rows_through(p, seed, 0, audits=False)["cs_intent"]
+    assert [r.id for r in early] == [r.id for r in seed.audits[0]["cs_intent"] + slice_rows[:30]]
+    assert calibration_split(0, False) != calibration_split(0, True)
+
+
+def test_audits_stop_where_a_small_pool_runs_out() -> None:
+    small = {"cs_intent": rows()["cs_intent"][:500], "legal_risk": rows()["legal_risk"]}
+    settings = PilotSettings(weeks=4, queries_per_week=100, calibration_per_task=50, base_per_task=50,
+                             calibration_rows="audited", audited_per_task=40)
+    seed = plan_seed(plan(), small, 0, settings)
+    counts = [len(w["cs_intent"]) for w in seed.audits]
+    assert counts[1] == 40 and counts[-1] == 0  # only the pool's unserved rows can be audited, each once

@@ -13,7 +13,7 @@ from routenlp_ray.cli._options import ModelOptions
 
 # The PilotSettings fields each command takes as options; the rest keep their defaults.
 PILOT_FIELDS = ("weeks", "queries_per_week", "arms", "budget_examples", "base_per_task", "calibration_per_task",
-                "eval_per_task", "eval_skip")
+                "eval_per_task", "eval_skip", "calibration_rows", "audited_per_task")
 LIVE_FIELDS = ("weeks", "queries_per_week", "budget_examples", "base_per_task", "calibration_per_task")
 
 
