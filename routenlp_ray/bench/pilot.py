@@ -301,9 +301,10 @@ class PilotRunner:
         return self._encoder
 
     # -- the arm's state ---------------------------------------------------------------------------
-    def state_config(self, store: ReleaseStore, log_uri: str | None = None) -> RouteNLPConfig:
-        """The pilot config serving ``store``'s current release: its specialist artifact and thresholds."""
-        release = store.current()
+    def state_config(self, store: ReleaseStore, log_uri: str | None = None, version: str | None = None
+                     ) -> RouteNLPConfig:
+        """The pilot config serving ``store``'s current release (or ``version``): its specialist and thresholds."""
+        release = store.get(version) if version else store.current()
         assert release is not None, "every arm starts from its week-0 release"
         config = self.config_with_artifact(release.adapter_for(SPECIALIST))
         cascade = config.cascade.model_copy(update={"thresholds_path": str(release.thresholds_path)})
@@ -534,14 +535,15 @@ class PilotRunner:
             "calibration_gain": report["cost_improvement"][student],
         }
 
-    def evaluate(self, store: ReleaseStore) -> dict[str, Any]:
-        """The current release on the held-out slice (cached per release: a refused week changes nothing)."""
-        release = store.current()
+    def evaluate(self, store: ReleaseStore, version: str | None = None) -> dict[str, Any]:
+        """The current release (or ``version``) on the held-out slice (cached per release and slice: a refused
+        week changes nothing)."""
+        release = store.get(version) if version else store.current()
         assert release is not None
         path = store.root / release.version / f"pilot-held-out-{self.eval_slice_key}.json"
         if path.exists():
             return json.loads(path.read_text())
-        served = self.serve(self.state_config(store), self.eval_rows, log_queries=False)
+        served = self.serve(self.state_config(store, version=release.version), self.eval_rows, log_queries=False)
         result = {"metrics": metrics(served), "costs": [[s.cost, s.frontier_cost, s.score] for s in served]}
         tmp = path.with_suffix(".tmp")  # a crash mid-write must not leave a truncated cache for the resume
         tmp.write_text(json.dumps(result, default=_jsonable))
@@ -600,8 +602,6 @@ def _jsonable(value: Any) -> Any:
 def run_pilot(config: RouteNLPConfig, plan: DriftPlan, data_dir: str | Path, workdir: str | Path,
               settings: PilotSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every seed and arm of the pilot; returns the per-week records (see ``pilot_report.summarise``)."""
-    from routenlp_ray.bench.pilot_report import summarise
-
     started = time.perf_counter()
     workdir = Path(workdir)
     runner = PilotRunner(config, plan, Path(data_dir), workdir, settings, log)
@@ -611,17 +611,61 @@ def run_pilot(config: RouteNLPConfig, plan: DriftPlan, data_dir: str | Path, wor
         seed_plan = plan_seed(plan, runner.rows, seed, settings)
         seed_dir = workdir / f"seed-{seed}"
         artifact, thresholds = runner.base_release(seed_plan, seed_dir)
-        seeds_meta[seed] = {
-            "new_labels": {t: sorted(v) for t, v in seed_plan.new_labels.items() if v},
-            "base_rows": {t: len(v) for t, v in seed_plan.base.items()},
-            "calibration_rows": {t: len(v) for t, v in seed_plan.calibration.items()},
-            "audited_rows_per_week": [{t: len(v) for t, v in week.items()} for week in seed_plan.audits],
-            "queries_per_week": [len(w) for w in seed_plan.weeks],
-        }
+        seeds_meta[seed] = _seed_meta(seed_plan)
         for arm in settings.arms:
             records += runner.run_arm(seed_plan, arm, seed_dir, artifact, thresholds)
+    return _pilot_report(runner, records, seeds_meta, time.perf_counter() - started)
+
+
+def reread_pilot(config: RouteNLPConfig, plan: DriftPlan, data_dir: str | Path, workdir: str | Path,
+                 settings: PilotSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """A finished run's releases read again on the held-out slice ``settings`` give (another ``eval_skip`` or
+    ``eval_per_task``), week by week: the releases, traffic figures and loop outcomes are the run's own, so a
+    setting chosen on one slice can be read on rows no run has read, without serving traffic or running a
+    loop again. ``settings`` must otherwise be the run's."""
+    started = time.perf_counter()
+    workdir = Path(workdir)
+    runner = PilotRunner(config, plan, Path(data_dir), workdir, settings, log)
+    records: list[dict[str, Any]] = []
+    seeds_meta = {}
+    for seed in settings.seeds:
+        seeds_meta[seed] = _seed_meta(plan_seed(plan, runner.rows, seed, settings))
+        for arm in settings.arms:
+            folder = workdir / f"seed-{seed}" / arm
+            weeks = sorted(folder.glob("week-[0-9][0-9].json"))
+            if len(weeks) != settings.weeks:
+                raise ConfigError(f"{folder} holds {len(weeks)} finished weeks, not {settings.weeks}: re-read a "
+                                  "finished run with its own --workdir, seeds, arms and weeks")
+            store = ReleaseStore(folder / "releases")
+            for path in weeks:
+                record = json.loads(path.read_text())
+                held_out = runner.evaluate(store, record["release"])
+                record.update(eval_slice=runner.eval_slice_key, held_out=held_out["metrics"],
+                              _held_out_costs=held_out["costs"])
+                records.append(record)
+            log(f"seed {seed} {arm}: re-read {len(weeks)} weeks on the held-out slice")
+    report = _pilot_report(runner, records, seeds_meta, time.perf_counter() - started)
+    report["eval_slice"]["reread_from"] = str(workdir)
+    return report
+
+
+def _seed_meta(seed_plan: SeedPlan) -> dict[str, Any]:
+    return {
+        "new_labels": {t: sorted(v) for t, v in seed_plan.new_labels.items() if v},
+        "base_rows": {t: len(v) for t, v in seed_plan.base.items()},
+        "calibration_rows": {t: len(v) for t, v in seed_plan.calibration.items()},
+        "audited_rows_per_week": [{t: len(v) for t, v in week.items()} for week in seed_plan.audits],
+        "queries_per_week": [len(w) for w in seed_plan.weeks],
+    }
+
+
+def _pilot_report(runner: PilotRunner, records: list[dict[str, Any]], seeds_meta: dict[int, Any],
+                  seconds: float) -> dict[str, Any]:
+    from routenlp_ray.bench.pilot_report import summarise
+
+    plan, settings = runner.plan, runner.settings
     targets = {t: runner.config.task(t).quality_target for t in plan.tasks}
-    report = summarise(records, plan, settings, seeds_meta, time.perf_counter() - started, targets)
+    report = summarise(records, plan, settings, seeds_meta, seconds, targets)
     report["eval_slice"] = {"key": runner.eval_slice_key, "skip": settings.eval_skip,
                             "rows_per_task": {t: sum(r.task == t for r in runner.eval_rows) for t in plan.tasks}}
     return report

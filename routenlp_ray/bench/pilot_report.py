@@ -244,6 +244,8 @@ def _older_ratio_ci_text(r: Mapping[str, Any]) -> str:
 def _run_minutes(report: Mapping[str, Any]) -> str:
     """The run's time; and the weeks' own work when most of it was done by earlier runs this one resumed."""
     run, weeks = report["seconds"] / 60, report.get("week_seconds", 0.0) / 60
+    if (report.get("eval_slice") or {}).get("reread_from"):
+        return f"{run:.0f} min, re-reading a finished run's releases (its weeks took {weeks:.0f} min)"
     if weeks > 1.5 * run:
         return f"{run:.0f} min, resuming finished weeks (the weeks' serving and loop work took {weeks:.0f} min in all)"
     return f"{run:.0f} min"
@@ -262,6 +264,9 @@ def _eval_slice_lines(report: Mapping[str, Any]) -> list[str]:
     empty = [t for t, n in rows.items() if not n]
     if empty:
         text += f". Not in it, no validation rows left: {', '.join(empty)}"
+    if where.get("reread_from"):
+        text += (f". A re-read (`--reread`): the releases the run in `{where['reread_from']}` published, read on this "
+                 "slice after it finished; its traffic figures and loop outcomes are that run's")
     return [text + ".", ""]
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from routenlp_ray import ConfigError
 from routenlp_ray.bench.pilot import PilotSettings, run_pilot
 from routenlp_ray.bench.pilot_plan import DriftPlan
 from routenlp_ray.bench.pilot_report import pilot_markdown, plot_pilot
@@ -98,3 +99,71 @@ def test_the_report_is_written_with_its_ratio_and_plot(pilot: dict[str, Any]) ->
     assert markdown.count("| targeted ≥ 2× untargeted over ") == 2
     plot_pilot(report, pilot["tmp"] / "pilot.png")
     assert (pilot["tmp"] / "pilot.png").stat().st_size > 0
+
+
+def test_audited_calibration_rows_gate_on_traffic_the_pilot_never_served(pilot: dict[str, Any], data_dir: Path
+                                                                         ) -> None:
+    """The same seed with the loop calibrating on audited traffic (recalibration only, to keep it short): the
+    week-0 release is the fixed run's, and each week's thresholds are refitted on a split of audited rows that
+    no week served."""
+    import shutil
+
+    from routenlp_ray.bench.pilot import plan_seed, read_rows
+
+    work = pilot["tmp"] / "audited"
+    for name in ("base-specialist", "base-thresholds.json"):  # the week-0 release does not depend on the setting
+        source = pilot["work"] / "seed-0" / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / "seed-0" / name)
+    plan = DriftPlan.model_validate(pilot["report"]["plan"])
+    settings = PilotSettings.model_validate({**pilot["report"]["settings"], "arms": ["recalibrate_only"],
+                                             "calibration_rows": "audited", "audited_per_task": 25})
+    config = load_config(REPO / "serve_config.local.yaml").with_absolute_paths(str(REPO))
+    report = run_pilot(config, plan, data_dir, work, settings, log=lambda line: None)
+    assert report["seeds_meta"]["0"]["audited_rows_per_week"][1] == {"cs_intent": 25, "legal_risk": 25}
+    fixed_weeks = [_record(pilot["report"], "no_loop", w)["traffic"] for w in range(3)]
+    assert [_record(report, "recalibrate_only", w)["traffic"]["queries"] for w in range(3)] == \
+           [w["queries"] for w in fixed_weeks]
+    split = work / "seed-0" / "data" / "cs_intent" / "calibration-audited-w1.jsonl"
+    window = [json.loads(line)["id"] for line in split.read_text().splitlines()]
+    assert len(window) == 60  # calibration_per_task: 25 audits of week 1, then 25 of week 0, then 10 slice rows
+    fixed_split = pilot["work"] / "seed-0" / "data" / "cs_intent" / "calibration-w1.jsonl"
+    slice_ids = [json.loads(line)["id"] for line in fixed_split.read_text().splitlines()]
+    assert window[50:] == slice_ids[:10] and not set(window[:50]) & set(slice_ids)
+    rows = {t: read_rows(data_dir, t, "train") for t in plan.tasks}
+    served = {r.id for week in plan_seed(plan, rows, 0, settings).weeks for r in week}
+    assert set(window) <= {r.id for r in rows["cs_intent"]} and not set(window) & served
+    store_thresholds = work / "seed-0" / "recalibrate_only" / "releases" / "recalibrated-week-01" / "thresholds.json"
+    assert "pilot-recalibrated-week-01" in store_thresholds.read_text()
+    assert "Loop calibration rows: audited traffic, 25 rows per task a week" in pilot_markdown(report, "test")
+
+
+def test_a_finished_run_is_reread_release_by_release_on_another_slice(pilot: dict[str, Any], data_dir: Path
+                                                                      ) -> None:
+    """``--reread``: each week's own release (not the arm's last) is read again. With the cached held-out files
+    gone, the run's slice gives back the run's figures; another slice gives other figures, and the traffic and
+    loop outcomes stay the run's."""
+    from routenlp_ray.bench.pilot import reread_pilot
+
+    report, work = pilot["report"], pilot["work"]
+    plan = DriftPlan.model_validate(report["plan"])
+    settings = PilotSettings.model_validate(report["settings"])
+    config = load_config(REPO / "serve_config.local.yaml").with_absolute_paths(str(REPO))
+    for cached in (work / "seed-0").glob("*/releases/*/pilot-held-out-*.json"):
+        cached.unlink()
+    again = reread_pilot(config, plan, data_dir, work, settings, log=lambda line: None)
+    assert again["eval_slice"]["reread_from"] == str(work)
+    for arm, week in (("targeted", 0), ("targeted", 2), ("recalibrate_only", 1), ("no_loop", 2)):
+        assert _record(again, arm, week)["held_out"] == _record(report, arm, week)["held_out"]
+    assert _record(report, "targeted", 0)["held_out"] != _record(report, "targeted", 2)["held_out"]
+
+    other = reread_pilot(config, plan, data_dir, work, settings.model_copy(update={"eval_skip": 40}),
+                         log=lambda line: None)
+    assert other["eval_slice"]["key"] != report["eval_slice"]["key"]
+    for original in report["records"]:
+        moved = _record(other, original["arm"], original["week"])
+        assert moved["traffic"] == original["traffic"] and moved["loop"] == original["loop"]
+        assert moved["release"] == original["release"]
+    assert _record(other, "targeted", 2)["held_out"] != _record(report, "targeted", 2)["held_out"]
+    assert "A re-read (`--reread`)" in pilot_markdown(other, "test")
+    with pytest.raises(ConfigError, match="finished weeks, not 4"):
+        reread_pilot(config, plan, data_dir, work, settings.model_copy(update={"weeks": 4}), log=lambda line: None)

@@ -85,3 +85,27 @@ def test_finished_pilots_of_two_budgets_are_compared_side_by_side(
     (tmp_path / "loop.json").write_text(json.dumps({"benchmark": "loop"}))
     assert main(["bench", "pilot", "--compare", str(paths[0]), str(tmp_path / "loop.json"), "--out", str(out)]) != 0
     assert "not a `bench pilot` report" in capsys.readouterr().err
+
+
+def test_reread_reads_a_finished_runs_releases_instead_of_running_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_data_dir()
+    finished = json.loads((REPO_ROOT / "results" / "pilot_blind_budget100.json").read_text())
+    for key in ("command", "created_at", "machine"):
+        finished.pop(key)
+    calls = []
+
+    def reread(config, plan, data_dir, workdir, settings):
+        calls.append((Path(workdir), settings.eval_skip))
+        return {**finished, "eval_slice": {**finished["eval_slice"], "reread_from": str(workdir)}}
+
+    def run(*args):
+        raise AssertionError("--reread must not run the pilot")
+
+    monkeypatch.setattr("routenlp_ray.bench.pilot.reread_pilot", reread)
+    monkeypatch.setattr("routenlp_ray.bench.pilot.run_pilot", run)
+    out = tmp_path / "reread.json"
+    assert main(["bench", "pilot", "--reread", "--data-dir", str(DATA_DIR), "--eval-skip", "400",
+                 "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert calls == [(tmp_path / "work", 400)]
+    assert "A re-read (`--reread`): the releases the run in" in out.with_suffix(".md").read_text()

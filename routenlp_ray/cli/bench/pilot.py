@@ -24,7 +24,7 @@ def _pilot_options(fields: Sequence[str]) -> ModelOptions:
 
 
 def _cmd_bench_pilot(args: argparse.Namespace) -> int:
-    from routenlp_ray.bench.pilot import PilotSettings, run_pilot
+    from routenlp_ray.bench.pilot import PilotSettings, reread_pilot, run_pilot
     from routenlp_ray.bench.report import write_report
     from routenlp_ray.bench.pilot_plan import DEFAULT_PLAN, load_plan
     from routenlp_ray.bench.pilot_report import (
@@ -41,7 +41,7 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
     settings = PilotSettings(**_pilot_options(PILOT_FIELDS).values(args),
                              seeds=list(range(args.seed, args.seed + args.seeds)))
     workdir = Path(args.workdir or f"var/pilot/{plan.name}")
-    report = run_pilot(config, plan, args.data_dir, workdir, settings)
+    report = (reread_pilot if args.reread else run_pilot)(config, plan, args.data_dir, workdir, settings)
     args.out = args.out or "results/pilot.json"
     write_report(args.out, report, markdown=lambda written: pilot_markdown(written, written["command"], baseline),
                  figures={".png": plot_pilot})
@@ -138,6 +138,10 @@ def register(benches: Subparsers) -> None:
                        help="report path (default: results/pilot.json; with --compare, results/pilot_comparison.json)")
     pilot.add_argument("--render-from", default=None, metavar="JSON",
                        help="run nothing: write the Markdown and plot again from a finished pilot's JSON")
+    pilot.add_argument("--reread", action="store_true",
+                       help="serve no traffic and run no loop: read the releases a finished run published (its "
+                            "--workdir, with its settings) again on the held-out slice --eval-skip / "
+                            "--eval-per-task give, for a blind read on rows no run has read")
     pilot.add_argument("--compare", nargs="+", default=None, metavar="JSON",
                        help="run nothing: finished pilots that differ in one setting (a budget sweep) side by side")
     pilot.set_defaults(func=_cmd_bench_pilot)
