@@ -602,19 +602,12 @@ def _jsonable(value: Any) -> Any:
 def run_pilot(config: RouteNLPConfig, plan: DriftPlan, data_dir: str | Path, workdir: str | Path,
               settings: PilotSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every seed and arm of the pilot; returns the per-week records (see ``pilot_report.summarise``)."""
-    started = time.perf_counter()
-    workdir = Path(workdir)
-    runner = PilotRunner(config, plan, Path(data_dir), workdir, settings, log)
-    records: list[dict[str, Any]] = []
-    seeds_meta = {}
-    for seed in settings.seeds:
-        seed_plan = plan_seed(plan, runner.rows, seed, settings)
-        seed_dir = workdir / f"seed-{seed}"
-        artifact, thresholds = runner.base_release(seed_plan, seed_dir)
-        seeds_meta[seed] = _seed_meta(seed_plan)
-        for arm in settings.arms:
-            records += runner.run_arm(seed_plan, arm, seed_dir, artifact, thresholds)
-    return _pilot_report(runner, records, seeds_meta, time.perf_counter() - started)
+    def weeks(runner: PilotRunner, seed_plan: SeedPlan, arm: Arm) -> list[dict[str, Any]]:
+        seed_dir = runner.workdir / f"seed-{seed_plan.seed}"
+        artifact, thresholds = runner.base_release(seed_plan, seed_dir)  # made once per seed, then read
+        return runner.run_arm(seed_plan, arm, seed_dir, artifact, thresholds)
+
+    return _each_seed_and_arm(PilotRunner(config, plan, Path(data_dir), Path(workdir), settings, log), weeks)
 
 
 def reread_pilot(config: RouteNLPConfig, plan: DriftPlan, data_dir: str | Path, workdir: str | Path,
@@ -623,29 +616,45 @@ def reread_pilot(config: RouteNLPConfig, plan: DriftPlan, data_dir: str | Path, 
     ``eval_per_task``), week by week: the releases, traffic figures and loop outcomes are the run's own, so a
     setting chosen on one slice can be read on rows no run has read, without serving traffic or running a
     loop again. ``settings`` must otherwise be the run's."""
+    def weeks(runner: PilotRunner, seed_plan: SeedPlan, arm: Arm) -> list[dict[str, Any]]:
+        folder = runner.workdir / f"seed-{seed_plan.seed}" / arm
+        paths = sorted(folder.glob("week-[0-9][0-9].json"))
+        if len(paths) != settings.weeks:
+            raise ConfigError(f"{folder} holds {len(paths)} finished weeks, not {settings.weeks}: re-read a "
+                              "finished run with its own --workdir, seeds, arms and weeks")
+        store, records = ReleaseStore(folder / "releases"), []
+        for path in paths:
+            record = json.loads(path.read_text())
+            held_out = runner.evaluate(store, record["release"])
+            record.update(eval_slice=runner.eval_slice_key, held_out=held_out["metrics"],
+                          _held_out_costs=held_out["costs"])
+            records.append(record)
+        log(f"seed {seed_plan.seed} {arm}: re-read {len(paths)} weeks on the held-out slice")
+        return records
+
+    report = _each_seed_and_arm(PilotRunner(config, plan, Path(data_dir), Path(workdir), settings, log), weeks)
+    report["eval_slice"]["reread_from"] = str(workdir)
+    return report
+
+
+def _each_seed_and_arm(runner: PilotRunner,
+                       weeks: Callable[[PilotRunner, SeedPlan, Arm], list[dict[str, Any]]]) -> dict[str, Any]:
+    """``weeks`` of every seed and arm, summarised into the pilot's report."""
+    from routenlp_ray.bench.pilot_report import summarise
+
     started = time.perf_counter()
-    workdir = Path(workdir)
-    runner = PilotRunner(config, plan, Path(data_dir), workdir, settings, log)
+    plan, settings = runner.plan, runner.settings
     records: list[dict[str, Any]] = []
     seeds_meta = {}
     for seed in settings.seeds:
-        seeds_meta[seed] = _seed_meta(plan_seed(plan, runner.rows, seed, settings))
+        seed_plan = plan_seed(plan, runner.rows, seed, settings)
+        seeds_meta[seed] = _seed_meta(seed_plan)
         for arm in settings.arms:
-            folder = workdir / f"seed-{seed}" / arm
-            weeks = sorted(folder.glob("week-[0-9][0-9].json"))
-            if len(weeks) != settings.weeks:
-                raise ConfigError(f"{folder} holds {len(weeks)} finished weeks, not {settings.weeks}: re-read a "
-                                  "finished run with its own --workdir, seeds, arms and weeks")
-            store = ReleaseStore(folder / "releases")
-            for path in weeks:
-                record = json.loads(path.read_text())
-                held_out = runner.evaluate(store, record["release"])
-                record.update(eval_slice=runner.eval_slice_key, held_out=held_out["metrics"],
-                              _held_out_costs=held_out["costs"])
-                records.append(record)
-            log(f"seed {seed} {arm}: re-read {len(weeks)} weeks on the held-out slice")
-    report = _pilot_report(runner, records, seeds_meta, time.perf_counter() - started)
-    report["eval_slice"]["reread_from"] = str(workdir)
+            records += weeks(runner, seed_plan, arm)
+    targets = {t: runner.config.task(t).quality_target for t in plan.tasks}
+    report = summarise(records, plan, settings, seeds_meta, time.perf_counter() - started, targets)
+    report["eval_slice"] = {"key": runner.eval_slice_key, "skip": settings.eval_skip,
+                            "rows_per_task": {t: sum(r.task == t for r in runner.eval_rows) for t in plan.tasks}}
     return report
 
 
@@ -657,15 +666,3 @@ def _seed_meta(seed_plan: SeedPlan) -> dict[str, Any]:
         "audited_rows_per_week": [{t: len(v) for t, v in week.items()} for week in seed_plan.audits],
         "queries_per_week": [len(w) for w in seed_plan.weeks],
     }
-
-
-def _pilot_report(runner: PilotRunner, records: list[dict[str, Any]], seeds_meta: dict[int, Any],
-                  seconds: float) -> dict[str, Any]:
-    from routenlp_ray.bench.pilot_report import summarise
-
-    plan, settings = runner.plan, runner.settings
-    targets = {t: runner.config.task(t).quality_target for t in plan.tasks}
-    report = summarise(records, plan, settings, seeds_meta, seconds, targets)
-    report["eval_slice"] = {"key": runner.eval_slice_key, "skip": settings.eval_skip,
-                            "rows_per_task": {t: sum(r.task == t for r in runner.eval_rows) for t in plan.tasks}}
-    return report
