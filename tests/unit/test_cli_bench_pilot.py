@@ -109,3 +109,8 @@ def test_reread_reads_a_finished_runs_releases_instead_of_running_it(
                  "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
     assert calls == [(tmp_path / "work", 400)]
     assert "A re-read (`--reread`): the releases the run in" in out.with_suffix(".md").read_text()
+    # Without --out a re-read writes next to the run's report, never over it.
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "pilot", "--reread", "--data-dir", str(DATA_DIR), "--eval-skip", "400",
+                 "--config", str(REPO_ROOT / "serve_config.local.yaml"), "--workdir", str(tmp_path / "work")]) == 0
+    assert (tmp_path / "results" / "pilot_reread.json").exists() and not (tmp_path / "results" / "pilot.json").exists()

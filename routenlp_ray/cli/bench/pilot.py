@@ -42,7 +42,8 @@ def _cmd_bench_pilot(args: argparse.Namespace) -> int:
                              seeds=list(range(args.seed, args.seed + args.seeds)))
     workdir = Path(args.workdir or f"var/pilot/{plan.name}")
     report = (reread_pilot if args.reread else run_pilot)(config, plan, args.data_dir, workdir, settings)
-    args.out = args.out or "results/pilot.json"
+    # A re-read must not overwrite the run it re-reads.
+    args.out = args.out or ("results/pilot_reread.json" if args.reread else "results/pilot.json")
     write_report(args.out, report, markdown=lambda written: pilot_markdown(written, written["command"], baseline),
                  figures={".png": plot_pilot})
     for arm, arm_ratios in report["ratios"].items():
@@ -135,7 +136,8 @@ def register(benches: Subparsers) -> None:
     pilot.add_argument("--workdir", default=None, help="resumable state (default: var/pilot/<plan name>)")
     pilot.add_argument("--baseline", default=None, help="another plan's pilot JSON to report next to this one")
     pilot.add_argument("--out", default=None,
-                       help="report path (default: results/pilot.json; with --compare, results/pilot_comparison.json)")
+                       help="report path (default: results/pilot.json; with --reread, results/pilot_reread.json; with "
+                            "--compare, results/pilot_comparison.json)")
     pilot.add_argument("--render-from", default=None, metavar="JSON",
                        help="run nothing: write the Markdown and plot again from a finished pilot's JSON")
     pilot.add_argument("--reread", action="store_true",
