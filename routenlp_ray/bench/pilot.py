@@ -411,15 +411,21 @@ class PilotRunner:
         """The loop's threshold rule for ``artifact`` on the calibration rows through ``week``, saved to ``out``."""
         from routenlp_ray.conformal.thresholds import load_thresholds
 
-        audits = audits and bool(seed_plan.audits)
-        split = calibration_split(week, audits)
-        write_split(seed_dir / "data", split, calibration_rows_through(self.plan, seed_plan, week, audits))
+        split = self.write_calibration(seed_plan, seed_dir / "data", week, audits)
         iteration = self.iteration(self.config_with_artifact(artifact), seed_dir / "data", workdir, "calibrate",
                                    "targeted", split, log_uri=str(seed_dir / "unused-log"))
         fitted = iteration.fit_current_thresholds()
         # The specialist's own cells only: a task it has no head for has no threshold.
         fitted = {t: fitted.get(t) for t in self.plan.tasks}
         load_thresholds(self.config.cascade).merged({SPECIALIST: fitted}, version=version).save(out)
+
+    def write_calibration(self, seed_plan: SeedPlan, data: Path, week: int, audits: bool = True) -> str:
+        """The rows the loop at the end of ``week`` calibrates and gates on, written under ``data``; returns
+        their split's name. ``audits`` False: the calibration slice alone, even where the seed audits."""
+        audits = audits and bool(seed_plan.audits)
+        split = calibration_split(week, audits)
+        write_split(data, split, calibration_rows_through(self.plan, seed_plan, week, audits))
+        return split
 
     def config_with_artifact(self, artifact: Path) -> RouteNLPConfig:
         from routenlp_ray.specialists.artifact import read_manifest
@@ -514,9 +520,8 @@ class PilotRunner:
 
     def loop_week(self, seed_plan: SeedPlan, arm: Arm, folder: Path, store: ReleaseStore, week: int,
                   log_uri: str) -> dict[str, Any]:
-        split = calibration_split(week, bool(seed_plan.audits))
         data = folder.parent / "data"
-        write_split(data, split, calibration_rows_through(self.plan, seed_plan, week))
+        split = self.write_calibration(seed_plan, data, week)
         config = self.state_config(store, log_uri)
         iteration = self.iteration(config, data, folder / "loop", f"week-{week:02d}", arm, split, log_uri)
         try:

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from routenlp_ray.bench.pilot import SPECIALIST, PilotRunner, PilotSettings, Row, calibration_rows_through, plan_seed, write_split
+from routenlp_ray.bench.pilot import SPECIALIST, PilotRunner, PilotSettings, Row, plan_seed
 from routenlp_ray.bench.pilot_plan import DriftPlan
 from routenlp_ray.config.app import RouteNLPConfig
 from routenlp_ray.releases import ReleaseStore
@@ -216,9 +216,9 @@ class LiveArm:
             return None
 
     # -- the loop as a Ray job ----------------------------------------------------------------------------
-    def submit_loop(self, week: int, since: str, data_dir: Path) -> subprocess.Popen[bytes]:
-        """``ray job submit`` of ``routenlp loop run`` on ``week``'s log; returns the waiting submit process."""
-        split = f"calibration-w{week}"
+    def submit_loop(self, week: int, since: str, data_dir: Path, split: str) -> subprocess.Popen[bytes]:
+        """``ray job submit`` of ``routenlp loop run`` on ``week``'s log, calibrating on ``split``; returns the
+        waiting submit process."""
         settings = self.workdir / f"loop-week-{week:02d}.yaml"
         settings.write_text(yaml.safe_dump(loop_settings(self.runner, split)))
         entrypoint = [
@@ -283,8 +283,7 @@ class LiveArm:
                          f"{(job_outcome or {}).get('outcome', '-')}")
                 job = None
                 if week < n_weeks - 1:
-                    write_split(data, f"calibration-w{week}", calibration_rows_through(plan, seed_plan, week))
-                    job = self.submit_loop(week, since, data)
+                    job = self.submit_loop(week, since, data, runner.write_calibration(seed_plan, data, week))
             return {"seed": self.seed, "weeks": records, "events": self.release_events(),
                     "failed_requests": sum(r["traffic"]["failed"] for r in records)}
         finally:
